@@ -1,0 +1,50 @@
+"""Pieces every command module shares: error translation and the --db option."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scoring.errors import UserError
+
+DEFAULT_DB = Path("runs") / "evolve.db"  # runs/ is the project's place for run databases
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("MLM_EVOLVE_DB", str(DEFAULT_DB)))
+
+
+def db_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--db PATH` (env MLM_EVOLVE_DB, default runs/evolve.db) for commands that use the store."""
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=f"SQLite database of runs [env MLM_EVOLVE_DB; default {DEFAULT_DB}]",
+    )(func)
+
+
+def resolve_db(db_path: Path | None) -> Path:
+    return db_path if db_path is not None else default_db_path()
+
+
+class ErrorTranslatingGroup(click.Group):
+    """Turn domain errors into one-line click errors instead of tracebacks.
+
+    UserError (bad input) becomes a usage error, exit code 2. A database that is locked or
+    corrupt becomes a ClickException (exit 1) with the sqlite message.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.UsageError(str(exc).splitlines()[0] if str(exc) else "bad input") from exc
+        except sqlite3.DatabaseError as exc:
+            raise click.ClickException(f"database error: {exc}") from exc
