@@ -1,7 +1,237 @@
-"""Placeholder: commands for this module are added by their issue."""
+"""Commands that read the run database: runs, show, lineage, sql and db path.
+
+They only format what `evolve.store.LogStore` returns. Reading commands refuse a missing
+database instead of creating an empty one; `evolve sql` opens the file read-only, so no
+statement it is given can change the file.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from cli.common import db_option, resolve_db
+from cli.tables import format_cell, format_table
+from evolve.store import LogStore, StoreError
+
+PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
+
+
+def _open_existing(db_path: Path | None) -> LogStore:
+    """The store at --db, migrated; a missing file is an error, not a new empty database."""
+    path = resolve_db(db_path)
+    if not path.exists():
+        raise StoreError(f"no database at {path}; `evolve run` creates one")
+    return LogStore(path)
+
+
+def _span(start: int | None, end: int | None) -> str:
+    return "" if start is None else f"{start}:{end}"
+
+
+def _when(stamp: str | None) -> str:
+    """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS' (UTC)."""
+    return "" if not stamp else stamp[:19].replace("T", " ")
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested config dicts as dotted keys, e.g. ('mutation.top_k', 20)."""
+    items: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            items.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _escape(text: str) -> str:
+    return text.replace("\n", "\\n")
+
+
+@click.command()
+@db_option
+def runs(db_path: Path | None) -> None:
+    """List the runs in the database, newest first."""
+    with _open_existing(db_path) as store:
+        rows = store.runs()
+        if not rows:
+            click.echo(f"No runs in {store.path}.")
+            return
+        click.echo(
+            format_table(
+                ["id", "created", "status", "prompt", "gens", "best"],
+                [
+                    [
+                        r["id"],
+                        _when(r["created_at"]),
+                        r["status"],
+                        r["prompt"],
+                        r["n_generations"],
+                        r["best_fitness"],
+                    ]
+                    for r in rows
+                ],
+                widths={"prompt": PROMPT_WIDTH},
+            )
+        )
+
+
+@click.command()
+@click.argument("run_id", type=int)
+@click.option(
+    "-n",
+    "n_best",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the best distinct texts to list.",
+)
+@db_option
+def show(run_id: int, n_best: int, db_path: Path | None) -> None:
+    """A run: its settings, best texts and statistics per generation."""
+    with _open_existing(db_path) as store:
+        run = store.run(run_id)
+        click.echo(
+            f"Run {run['id']}: {run['status']}, created {_when(run['created_at'])}"
+            + (f", ended {_when(run['finished_at'])}" if run["finished_at"] else "")
+        )
+        click.echo(f"prompt:   {_escape(run['prompt'])}")
+        click.echo(
+            f"models:   mlm {run['mlm']}, causal {run['causal'] or '-'}; fitness {run['fitness']}"
+        )
+        click.echo(
+            f"seed:     {run['seed']}; generations done {run['generations_done']}; "
+            f"best individual {run['best_individual_id'] or '-'}"
+        )
+        if run["error"]:
+            click.echo(f"error:    {run['error']}")
+        if run["config"]:
+            click.echo("config:")
+            for key, value in _flatten(run["config"]):
+                click.echo(f"  {key} = {json.dumps(value, ensure_ascii=False)}")
+        best = store.best(run_id, n_best)
+        if best:
+            click.echo("\nBest texts")
+            click.echo(
+                format_table(
+                    ["id", "gen", "fitness", "continuation"],
+                    [[b["id"], b["generation"], b["fitness"], b["text"]] for b in best],
+                )
+            )
+        stats = store.generation_stats(run_id)
+        if stats:
+            click.echo("\nGenerations")
+            click.echo(
+                format_table(
+                    ["gen", "best", "mean", "std", "worst", "evaluated", "cached", "unique", "s"],
+                    [
+                        [
+                            s["generation"],
+                            s["best"],
+                            s["mean"],
+                            s["std"],
+                            s["worst"],
+                            s["n_evaluated"],
+                            s["n_cache_hits"],
+                            s["n_unique"],
+                            s["seconds"],
+                        ]
+                        for s in stats
+                    ],
+                )
+            )
+        else:
+            click.echo("\nNo generation written yet.")
+
+
+@click.command()
+@click.argument("individual_id", type=int)
+@click.option(
+    "--max-depth",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop this many generations back (default: back to the first).",
+)
+@db_option
+def lineage(individual_id: int, max_depth: int | None, db_path: Path | None) -> None:
+    """The ancestry of an individual: every edit that led to it, nearest first."""
+    with _open_existing(db_path) as store:
+        me = store.individual(individual_id)
+        click.echo(
+            f"Individual {me['id']}: run {me['run_id']}, generation {me['generation']}, "
+            f"op {me['op']}, fitness {format_cell(me['fitness']) or '-'}"
+        )
+        click.echo(_escape(me["full_text"]))
+        rows = store.lineage(individual_id, max_depth=max_depth)
+        click.echo()
+        click.echo(
+            format_table(
+                ["depth", "gen", "id", "op", "span", "fitness", "parents", "text"],
+                [
+                    [
+                        a["depth"],
+                        a["generation"],
+                        a["id"],
+                        a["op"],
+                        _span(a["span_start"], a["span_end"]),
+                        a["fitness"],
+                        ",".join(str(p) for p in a["parents"]),
+                        a["text"],
+                    ]
+                    for a in rows
+                ],
+            )
+        )
+
+
+def _json_value(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+@click.command()
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True, help="Print rows as a JSON list of objects.")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    type=(str, str),
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Bind :NAME in the query to VALUE (repeatable).",
+)
+@db_option
+def sql(
+    query: str, as_json: bool, params: tuple[tuple[str, str], ...], db_path: Path | None
+) -> None:
+    """Run a read-only SQL query, e.g. evolve sql "SELECT * FROM edits LIMIT 5".
+
+    Tables: runs, individuals, parents, texts, generations, scores, baselines, experiments,
+    experiment_rows. Views: individual_texts, lineage, edits. Writes are refused.
+    """
+    with LogStore(resolve_db(db_path), readonly=True) as store:
+        columns, rows = store.query(query, dict(params) if params else ())
+    if as_json:
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        click.echo(json.dumps(records, indent=2, ensure_ascii=False, default=_json_value))
+    elif columns:
+        click.echo(format_table(columns, rows))
+
+
+@click.group()
+def db() -> None:
+    """About the run database itself."""
+
+
+@db.command()
+@db_option
+def path(db_path: Path | None) -> None:
+    """Print the database path that --db / MLM_EVOLVE_DB / the default resolves to."""
+    click.echo(str(resolve_db(db_path).resolve()))
+
+
+COMMANDS: list[click.Command] = [runs, show, lineage, sql, db]

@@ -1,0 +1,519 @@
+"""LogStore: migrations, atomic generations, lineage views, read-only SQL, concurrency."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evolve.store import MIGRATIONS, SCHEMA_VERSION, LogStore, StoreError, text_id
+from scoring.errors import UserError
+
+PROMPT = "Cheddar is"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ind(
+    text: str,
+    fitness: float | None,
+    op: str = "init",
+    parents: tuple[int, ...] = (),
+    span: tuple[int, int] | None = None,
+    position: int = 0,
+    **detail: Any,
+) -> dict[str, Any]:
+    return {
+        "text": text,
+        "token_ids": [ord(c) for c in text[:4]],
+        "fitness": fitness,
+        "scores": {"pll": fitness},
+        "op": op,
+        "parents": list(parents),
+        "span": span,
+        "detail": detail,
+        "position": position,
+    }
+
+
+def stats(best: float = 0.0) -> dict[str, Any]:
+    return {
+        "best": best,
+        "mean": best - 1,
+        "std": 0.5,
+        "worst": best - 2,
+        "n_evaluated": 3,
+        "n_cache_hits": 0,
+        "n_unique": 3,
+        "best_individual_id": None,
+        "seconds": 0.1,
+    }
+
+
+def new_run(store: LogStore, seed: int = 1) -> int:
+    return store.create_run(
+        PROMPT, seed, {"population": 3, "mutation": {"top_k": 20}}, "tiny-bert", None, "pll"
+    )
+
+
+def three_generations(store: LogStore) -> dict[str, int]:
+    """gen 0: a b c; gen 1: d = cx(a, b), e = mut(c), f = elite(a); gen 2: g = cx(d, e)."""
+    run = new_run(store)
+    a, b, c = store.write_generation(
+        run,
+        0,
+        [ind(" yellow", -10.0), ind(" white", -12.0, position=1), ind(" old", -11.0, position=2)],
+        stats(-10.0),
+        "rng0",
+        {"gen": 0},
+    )
+    d, e, f = store.write_generation(
+        run,
+        1,
+        [
+            ind(" yellow old", -9.0, "cx_one_point", (a, b), (1, 2), cut=1),
+            ind(" very old", -13.0, "mut_span", (c,), (0, 1), position=1),
+            ind(" yellow", -10.0, "elite", (a,), position=2),
+        ],
+        stats(-9.0),
+        "rng1",
+        {"gen": 1},
+    )
+    (g,) = store.write_generation(
+        run,
+        2,
+        [ind(" yellow very old", -8.5, "cx_two_point", (d, e), (1, 3))],
+        stats(-8.5),
+        "rng2",
+        {"gen": 2},
+    )
+    return {"run": run, "a": a, "b": b, "c": c, "d": d, "e": e, "f": f, "g": g}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def count(store: LogStore, table: str) -> int:
+    return store.query(f"SELECT COUNT(*) FROM {table}")[1][0][0]
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with LogStore(tmp_path / "sub" / "runs.db") as s:
+        yield s
+
+
+# -- opening and migrations ----------------------------------------------------------------------
+
+
+def test_creates_folder_and_migrates_once(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "r.db"
+    with LogStore(path) as s:
+        assert path.exists()
+        assert s.path == path
+        assert s.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
+        run = new_run(s)
+    for _ in range(2):  # reopening applies nothing again and keeps the data
+        with LogStore(path) as s:
+            _, rows = s.query("SELECT version, name FROM _migrations ORDER BY version")
+            assert rows == [(i + 1, fn.__name__) for i, fn in enumerate(MIGRATIONS)]
+            assert s.run(run)["prompt"] == PROMPT
+    tables = set(LogStore(path).db.table_names())
+    assert {"runs", "texts", "individuals", "parents", "generations", "scores"} <= tables
+    assert {"baselines", "experiments", "experiment_rows", "_migrations"} <= tables
+    assert {"individual_texts", "lineage", "edits"} <= set(LogStore(path).db.view_names())
+
+
+def test_wal_busy_timeout_and_foreign_keys(store: LogStore) -> None:
+    conn = store.db.conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    with sqlite3.connect(store.path) as other:  # WAL is a property of the file
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_unrelated_sqlite_database_gets_our_tables(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.close()
+    with LogStore(path) as s:
+        new_run(s)
+        assert s.query("SELECT body FROM notes")[1] == [("keep me",)]
+        assert len(s.runs()) == 1
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_non_sqlite_file_is_refused_untouched(tmp_path: Path, readonly: bool) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 50)
+    before = digest(path)
+    with pytest.raises(StoreError, match=r"notes\.db is not an mlm-evolve database \(not SQLite\)"):
+        LogStore(path, readonly=readonly)
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]  # no -wal / -shm either
+    assert issubclass(StoreError, UserError)
+
+
+def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    LogStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO _migrations (version, name, applied_at) VALUES (99, 'm099_future', 'x')"
+        )
+    conn.close()
+    before = digest(path)
+    with pytest.raises(StoreError, match="schema version 99, newer than this mlm-evolve"):
+        LogStore(path)
+    assert digest(path) == before
+
+
+def test_readonly_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no database at"):
+        LogStore(tmp_path / "missing.db", readonly=True)
+    assert not (tmp_path / "missing.db").exists()
+    path = tmp_path / "r.db"
+    with LogStore(path) as s:
+        run = new_run(s)
+    before = digest(path)
+    with LogStore(path, readonly=True) as ro:
+        assert ro.run(run)["seed"] == 1
+        with pytest.raises(StoreError, match="read-only"):
+            new_run(ro)
+        with pytest.raises(StoreError, match="read-only"):
+            ro.set_status(run, "failed")
+    assert digest(path) == before
+
+
+def test_readonly_store_does_not_migrate(tmp_path: Path) -> None:
+    path = tmp_path / "plain.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.close()
+    with LogStore(path, readonly=True) as ro:
+        assert ro.query("SELECT name FROM sqlite_master WHERE type = 'table'")[1] == [("notes",)]
+
+
+# -- runs and generations ------------------------------------------------------------------------
+
+
+def test_run_records_and_status(store: LogStore) -> None:
+    run = new_run(store, seed=7)
+    record = store.run(run)
+    assert record["status"] == "running" and record["seed"] == 7
+    assert record["config"] == {"population": 3, "mutation": {"top_k": 20}}
+    assert {"python", "torch", "transformers", "deap"} <= set(record["versions"])
+    assert record["created_at"].endswith("+00:00")
+    store.set_status(run, "failed", error="RuntimeError: boom")
+    record = store.run(run)
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
+    assert record["finished_at"] is not None
+    store.set_status(run, "running")
+    assert store.run(run)["finished_at"] is None and store.run(run)["error"] is None
+    with pytest.raises(StoreError, match="unknown run status"):
+        store.set_status(run, "paused")
+    with pytest.raises(StoreError, match="no run 99 in"):
+        store.run(99)
+    with pytest.raises(StoreError, match="no run 99 in"):
+        store.set_status(99, "failed")
+
+
+def test_write_generation_round_trip(store: LogStore) -> None:
+    run = new_run(store)
+    ids = store.write_generation(
+        run,
+        0,
+        [
+            ind(" yellow", -10.0, detail_key=1),
+            ind(" white", -12.0, position=1),
+            ind(" yellow", -10.0, position=2),
+        ],
+        stats(-10.0),
+        "rng-blob",
+        {"best_so_far": -10.0, "stall": 0},
+    )
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert count(store, "texts") == 2  # " yellow" is stored once
+    pop = store.population(run, 0)
+    assert [r["id"] for r in pop] == ids
+    assert pop[0]["token_ids"] == [ord(c) for c in " yel"] and pop[0]["text"] == " yellow"
+    assert pop[0]["scores"] == {"pll": -10.0} and pop[0]["op"] == "init"
+    last = store.last_generation(run)
+    assert last["generation"] == 0 and last["rng_state"] == "rng-blob"
+    assert last["state"] == {"best_so_far": -10.0, "stall": 0}
+    assert last["best_individual_id"] == ids[0]  # the first of the equally fittest
+    assert store.run(run)["generations_done"] == 0
+    assert store.individual(ids[0])["detail"] == {"detail_key": 1}
+    assert store.last_generation(new_run(store)) is None
+    with pytest.raises(StoreError, match="generation 0 of run 1 is already written"):
+        store.write_generation(run, 0, [ind(" x", 1.0)], stats(), "r", {})
+
+
+def test_write_generation_is_atomic(store: LogStore) -> None:
+    run = new_run(store)
+    (a,) = store.write_generation(run, 0, [ind(" kept", -5.0)], stats(-5.0), "rng0", {"g": 0})
+    tables = ("individuals", "parents", "generations", "texts")
+    before = {t: count(store, t) for t in tables}
+
+    # The third individual cannot be serialised: two were already inserted by then.
+    broken = [
+        ind(" new one", -4.0, "mut_span", (a,)),
+        ind(" new two", -4.5, "mut_span", (a,), position=1),
+        ind(" new three", -4.2, "mut_span", (a,), position=2, bad=object()),
+    ]
+    with pytest.raises(TypeError):
+        store.write_generation(run, 1, broken, stats(-4.0), "rng1", {"g": 1})
+    # A parent id that does not exist fails the foreign key on the second individual.
+    dangling = [ind(" new one", -4.0, "mut_span", (a,)), ind(" new two", -4.5, "cx", (a, 999))]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_generation(run, 1, dangling, stats(-4.0), "rng1", {"g": 1})
+
+    assert {t: count(store, t) for t in tables} == before
+    assert store.query("SELECT COUNT(*) FROM texts WHERE text LIKE ' new%'")[1] == [(0,)]
+    assert store.last_generation(run)["generation"] == 0
+    assert store.run(run)["generations_done"] == 0
+    assert [r["text"] for r in store.population(run, 0)] == [" kept"]
+    # The store is still usable and generation 1 can be written properly.
+    store.write_generation(run, 1, broken[:2], stats(-4.0), "rng1", {"g": 1})
+    assert store.run(run)["generations_done"] == 1
+
+
+def test_stats_best_finish_and_truncate(store: LogStore) -> None:
+    ids = three_generations(store)
+    run = ids["run"]
+    assert [s["generation"] for s in store.generation_stats(run)] == [0, 1, 2]
+    assert store.generation_stats(run)[1]["best_individual_id"] == ids["d"]
+    best = store.best(run, 5)
+    texts = [b["text"] for b in best]
+    assert texts == [" yellow very old", " yellow old", " yellow", " old", " white"]
+    assert best[2]["id"] == ids["a"]  # the elite copy f has the same text: a came first
+    assert best[0]["full_text"] == PROMPT + " yellow very old"
+    assert len(store.best(run, 2)) == 2
+
+    store.finish_run(run)
+    record = store.run(run)
+    assert record["status"] == "finished" and record["best_individual_id"] == ids["g"]
+    (listed,) = store.runs()
+    assert listed["best_fitness"] == -8.5 and listed["n_generations"] == 3
+    assert listed["n_individuals"] == 7
+
+    assert store.truncate_after(run, 0) == 4
+    assert store.last_generation(run)["generation"] == 0
+    assert store.run(run)["generations_done"] == 0
+    assert store.run(run)["best_individual_id"] is None  # g is gone
+    assert count(store, "parents") == 0
+    store.write_generation(run, 1, [ind(" again", -1.0, "mut_span", (ids["a"],))], stats(), "r", {})
+
+
+# -- lineage and views -------------------------------------------------------------------------
+
+
+def test_lineage_over_three_generations_with_crossover(store: LogStore) -> None:
+    ids = three_generations(store)
+    ancestry = store.lineage(ids["g"])
+    by_id = {row["id"]: row for row in ancestry}
+    depth = {name: by_id[ids[name]]["depth"] for name in "gdeabc" if ids[name] in by_id}
+    assert depth == {"g": 0, "d": 1, "e": 1, "a": 2, "b": 2, "c": 2}
+    assert ids["f"] not in by_id  # the elite copy is not an ancestor of g
+    assert [row["depth"] for row in ancestry] == sorted(row["depth"] for row in ancestry)
+    g = by_id[ids["g"]]
+    assert g["parents"] == [ids["d"], ids["e"]]
+    assert (g["op"], g["span_start"], g["span_end"], g["generation"]) == ("cx_two_point", 1, 3, 2)
+    assert by_id[ids["d"]]["parents"] == [ids["a"], ids["b"]]
+    assert by_id[ids["d"]]["detail"] == {"cut": 1}
+    assert by_id[ids["a"]]["parents"] == [] and by_id[ids["a"]]["text"] == " yellow"
+    near = store.lineage(ids["g"], max_depth=1)
+    assert [r["id"] for r in near] == [ids["g"], ids["d"], ids["e"]]
+    # The SQL view agrees with the method.
+    _, rows = store.query(
+        "SELECT ancestor_id, depth FROM lineage WHERE individual_id = ?", (ids["g"],)
+    )
+    assert sorted(rows) == sorted((row["id"], row["depth"]) for row in ancestry)
+    with pytest.raises(StoreError, match="no individual 999"):
+        store.lineage(999)
+
+
+def test_edits_and_individual_texts_views(store: LogStore) -> None:
+    ids = three_generations(store)
+    cols, rows = store.query("SELECT * FROM edits ORDER BY child_id")
+    edits = {r[cols.index("child_id")]: dict(zip(cols, r, strict=True)) for r in rows}
+    assert set(edits) == {ids[k] for k in "defg"}
+    d = edits[ids["d"]]  # cx of a (-10) and b (-12), child -9
+    assert d["best_parent_fitness"] == -10.0 and d["gain"] == pytest.approx(1.0)
+    assert d["n_parents"] == 2 and (d["span_start"], d["span_end"]) == (1, 2)
+    assert edits[ids["e"]]["gain"] == pytest.approx(-2.0)  # mut of c (-11) to -13
+    assert edits[ids["g"]]["gain"] == pytest.approx(0.5)  # cx of d (-9) and e (-13) to -8.5
+    _, rows = store.query(
+        "SELECT text, full_text, generation FROM individual_texts WHERE id = ?", (ids["g"],)
+    )
+    assert rows == [(" yellow very old", PROMPT + " yellow very old", 2)]
+
+
+# -- scores, baselines, experiments ----------------------------------------------------------
+
+
+def test_scores_are_kept_per_text_prefix_and_scorer(store: LogStore) -> None:
+    store.put_scores(
+        [
+            {"text": " a", "prefix": "", "scorer": "pll/original/tiny-bert", "total": -3.0,
+             "n_tokens": 2, "per_token": [-1.0, -2.0]},
+            {"text": " a", "prefix": PROMPT, "scorer": "pll/original/tiny-bert", "total": -1.0,
+             "n_tokens": 2, "per_token": [-0.5, -0.5]},
+        ]
+    )  # fmt: skip
+    store.put_scores(  # already there: the old score stays
+        [{"text": " a", "prefix": "", "scorer": "pll/original/tiny-bert", "total": 0.0,
+          "n_tokens": 2, "per_token": [0.0, 0.0]}]
+    )  # fmt: skip
+    got = store.get_scores([" a", " b"], "", "pll/original/tiny-bert")
+    assert set(got) == {" a"}
+    assert got[" a"]["total"] == -3.0 and got[" a"]["per_token"] == [-1.0, -2.0]
+    assert store.get_scores([" a"], PROMPT, "pll/original/tiny-bert")[" a"]["total"] == -1.0
+    assert store.get_scores([" a"], PROMPT, "causal/smollm2-135m") == {}
+    _, rows = store.query("SELECT prefix_id FROM scores ORDER BY prefix_id")
+    assert rows == [("",), (text_id(PROMPT),)]
+    assert len(text_id("x")) == 32
+
+
+def test_baselines_and_experiments(store: LogStore) -> None:
+    run = new_run(store)
+    b1 = store.add_baseline(PROMPT, "sample", "smollm2-135m", {"top_p": 0.9}, 3, " blue", run)
+    store.add_baseline("Other", "beam", "smollm2-135m", {"beams": 4}, None, " red")
+    assert [b["id"] for b in store.baselines(run_id=run)] == [b1]
+    (only,) = store.baselines(prompt="Other")
+    assert only["text"] == " red" and only["params"] == {"beams": 4} and only["run_id"] is None
+    assert len(store.baselines()) == 2
+    with pytest.raises(StoreError, match="no run 42"):
+        store.add_baseline(PROMPT, "sample", "m", {}, 1, " x", run_id=42)
+
+    exp = store.add_experiment("compare", {"runs": [run]}, {"winner": "ga"}, [{"a": 1}, {"a": 2}])
+    store.add_experiment("amplify", {}, {}, [], status="failed")
+    record = store.experiment(exp)
+    assert record["rows"] == [{"a": 1}, {"a": 2}] and record["summary"] == {"winner": "ga"}
+    assert [e["id"] for e in store.experiments(kind="compare")] == [exp]
+    assert [e["n_rows"] for e in store.experiments()] == [0, 2]
+    with pytest.raises(StoreError, match="no experiment 9"):
+        store.experiment(9)
+
+
+# -- read-only SQL ----------------------------------------------------------------------------
+
+
+WRITES = [
+    "INSERT INTO runs (created_at, status, prompt, config) VALUES ('t', 'x', 'p', '{}')",
+    "UPDATE runs SET status = 'finished'",
+    "DELETE FROM individuals",
+    "DROP TABLE runs",
+    "DROP VIEW lineage",
+    "CREATE TABLE evil (x)",
+    "ALTER TABLE runs ADD COLUMN evil TEXT",
+    "PRAGMA journal_mode = DELETE",
+    "PRAGMA writable_schema = ON",
+    "ATTACH DATABASE 'elsewhere.db' AS other",
+    "VACUUM",
+    "BEGIN",
+    "WITH x AS (SELECT 1) DELETE FROM runs",
+]
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_query_refuses_writes_and_leaves_the_file(tmp_path: Path, readonly: bool) -> None:
+    path = tmp_path / "q.db"
+    with LogStore(path) as s:
+        three_generations(s)
+    before = digest(path)
+    with LogStore(path, readonly=readonly) as s:
+        for statement in WRITES:
+            with pytest.raises(StoreError, match="^read-only: "):
+                s.query(statement)
+        cols, rows = s.query("SELECT COUNT(*) AS n FROM individuals WHERE fitness > ?", (-11,))
+        assert (cols, rows) == (["n"], [(4,)])
+        assert s.query("SELECT :g AS g", {"g": 2})[1] == [(2,)]
+        assert s.query("PRAGMA table_info(runs)")[1][0][1] == "id"
+        assert s.query("SELECT name FROM pragma_table_info('texts')")[1] == [("id",), ("text",)]
+        with pytest.raises(StoreError, match="SQL error: no such table"):
+            s.query("SELECT * FROM nowhere")
+    assert digest(path) == before
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+def _write_runs(path: Path, seed: int, generations: int) -> int:
+    with LogStore(path) as s:
+        run = new_run(s, seed)
+        previous: list[int] = []
+        for gen in range(generations):
+            rows = [
+                ind(f" run {seed} gen {gen} #{k}", float(gen + k), "mut_span", tuple(previous[:1]),
+                    position=k)
+                for k in range(5)
+            ]  # fmt: skip
+            previous = s.write_generation(run, gen, rows, stats(gen), f"rng{gen}", {"g": gen})
+        s.finish_run(run)
+        return run
+
+
+def test_two_threads_write_runs_concurrently(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    start = threading.Barrier(2)
+    results: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        try:
+            start.wait()  # both open the fresh file (and race to migrate it) at once
+            results[seed] = _write_runs(path, seed, generations=15)
+        except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with LogStore(path) as s:
+        assert sorted(r["id"] for r in s.runs()) == sorted(results.values()) == [1, 2]
+        for run in results.values():
+            assert len(s.generation_stats(run)) == 15 and s.run(run)["status"] == "finished"
+        assert s.schema_version() == SCHEMA_VERSION
+
+
+def test_two_processes_write_runs_concurrently(tmp_path: Path) -> None:
+    path = tmp_path / "procs.db"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_store import _write_runs
+        print(_write_runs(__import__("pathlib").Path(sys.argv[1]), int(sys.argv[2]), 15))
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path), str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    with LogStore(path) as s:
+        assert sorted(int(out) for out, _ in outputs) == [1, 2]
+        assert [len(s.generation_stats(r)) for r in (1, 2)] == [15, 15]
+        assert {r["seed"] for r in s.runs()} == {1, 2}
