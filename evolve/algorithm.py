@@ -1,0 +1,433 @@
+"""The generation loop: DEAP selection and our batched MLM operators, logged per generation.
+
+We write the loop ourselves on DEAP's `tools` (rather than calling `algorithms.eaSimple`) so
+that variation and evaluation run as one batch per generation, every generation is written
+to the store in one transaction together with the RNG states, and a run can be resumed from
+its last completed generation with the same result as an uninterrupted run.
+
+Two loops, as in DEAP: `simple` (eaSimple with elitism: select, clone, cross, mutate, keep
+the elites) and `mu_plus_lambda` (offspring from random parents, survivors are the best mu
+of parents + offspring).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deap import tools
+
+from evolve.config import RunConfig
+from evolve.evaluate import Evaluator
+from evolve.individual import Individual, Origin
+from evolve.operators import OperatorContext, crossover_batch, mh_accept, mutate_batch
+from evolve.proposers import InputTemplate, MLMProposer
+from evolve.seeding import get_rng_state, seed_everything, set_rng_state
+from evolve.store import LogStore
+from scoring.errors import UserError
+from scoring.models import LoadedModel, load_mlm
+
+DEDUPE_TRIES = 3  # re-mutations of a duplicate before we accept it as it is
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during a run: the store holds every completed generation."""
+
+    def __init__(self, run_id: int, generation: int) -> None:
+        super().__init__(f"run {run_id} interrupted after generation {generation}")
+        self.run_id = run_id
+        self.generation = generation
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """What the loop tells its caller (the CLI's progress bar) after each generation."""
+
+    run_id: int
+    generation: int
+    generations: int
+    best: float
+    mean: float
+    best_text: str
+    n_evaluated: int
+    n_cache_hits: int
+    seconds: float
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    status: str
+    generations_done: int
+    best: list[dict[str, Any]] = field(default_factory=list)  # best distinct texts
+
+
+Progress = Callable[[GenerationReport], None]
+
+
+def start_run(cfg: RunConfig, store: LogStore, progress: Progress | None = None) -> RunSummary:
+    """Create a run in the store and evolve it to the end (or until early stopping)."""
+    cfg.validate()
+    mlm = load_mlm(cfg.mlm, device=cfg.device)
+    engine = _Engine(cfg, store, mlm)
+    run_id = store.create_run(
+        prompt=cfg.prompt,
+        seed=cfg.seed,
+        config=cfg.to_dict(),
+        mlm=cfg.mlm,
+        causal=cfg.causal,
+        fitness=engine.fitness_name,
+    )
+    engine.run_id = run_id
+    seed_everything(cfg.seed)
+    return engine.guarded(lambda: engine.evolve_from_start(), progress)
+
+
+def resume_run(run_id: int, store: LogStore, progress: Progress | None = None) -> RunSummary:
+    """Continue an interrupted run from its last completed generation."""
+    record = store.run(run_id)
+    if record["status"] == "finished":
+        raise UserError(f"run {run_id} already finished; nothing to resume")
+    cfg = RunConfig.from_dict(_json(record["config"])).validate()
+    last = store.last_generation(run_id)
+    mlm = load_mlm(cfg.mlm, device=cfg.device)
+    engine = _Engine(cfg, store, mlm)
+    engine.run_id = run_id
+    if last is None:  # interrupted before generation 0 was written: start it afresh
+        seed_everything(cfg.seed)
+        return engine.guarded(lambda: engine.evolve_from_start(), progress)
+    store.set_status(run_id, "running")
+    return engine.guarded(lambda: engine.evolve_from_record(last), progress)
+
+
+class _Engine:
+    def __init__(self, cfg: RunConfig, store: LogStore, mlm: LoadedModel) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.mlm = mlm
+        self.tokenizer = mlm.tokenizer
+        self.run_id = -1
+        self.prompt_ids = tuple(self.tokenizer.encode(cfg.prompt, add_special_tokens=False))
+        self._check_lengths()
+        self.prompt_decoded = self.tokenizer.decode(self.prompt_ids)
+        m = cfg.mutation
+        self.proposer = MLMProposer(mlm, temperature=m.temperature, top_k=m.top_k, order=m.order)
+        self.ctx = OperatorContext(
+            proposer=self.proposer,
+            prompt_ids=self.prompt_ids,
+            max_span=m.max_span,
+            min_len=cfg.min_len,
+            max_len=cfg.max_len,
+            indel_prob=m.indel_prob,
+            cx_points=cfg.crossover.points,
+            seam=cfg.crossover.seam,
+            tokenizer=self.tokenizer,
+            with_logq=cfg.mh,
+        )
+        self.evaluator = Evaluator(cfg.fitness, mlm, self.prompt_ids)
+        f = cfg.fitness
+        self.fitness_name = f"{self.evaluator.scorer_name}/{f.normalise}"
+        self.best_so_far = float("-inf")
+        self.stall = 0
+        self.progress: Progress | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _check_lengths(self) -> None:
+        n_special = InputTemplate.from_tokenizer(self.tokenizer).n_special
+        window = self.mlm.max_length
+        need = len(self.prompt_ids) + self.cfg.max_len + n_special
+        if not self.prompt_ids:
+            raise UserError("the prompt has no tokens under this model's tokenizer")
+        if need > window:
+            raise UserError(
+                f"prompt ({len(self.prompt_ids)} tokens) + max_len ({self.cfg.max_len}) + "
+                f"{n_special} special tokens = {need} exceeds the model window of {window}"
+            )
+
+    def text_of(self, ids: Sequence[int]) -> str:
+        """The continuation as text, with the spacing it has after the prompt."""
+        full = self.tokenizer.decode(list(self.prompt_ids) + list(ids))
+        if full.startswith(self.prompt_decoded):
+            return full[len(self.prompt_decoded) :]
+        return " " + self.tokenizer.decode(list(ids))
+
+    def initial_population(self) -> list[Individual]:
+        cfg = self.cfg
+        if cfg.seed_texts:
+            seeds = []
+            for text in cfg.seed_texts:
+                ids = self.tokenizer.encode(text, add_special_tokens=False)[: cfg.max_len]
+                if len(ids) < cfg.min_len:
+                    raise UserError(
+                        f"seed text {text[:40]!r} has {len(ids)} tokens, fewer than "
+                        f"min_len {cfg.min_len}"
+                    )
+                seeds.append(ids)
+            pop = [Individual(seeds[i % len(seeds)]) for i in range(cfg.population)]
+            for ind in pop:
+                ind.origin = Origin(op="seed")
+            return pop
+        mask = self.tokenizer.mask_token_id
+        pop = [Individual([mask] * cfg.init_len) for _ in range(cfg.population)]
+        filled = self.proposer.fill(
+            [self.ctx.request(list(ind), range(cfg.init_len)) for ind in pop]
+        )
+        for ind, ids in zip(pop, filled, strict=True):
+            ind[:] = self.ctx.continuation_of(ids)
+            ind.origin = Origin(op="init", detail={"proposer": "mlm"})
+        return pop
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def guarded(self, body: Callable[[], None], progress: Progress | None) -> RunSummary:
+        self.progress = progress
+        try:
+            body()
+        except KeyboardInterrupt:
+            last = self.store.last_generation(self.run_id)
+            self.store.set_status(self.run_id, "interrupted")
+            raise RunInterrupted(self.run_id, last["generation"] if last else -1) from None
+        except BaseException as exc:
+            self.store.set_status(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.store.finish_run(self.run_id, "finished")
+        record = self.store.run(self.run_id)
+        return RunSummary(
+            run_id=self.run_id,
+            status="finished",
+            generations_done=record["generations_done"],
+            best=self.store.best(self.run_id, 5),
+        )
+
+    def evolve_from_start(self) -> None:
+        started = time.perf_counter()
+        pop = self.initial_population()
+        stats = self.evaluator.evaluate(pop)
+        self.commit(0, pop, stats, started)
+        self.loop(pop, 1)
+
+    def evolve_from_record(self, last: dict[str, Any]) -> None:
+        rows = self.store.population(self.run_id, last["generation"])
+        pop = []
+        for row in rows:
+            ind = Individual(row["token_ids"])
+            ind.fitness.values = (row["fitness"],)
+            ind.scores = row["scores"]
+            ind.db_id = row["id"]
+            pop.append(ind)
+        state = _json(last["state"])
+        self.best_so_far = state["best_so_far"]
+        self.stall = state["stall"]
+        self.evaluator.warm(self.store.scored_texts(self.run_id))
+        set_rng_state(last["rng_state"])
+        if state.get("stopped"):
+            return
+        self.loop(pop, last["generation"] + 1)
+
+    def loop(self, pop: list[Individual], first: int) -> None:
+        cfg = self.cfg
+        for gen in range(first, cfg.generations + 1):
+            if cfg.patience and self.stall >= cfg.patience:
+                break
+            started = time.perf_counter()
+            if cfg.algorithm == "simple":
+                pop, stats = self.step_simple(pop)
+            else:
+                pop, stats = self.step_mu_plus_lambda(pop)
+            self.commit(gen, pop, stats, started)
+
+    def step_simple(self, pop: list[Individual]) -> tuple[list[Individual], Any]:
+        cfg = self.cfg
+        elites = [self.copy_of(ind, "elite") for ind in tools.selBest(pop, cfg.elites)]
+        chosen = tools.selTournament(pop, len(pop) - len(elites), tournsize=cfg.tournament)
+        offspring = [self.copy_of(ind, "copy") for ind in chosen]
+        pairs = [
+            (offspring[i - 1], offspring[i])
+            for i in range(1, len(offspring), 2)
+            if random.random() < cfg.cxpb
+        ]
+        if pairs:
+            crossover_batch(pairs, ctx=self.ctx)
+        mutants = [ind for ind in offspring if random.random() < cfg.mutpb]
+        parents_by_id = {ind.db_id: ind for ind in pop}
+        if mutants:
+            mutate_batch(mutants, ctx=self.ctx)
+        new_pop = elites + offspring
+        self.dedupe(new_pop)
+        stats = self.evaluator.evaluate(new_pop)
+        if cfg.mh:
+            self.metropolis_hastings(new_pop, parents_by_id)
+        return new_pop, stats
+
+    def step_mu_plus_lambda(self, pop: list[Individual]) -> tuple[list[Individual], Any]:
+        cfg = self.cfg
+        offspring: list[Individual] = []
+        pairs: list[tuple[Individual, Individual]] = []
+        mutants: list[Individual] = []
+        for _ in range(cfg.n_offspring):  # DEAP's varOr: each child is cx, mut or a copy
+            op = random.random()
+            if op < cfg.cxpb:
+                a, b = (self.copy_of(ind, "copy") for ind in random.sample(pop, 2))
+                pairs.append((a, b))
+                offspring.append(a)
+            elif op < cfg.cxpb + cfg.mutpb:
+                child = self.copy_of(random.choice(pop), "copy")
+                mutants.append(child)
+                offspring.append(child)
+            else:
+                offspring.append(self.copy_of(random.choice(pop), "copy"))
+        if pairs:
+            crossover_batch(pairs, ctx=self.ctx)
+        if mutants:
+            mutate_batch(mutants, ctx=self.ctx)
+        self.dedupe(offspring, others=pop)
+        stats = self.evaluator.evaluate(offspring)
+        if cfg.mh:
+            self.metropolis_hastings(offspring, {ind.db_id: ind for ind in pop})
+        survivors = _best_distinct(pop + offspring, cfg.population)
+        old = {id(ind) for ind in pop}
+        return [self.copy_of(ind, "copy") if id(ind) in old else ind for ind in survivors], stats
+
+    def copy_of(self, ind: Individual, op: str) -> Individual:
+        """A clone that records `ind` as its single parent; kept as is unless varied."""
+        child = Individual(ind)
+        if ind.fitness.valid:
+            child.fitness.values = ind.fitness.values
+        child.scores = dict(ind.scores)
+        child.db_id = ind.db_id
+        child.origin = Origin(op=op, parents=(ind.db_id,) if ind.db_id is not None else ())
+        return child
+
+    def dedupe(self, pop: list[Individual], others: Sequence[Individual] = ()) -> None:
+        """Re-mutate varied children that repeat another member (duplicate suppression)."""
+        if not self.cfg.dedupe:
+            return
+        for _ in range(DEDUPE_TRIES):
+            seen = {tuple(ind) for ind in others}
+            dups = []
+            for ind in pop:
+                key = tuple(ind)
+                if key in seen and not ind.fitness.valid:
+                    dups.append(ind)
+                seen.add(key)
+            if not dups:
+                return
+            mutate_batch(dups, ctx=self.ctx)
+
+    def metropolis_hastings(
+        self, pop: list[Individual], parents_by_id: dict[int | None, Individual]
+    ) -> None:
+        """Accept or undo each pure mutation by the MH rule on the energy -PLL."""
+        for i, ind in enumerate(pop):
+            detail = ind.origin.detail
+            if "log_q_forward" not in detail or len(ind.origin.parents) != 1:
+                continue
+            parent = parents_by_id.get(ind.origin.parents[0])
+            if parent is None:
+                continue
+            accepted = mh_accept(
+                old_energy=-parent.scores["pll"],
+                new_energy=-ind.scores["pll"],
+                log_q_forward=detail["log_q_forward"],
+                log_q_reverse=detail["log_q_reverse"],
+            )
+            detail["mh_accepted"] = accepted
+            if not accepted:
+                undone = self.copy_of(parent, "mh_reject")
+                # The rejected text was scored: keep it so a resumed run can warm its cache.
+                undone.origin.detail = dict(
+                    detail,
+                    rejected_op=ind.origin.op,
+                    rejected_ids=list(ind),
+                    rejected_pll=ind.scores["pll"],
+                    rejected_n_tokens=ind.scores["n_tokens"],
+                )
+                pop[i] = undone
+
+    def commit(self, gen: int, pop: list[Individual], stats: Any, started: float) -> None:
+        """Write one generation (individuals, stats, RNG state) in one transaction."""
+        fits = [ind.fitness.values[0] for ind in pop]
+        best = max(fits)
+        if best > self.best_so_far + self.cfg.min_tol:
+            self.best_so_far, self.stall = best, 0
+        else:
+            self.stall += 1
+        rows = []
+        for pos, ind in enumerate(pop):
+            o = ind.origin
+            rows.append(
+                {
+                    "text": self.text_of(ind),
+                    "token_ids": list(ind),
+                    "fitness": ind.fitness.values[0],
+                    "scores": ind.scores,
+                    "op": o.op,
+                    "parents": [p for p in o.parents if p is not None],
+                    "span": o.span,
+                    "detail": o.detail,
+                    "position": pos,
+                }
+            )
+        mean = sum(fits) / len(fits)
+        state = {
+            "best_so_far": self.best_so_far,
+            "stall": self.stall,
+            "stopped": bool(self.cfg.patience and self.stall >= self.cfg.patience),
+        }
+        seconds = time.perf_counter() - started
+        ids = self.store.write_generation(
+            self.run_id,
+            gen,
+            rows,
+            {
+                "best": best,
+                "mean": mean,
+                "std": (sum((f - mean) ** 2 for f in fits) / len(fits)) ** 0.5,
+                "worst": min(fits),
+                "n_evaluated": stats.n_evaluated,
+                "n_cache_hits": stats.n_cache_hits,
+                "n_unique": len({tuple(ind) for ind in pop}),
+                "best_individual_id": None,
+                "seconds": seconds,
+            },
+            rng_state=get_rng_state(),
+            state=state,
+        )
+        for ind, db_id in zip(pop, ids, strict=True):
+            ind.db_id = db_id
+        if self.progress is not None:
+            top = max(pop, key=lambda ind: ind.fitness.values[0])
+            self.progress(
+                GenerationReport(
+                    run_id=self.run_id,
+                    generation=gen,
+                    generations=self.cfg.generations,
+                    best=best,
+                    mean=mean,
+                    best_text=self.text_of(top),
+                    n_evaluated=stats.n_evaluated,
+                    n_cache_hits=stats.n_cache_hits,
+                    seconds=seconds,
+                )
+            )
+
+
+def _best_distinct(pop: Sequence[Individual], k: int) -> list[Individual]:
+    """The k fittest, preferring distinct texts so survivors do not collapse to clones."""
+    ranked = sorted(pop, key=lambda ind: ind.fitness.values[0], reverse=True)
+    seen: set[tuple[int, ...]] = set()
+    distinct, repeats = [], []
+    for ind in ranked:
+        (repeats if tuple(ind) in seen else distinct).append(ind)
+        seen.add(tuple(ind))
+    return (distinct + repeats)[:k]
+
+
+def _json(value: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
