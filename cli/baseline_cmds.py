@@ -1,7 +1,227 @@
-"""Placeholder: commands for this module are added by their issue."""
+"""`evolve baseline`, `evolve compare` and `evolve plot`: options in, tables and PNGs out.
+
+The decoding, scoring and drawing live in `evolve.baselines`, `evolve.compare` and
+`evolve.plots`; this module only turns options into a `BaselineConfig` or call arguments and
+prints what comes back.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from cli.common import db_option, resolve_db
+from cli.tables import format_table
+from evolve.baselines import METHODS, BaselineConfig, generate_baselines, settings_label
+from evolve.compare import COLUMNS, Comparison, compare_run
+from evolve.store import LogStore, StoreError
+from scoring.models import DEFAULT_CAUSAL
+
+_defaults = BaselineConfig()
+TEXT_WIDTH = 70  # continuation column: enough words to judge a text at a glance
+PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
+
+
+def _unescape(text: str) -> str:
+    r"""Let `--prompt "a\nb"` mean a newline, as `evolve run` does."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _open_existing(db_path: Path | None) -> LogStore:
+    """The store at --db; a missing file is an error, not a new empty database."""
+    path = resolve_db(db_path)
+    if not path.exists():
+        raise StoreError(f"no database at {path}; `evolve run` creates one")
+    return LogStore(path)
+
+
+@click.command()
+@click.option("--prompt", help=r"Prompt to continue (\n means a newline); default: the run's.")
+@click.option("--run", "run_id", type=int, help="Link to this run: its prompt and length.")
+@click.option(
+    "--method",
+    "methods",
+    type=click.Choice(METHODS),
+    multiple=True,
+    help="Decoding method (repeatable) [default: all three].",
+)
+@click.option(
+    "--causal",
+    default="",
+    help=f"Causal LM [default: the run's, else {DEFAULT_CAUSAL}].",
+)
+@click.option(
+    "--new-tokens",
+    type=int,
+    default=None,
+    help="Continuation length in causal-LM tokens [default: the run's best, else 20].",
+)
+@click.option("--num-beams", default=_defaults.num_beams, show_default=True)
+@click.option("--length-penalty", default=_defaults.length_penalty, show_default=True)
+@click.option("--no-repeat-ngram-size", default=_defaults.no_repeat_ngram_size, show_default=True)
+@click.option(
+    "--num-return-sequences",
+    default=_defaults.num_return_sequences,
+    show_default=True,
+    help="Beams kept from beam search.",
+)
+@click.option("--temperature", default=_defaults.temperature, show_default=True)
+@click.option("--top-k", default=_defaults.top_k, show_default=True, help="0 = no cut.")
+@click.option("--top-p", default=_defaults.top_p, show_default=True)
+@click.option("--typical-p", default=_defaults.typical_p, show_default=True, help="1 = off.")
+@click.option(
+    "--samples", default=_defaults.samples, show_default=True, help="Sampled texts, one seed each."
+)
+@click.option("--seed", default=_defaults.seed, show_default=True, help="First sample's seed.")
+@click.option("--device", default=_defaults.device, show_default=True)
+@db_option
+def baseline(
+    prompt: str | None,
+    run_id: int | None,
+    methods: tuple[str, ...],
+    db_path: Path | None,
+    **opts: object,
+) -> None:
+    """Continue a prompt with greedy, beam search and sampling; store the texts."""
+    o = opts
+    cfg = BaselineConfig(
+        prompt=_unescape(prompt) if prompt is not None else "",
+        run_id=run_id,
+        methods=methods or METHODS,
+        causal=o["causal"],
+        new_tokens=o["new_tokens"],
+        num_beams=o["num_beams"],
+        length_penalty=o["length_penalty"],
+        no_repeat_ngram_size=o["no_repeat_ngram_size"],
+        num_return_sequences=o["num_return_sequences"],
+        temperature=o["temperature"],
+        top_k=o["top_k"],
+        top_p=o["top_p"],
+        typical_p=o["typical_p"],
+        samples=o["samples"],
+        seed=o["seed"],
+        device=o["device"],
+    ).validate()
+    store = _open_existing(db_path) if run_id is not None else LogStore(resolve_db(db_path))
+    with store:
+        made = generate_baselines(cfg, store)
+    rows = [
+        [
+            b.id,
+            b.method,
+            settings_label(b.params),
+            b.seed,
+            "stored" if b.reused else "generated",
+            b.text,
+        ]
+        for b in made
+    ]
+    click.echo(
+        format_table(
+            ["id", "method", "settings", "seed", "source", "continuation"],
+            rows,
+            widths={"continuation": TEXT_WIDTH},
+        )
+    )
+    if made:
+        length, model = made[0].params["new_tokens"], made[0].model
+        click.echo(f"\n{len(made)} baseline texts of {length} {model} tokens.")
+    if run_id is not None:
+        click.echo(f"evolve compare {run_id}   # evolved texts against these")
+
+
+def _print_comparison(cmp: Comparison) -> None:
+    click.echo(
+        f"Run {cmp.run_id}: {cmp.mlm} (PLL) and {cmp.causal} (causal LM) scores, "
+        f"means over each row's texts; higher log-probabilities are better."
+    )
+    click.echo(format_table(cmp.headers(), cmp.table_rows(), widths={"settings": 34}, digits=2))
+    click.echo("\nFirst text of each row:")
+    click.echo(
+        format_table(
+            ["method", "settings", "continuation"],
+            [[r.method, r.settings, r.texts[0]] for r in cmp.rows],
+            widths={"settings": 34, "continuation": TEXT_WIDTH},
+        )
+    )
+    for note in cmp.notes:
+        click.echo(f"\nNote: {note}")
+    if any(cmp.computed.values()):
+        scored = ", ".join(f"{n} by {name}" for name, n in cmp.computed.items() if n)
+        click.echo(f"\nScored and stored: {scored}.")
+
+
+@click.command()
+@click.argument("run_id", type=int)
+@click.option("--reference", help=r"A human-written continuation to add (\n means a newline).")
+@click.option("--causal", default=None, help="Judge causal LM [default: the run's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--device", default="cpu", show_default=True)
+@db_option
+def compare(
+    run_id: int,
+    reference: str | None,
+    causal: str | None,
+    as_json: bool,
+    device: str,
+    db_path: Path | None,
+) -> None:
+    """Compare a run's evolved texts with its baselines: model scores, repetition, diversity."""
+    with _open_existing(db_path) as store:
+        cmp = compare_run(
+            store,
+            run_id,
+            reference=_unescape(reference) if reference is not None else None,
+            causal=causal,
+            device=device,
+        )
+    if as_json:
+        click.echo(json.dumps(cmp.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_comparison(cmp)
+        legend = "; ".join(f"{c.header}: {c.about}" for c in COLUMNS[3:])
+        click.echo(f"\nColumns: {legend}.")
+
+
+@click.command()
+@click.argument("run_id", type=int)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Folder for the PNGs [default: {PLOTS_DIR}/run-RUN_ID].",
+)
+@click.option("--reference", help="A human-written continuation for the comparison chart.")
+@click.option("--causal", default=None, help="Judge causal LM [default: the run's].")
+@click.option("--device", default="cpu", show_default=True)
+@db_option
+def plot(
+    run_id: int,
+    out_dir: Path | None,
+    reference: str | None,
+    causal: str | None,
+    device: str,
+    db_path: Path | None,
+) -> None:
+    """Draw fitness per generation, the comparison chart and the best's ancestry as PNGs."""
+    from evolve.plots import plot_run  # matplotlib loads only for this command
+
+    with _open_existing(db_path) as store:
+        cmp = compare_run(
+            store,
+            run_id,
+            reference=_unescape(reference) if reference is not None else None,
+            causal=causal,
+            device=device,
+        )
+        paths = plot_run(store, run_id, out_dir or PLOTS_DIR / f"run-{run_id}", cmp)
+    for path in paths:
+        click.echo(str(path))
+    for note in cmp.notes:
+        click.echo(f"Note: {note}")
+
+
+COMMANDS: list[click.Command] = [baseline, compare, plot]

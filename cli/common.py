@@ -13,6 +13,11 @@ import click
 from scoring.errors import UserError
 
 DEFAULT_DB = Path("runs") / "evolve.db"  # runs/ is the project's place for run databases
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+INTERRUPTED_MESSAGE = (
+    "Interrupted: everything written before Ctrl-C is kept "
+    "(`evolve runs` lists runs; `evolve resume ID` continues one)."
+)
 
 
 def default_db_path() -> Path:
@@ -38,7 +43,10 @@ class ErrorTranslatingGroup(click.Group):
     """Turn domain errors into one-line click errors instead of tracebacks.
 
     UserError (bad input) becomes a usage error, exit code 2. A database that is locked or
-    corrupt becomes a ClickException (exit 1) with the sqlite message.
+    corrupt becomes a ClickException (exit 1) with the sqlite message. A Ctrl-C that no
+    command handled itself (one during model loading, or a second one while a run records
+    its interruption) exits 130 with one line instead of click's "Aborted!" and exit 1:
+    every store write is one transaction, so what was committed before it is kept.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -48,3 +56,6 @@ class ErrorTranslatingGroup(click.Group):
             raise click.UsageError(str(exc).splitlines()[0] if str(exc) else "bad input") from exc
         except sqlite3.DatabaseError as exc:
             raise click.ClickException(f"database error: {exc}") from exc
+        except KeyboardInterrupt:
+            click.echo(f"\n{INTERRUPTED_MESSAGE}", err=True)
+            raise click.exceptions.Exit(INTERRUPTED_EXIT) from None

@@ -21,8 +21,11 @@ from evolve.config import (
     ALGORITHMS,
     CX_POINTS,
     FILL_ORDERS,
+    INITS,
     NORMALISATIONS,
+    OBJECTIVES,
     PLL_VARIANTS,
+    PROPOSERS,
     CrossoverConfig,
     FitnessConfig,
     MutationConfig,
@@ -81,8 +84,42 @@ def _read_text_file(path: Path) -> str:
 @click.option("--temperature", default=_mut.temperature, show_default=True)
 @click.option("--top-k", default=_mut.top_k, show_default=True)
 @click.option("--fill-order", type=click.Choice(FILL_ORDERS), default=_mut.order, show_default=True)
+@click.option(
+    "--proposer",
+    type=click.Choice(PROPOSERS),
+    default=_defaults.proposer,
+    show_default=True,
+    help="Who refills spans: the MLM, or the causal LM (samples --candidates fills, keeps the "
+    "likeliest text). Individuals are in the proposer's tokens.",
+)
+@click.option(
+    "--candidates",
+    default=_mut.candidates,
+    show_default=True,
+    help="Causal proposer: fills sampled per span.",
+)
+@click.option(
+    "--init",
+    type=click.Choice(INITS),
+    default=_defaults.init,
+    show_default=True,
+    help="Generation 0: seed texts, MLM fills, or the causal LM's beam search (one beam per "
+    "member), greedy or sampled decoding of --init-len tokens. auto: seed if --seed-text, "
+    "else the proposer's samples.",
+)
 @click.option("--cx-points", type=click.Choice(CX_POINTS), default=_cx.points, show_default=True)
 @click.option("--seam", default=_cx.seam, show_default=True)
+@click.option(
+    "--fitness",
+    "objective",
+    type=click.Choice(OBJECTIVES),
+    default=_fit.objective,
+    show_default=True,
+    help="pll (MLM), causal (log p(continuation | prompt)), sum (weighted), or nsga2 "
+    "(Pareto over pll, causal and diversity).",
+)
+@click.option("--pll-weight", default=_fit.pll_weight, show_default=True, help="sum/nsga2.")
+@click.option("--causal-weight", default=_fit.causal_weight, show_default=True, help="sum/nsga2.")
 @click.option("--variant", type=click.Choice(PLL_VARIANTS), default=_fit.variant, show_default=True)
 @click.option(
     "--normalise", type=click.Choice(NORMALISATIONS), default=_fit.normalise, show_default=True
@@ -92,7 +129,12 @@ def _read_text_file(path: Path) -> str:
 @click.option("--mh", is_flag=True, help="Metropolis-Hastings acceptance of mutations.")
 @click.option("--no-dedupe", is_flag=True, help="Allow duplicate offspring.")
 @click.option("--mlm", default=DEFAULT_MLM, show_default=True, help="Preset, hub name or folder.")
-@click.option("--causal", default=DEFAULT_CAUSAL, show_default=True, help="Judge/baseline LM.")
+@click.option(
+    "--causal",
+    default=DEFAULT_CAUSAL,
+    show_default=True,
+    help="Causal LM: judge, baselines, and proposer/fitness when chosen.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -128,6 +170,8 @@ def run(
         max_len=o["max_len"],
         mlm=o["mlm"],
         causal=o["causal"],
+        proposer=o["proposer"],
+        init=o["init"],
         seed=o["seed"],
         mh=o["mh"],
         device=o["device"],
@@ -137,9 +181,13 @@ def run(
             temperature=o["temperature"],
             top_k=o["top_k"],
             order=o["fill_order"],
+            candidates=o["candidates"],
         ),
         crossover=CrossoverConfig(points=o["cx_points"], seam=o["seam"]),
         fitness=FitnessConfig(
+            objective=o["objective"],
+            pll_weight=o["pll_weight"],
+            causal_weight=o["causal_weight"],
             variant=o["variant"],
             normalise=o["normalise"],
             length_bonus=o["length_bonus"],

@@ -2,7 +2,8 @@
 
 They only format what `evolve.store.LogStore` returns. Reading commands refuse a missing
 database instead of creating an empty one; `evolve sql` opens the file read-only, so no
-statement it is given can change the file.
+statement it is given can change the file. A run stored as 'running' whose process is gone
+(kill -9, a crash, power loss) is shown as 'dead', with how to resume it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import click
 
 from cli.common import db_option, resolve_db
 from cli.tables import format_cell, format_table
-from evolve.store import LogStore, StoreError
+from evolve.store import LogStore, StoreError, run_process_state
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
 
@@ -52,6 +53,19 @@ def _escape(text: str) -> str:
     return text.replace("\n", "\\n")
 
 
+def _status(run: dict[str, Any]) -> str:
+    """The stored status, except that a 'running' run whose process is gone reads 'dead'."""
+    return "dead" if run_process_state(run) == "dead" else run["status"]
+
+
+def _dead_note(run: dict[str, Any]) -> str:
+    return (
+        f"run {run['id']} was running in process {run['pid']} on {run['host']}, which has "
+        f"ended without finishing it (killed or crashed); `evolve resume {run['id']}` "
+        "continues it from its last completed generation"
+    )
+
+
 @click.command()
 @db_option
 def runs(db_path: Path | None) -> None:
@@ -68,7 +82,7 @@ def runs(db_path: Path | None) -> None:
                     [
                         r["id"],
                         _when(r["created_at"]),
-                        r["status"],
+                        _status(r),
                         r["prompt"],
                         r["n_generations"],
                         r["best_fitness"],
@@ -78,6 +92,13 @@ def runs(db_path: Path | None) -> None:
                 widths={"prompt": PROMPT_WIDTH},
             )
         )
+        dead = [r["id"] for r in rows if _status(r) == "dead"]
+        if dead:
+            ids = ", ".join(str(i) for i in dead)
+            click.echo(
+                f"\ndead: the process running it has ended without finishing it (killed or "
+                f"crashed); `evolve resume ID` continues it. Dead runs: {ids}."
+            )
 
 
 @click.command()
@@ -96,9 +117,11 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
     with _open_existing(db_path) as store:
         run = store.run(run_id)
         click.echo(
-            f"Run {run['id']}: {run['status']}, created {_when(run['created_at'])}"
+            f"Run {run['id']}: {_status(run)}, created {_when(run['created_at'])}"
             + (f", ended {_when(run['finished_at'])}" if run["finished_at"] else "")
         )
+        if _status(run) == "dead":
+            click.echo(f"note:     {_dead_note(run)}")
         click.echo(f"prompt:   {_escape(run['prompt'])}")
         click.echo(
             f"models:   mlm {run['mlm']}, causal {run['causal'] or '-'}; fitness {run['fitness']}"
@@ -120,6 +143,15 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
                 format_table(
                     ["id", "gen", "fitness", "continuation"],
                     [[b["id"], b["generation"], b["fitness"], b["text"]] for b in best],
+                )
+            )
+        front = store.pareto_front(run_id)
+        if front:
+            click.echo(f"\nPareto front (generation {front[0]['generation']}, nsga2)")
+            click.echo(
+                format_table(
+                    ["id", "pll", "causal", "diversity", "continuation"],
+                    [[f["id"], *f["objectives"][:3], f["text"]] for f in front],
                 )
             )
         stats = store.generation_stats(run_id)

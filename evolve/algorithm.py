@@ -1,13 +1,20 @@
-"""The generation loop: DEAP selection and our batched MLM operators, logged per generation.
+"""The generation loop: DEAP selection and our batched span operators, logged per generation.
 
 We write the loop ourselves on DEAP's `tools` (rather than calling `algorithms.eaSimple`) so
 that variation and evaluation run as one batch per generation, every generation is written
 to the store in one transaction together with the RNG states, and a run can be resumed from
 its last completed generation with the same result as an uninterrupted run.
 
-Two loops, as in DEAP: `simple` (eaSimple with elitism: select, clone, cross, mutate, keep
-the elites) and `mu_plus_lambda` (offspring from random parents, survivors are the best mu
-of parents + offspring).
+Three loops: `simple` (eaSimple with elitism: select, clone, cross, mutate, keep the elites),
+`mu_plus_lambda` (offspring from random parents, survivors are the best mu of parents +
+offspring), and with ``--fitness nsga2`` NSGA-II (`evolve.pareto`: crowded tournaments,
+survivors by ``selNSGA2`` from parents + offspring).
+
+What a run is made of is plugged in from the config: the proposer that refills spans (the
+MLM, or the causal LM's best of K samples), whose tokens individuals are written in
+(`evolve.representation`), the fitness (`evolve.evaluate`), and generation 0 (seed texts,
+proposer fills, or the causal LM's beam/greedy/sampled decoding via `evolve.baselines`).
+Each model is loaded only if the run uses it.
 """
 
 from __future__ import annotations
@@ -20,15 +27,23 @@ from typing import Any
 
 from deap import tools
 
-from evolve.config import RunConfig
+from evolve.config import BASELINE_INITS, RunConfig
 from evolve.evaluate import Evaluator
 from evolve.individual import Individual, Origin
 from evolve.operators import OperatorContext, crossover_batch, mh_accept, mutate_batch
-from evolve.proposers import InputTemplate, MLMProposer
+from evolve.pareto import (
+    ParetoIndividual,
+    crowded_tournament,
+    pareto_ranks,
+    select_survivors,
+    set_diversity,
+)
+from evolve.proposers import CausalProposer, MLMProposer, Proposer
+from evolve.representation import Representation
 from evolve.seeding import get_rng_state, seed_everything, set_rng_state
 from evolve.store import LogStore
 from scoring.errors import UserError
-from scoring.models import LoadedModel, load_mlm
+from scoring.models import LoadedModel, load_causal, load_mlm
 
 DEDUPE_TRIES = 3  # re-mutations of a duplicate before we accept it as it is
 
@@ -68,11 +83,17 @@ class RunSummary:
 Progress = Callable[[GenerationReport], None]
 
 
+def _load_models(cfg: RunConfig) -> tuple[LoadedModel | None, LoadedModel | None]:
+    """The masked and the causal LM, each only if the run uses it."""
+    mlm = load_mlm(cfg.mlm, device=cfg.device) if cfg.uses_mlm else None
+    causal = load_causal(cfg.causal, device=cfg.device) if cfg.uses_causal else None
+    return mlm, causal
+
+
 def start_run(cfg: RunConfig, store: LogStore, progress: Progress | None = None) -> RunSummary:
     """Create a run in the store and evolve it to the end (or until early stopping)."""
     cfg.validate()
-    mlm = load_mlm(cfg.mlm, device=cfg.device)
-    engine = _Engine(cfg, store, mlm)
+    engine = _Engine(cfg, store, *_load_models(cfg))
     run_id = store.create_run(
         prompt=cfg.prompt,
         seed=cfg.seed,
@@ -93,8 +114,7 @@ def resume_run(run_id: int, store: LogStore, progress: Progress | None = None) -
         raise UserError(f"run {run_id} already finished; nothing to resume")
     cfg = RunConfig.from_dict(_json(record["config"])).validate()
     last = store.last_generation(run_id)
-    mlm = load_mlm(cfg.mlm, device=cfg.device)
-    engine = _Engine(cfg, store, mlm)
+    engine = _Engine(cfg, store, *_load_models(cfg))
     engine.run_id = run_id
     if last is None:  # interrupted before generation 0 was written: start it afresh
         seed_everything(cfg.seed)
@@ -104,81 +124,144 @@ def resume_run(run_id: int, store: LogStore, progress: Progress | None = None) -
 
 
 class _Engine:
-    def __init__(self, cfg: RunConfig, store: LogStore, mlm: LoadedModel) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        store: LogStore,
+        mlm: LoadedModel | None,
+        causal: LoadedModel | None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.mlm = mlm
-        self.tokenizer = mlm.tokenizer
+        self.causal = causal
         self.run_id = -1
-        self.prompt_ids = tuple(self.tokenizer.encode(cfg.prompt, add_special_tokens=False))
-        self._check_lengths()
-        self.prompt_decoded = self.tokenizer.decode(self.prompt_ids)
+        rep_lm = mlm if cfg.representation == "mlm" else causal
+        assert rep_lm is not None
+        self.rep = Representation.build(rep_lm, cfg.prompt)
+        self.rep.check_window(cfg.max_len)
+        self.tokenizer = rep_lm.tokenizer
+        self.prompt_ids = self.rep.prompt_ids
         m = cfg.mutation
-        self.proposer = MLMProposer(mlm, temperature=m.temperature, top_k=m.top_k, order=m.order)
+        self.proposer: Proposer
+        if cfg.proposer == "mlm":
+            self.proposer = MLMProposer(
+                rep_lm, temperature=m.temperature, top_k=m.top_k, order=m.order
+            )
+        else:
+            self.proposer = CausalProposer(
+                rep_lm, candidates=m.candidates, temperature=m.temperature, top_k=m.top_k
+            )
         self.ctx = OperatorContext(
             proposer=self.proposer,
             prompt_ids=self.prompt_ids,
             max_span=m.max_span,
             min_len=cfg.min_len,
             max_len=cfg.max_len,
+            mask_id=self.rep.placeholder_id,
             indel_prob=m.indel_prob,
             cx_points=cfg.crossover.points,
             seam=cfg.crossover.seam,
             tokenizer=self.tokenizer,
             with_logq=cfg.mh,
+            template=self.rep.template,
         )
-        self.evaluator = Evaluator(cfg.fitness, mlm, self.prompt_ids)
-        f = cfg.fitness
-        self.fitness_name = f"{self.evaluator.scorer_name}/{f.normalise}"
+        self.evaluator = Evaluator(cfg.fitness, self.rep, mlm=mlm, causal=causal)
+        self.fitness_name = self.evaluator.scorer_name
+        self.multi = cfg.fitness.objective == "nsga2"
         self.best_so_far = float("-inf")
         self.stall = 0
         self.progress: Progress | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def _check_lengths(self) -> None:
-        n_special = InputTemplate.from_tokenizer(self.tokenizer).n_special
-        window = self.mlm.max_length
-        need = len(self.prompt_ids) + self.cfg.max_len + n_special
-        if not self.prompt_ids:
-            raise UserError("the prompt has no tokens under this model's tokenizer")
-        if need > window:
-            raise UserError(
-                f"prompt ({len(self.prompt_ids)} tokens) + max_len ({self.cfg.max_len}) + "
-                f"{n_special} special tokens = {need} exceeds the model window of {window}"
-            )
+    def make(self, ids: Sequence[int] = ()) -> Individual:
+        """A new individual of this run's kind (three objectives under nsga2)."""
+        return ParetoIndividual(ids) if self.multi else Individual(ids)
 
     def text_of(self, ids: Sequence[int]) -> str:
         """The continuation as text, with the spacing it has after the prompt."""
-        full = self.tokenizer.decode(list(self.prompt_ids) + list(ids))
-        if full.startswith(self.prompt_decoded):
-            return full[len(self.prompt_decoded) :]
-        return " " + self.tokenizer.decode(list(ids))
+        return self.rep.text_of(ids)
 
     def initial_population(self) -> list[Individual]:
         cfg = self.cfg
-        if cfg.seed_texts:
+        start = cfg.start
+        if start == "seed":
             seeds = []
             for text in cfg.seed_texts:
-                ids = self.tokenizer.encode(text, add_special_tokens=False)[: cfg.max_len]
+                ids = self.rep.encode(text)[: cfg.max_len]
                 if len(ids) < cfg.min_len:
                     raise UserError(
                         f"seed text {text[:40]!r} has {len(ids)} tokens, fewer than "
                         f"min_len {cfg.min_len}"
                     )
                 seeds.append(ids)
-            pop = [Individual(seeds[i % len(seeds)]) for i in range(cfg.population)]
+            pop = [self.make(seeds[i % len(seeds)]) for i in range(cfg.population)]
             for ind in pop:
                 ind.origin = Origin(op="seed")
             return pop
-        mask = self.tokenizer.mask_token_id
-        pop = [Individual([mask] * cfg.init_len) for _ in range(cfg.population)]
+        if start in BASELINE_INITS:
+            return self.baseline_population(start)
+        mask = self.rep.placeholder_id
+        pop = [self.make([mask] * cfg.init_len) for _ in range(cfg.population)]
         filled = self.proposer.fill(
             [self.ctx.request(list(ind), range(cfg.init_len)) for ind in pop]
         )
         for ind, ids in zip(pop, filled, strict=True):
             ind[:] = self.ctx.continuation_of(ids)
-            ind.origin = Origin(op="init", detail={"proposer": "mlm"})
+            ind.origin = Origin(op="init", detail={"proposer": self.proposer.name})
+        return pop
+
+    def baseline_population(self, method: str) -> list[Individual]:
+        """Generation 0 from the causal LM's own decoding of the prompt (`evolve.baselines`):
+        beam search with one beam per member (all returned), greedy (copied), or samples.
+
+        The texts are stored as the run's baselines and encoded into the representation;
+        one longer than max_len is cut, one shorter than min_len is extended by the proposer.
+        The GA's random state is left as it was (the baselines seed their own sampling).
+        """
+        from evolve.baselines import BaselineConfig, generate_baselines
+
+        cfg = self.cfg
+        n = cfg.population
+        bcfg = BaselineConfig(
+            prompt=cfg.prompt,
+            run_id=self.run_id,
+            methods=(method,),
+            causal=cfg.causal,
+            new_tokens=cfg.init_len,
+            num_beams=n,
+            num_return_sequences=n,
+            samples=n,
+            seed=cfg.seed,
+            device=cfg.device,
+        )
+        state = get_rng_state()
+        made = generate_baselines(bcfg, self.store, lm=self.causal)
+        set_rng_state(state)
+        pop: list[Individual] = []
+        short: list[tuple[Individual, int]] = []
+        for i in range(n):
+            b = made[i % len(made)]
+            ids = self.rep.encode(b.text)[: cfg.max_len]
+            ind = self.make(ids)
+            ind.origin = Origin(op="init", detail={"init": method, "baseline_id": b.id})
+            if len(ids) < cfg.min_len:
+                short.append((ind, len(ids)))
+            pop.append(ind)
+        if short:
+            filled = self.proposer.fill(
+                [
+                    self.ctx.request(
+                        [*ind, *[self.rep.placeholder_id] * (cfg.min_len - k)],
+                        range(k, cfg.min_len),
+                    )
+                    for ind, k in short
+                ]
+            )
+            for (ind, k), ids in zip(short, filled, strict=True):
+                ind[:] = self.ctx.continuation_of(ids)
+                ind.origin.detail.update(extended=cfg.min_len - k, proposer=self.proposer.name)
         return pop
 
     # -- the loop ---------------------------------------------------------------------------
@@ -207,6 +290,8 @@ class _Engine:
         started = time.perf_counter()
         pop = self.initial_population()
         stats = self.evaluator.evaluate(pop)
+        if self.multi:
+            set_diversity(pop)
         self.commit(0, pop, stats, started)
         self.loop(pop, 1)
 
@@ -214,15 +299,18 @@ class _Engine:
         rows = self.store.population(self.run_id, last["generation"])
         pop = []
         for row in rows:
-            ind = Individual(row["token_ids"])
-            ind.fitness.values = (row["fitness"],)
+            ind = self.make(row["token_ids"])
+            if self.multi:
+                ind.fitness.values = tuple(row["objectives"])
+            else:
+                ind.fitness.values = (row["fitness"],)
             ind.scores = row["scores"]
             ind.db_id = row["id"]
             pop.append(ind)
         state = _json(last["state"])
         self.best_so_far = state["best_so_far"]
         self.stall = state["stall"]
-        self.evaluator.warm(self.store.scored_texts(self.run_id))
+        self.evaluator.warm(self.store.scored_individuals(self.run_id))
         set_rng_state(last["rng_state"])
         if state.get("stopped"):
             return
@@ -234,7 +322,9 @@ class _Engine:
             if cfg.patience and self.stall >= cfg.patience:
                 break
             started = time.perf_counter()
-            if cfg.algorithm == "simple":
+            if self.multi:
+                pop, stats = self.step_nsga2(pop)
+            elif cfg.algorithm == "simple":
                 pop, stats = self.step_simple(pop)
             else:
                 pop, stats = self.step_mu_plus_lambda(pop)
@@ -292,9 +382,33 @@ class _Engine:
         old = {id(ind) for ind in pop}
         return [self.copy_of(ind, "copy") if id(ind) in old else ind for ind in survivors], stats
 
+    def step_nsga2(self, pop: list[Individual]) -> tuple[list[Individual], Any]:
+        """NSGA-II (see evolve.pareto): crowded tournaments, variation as in the simple loop,
+        survivors by selNSGA2 from parents + offspring, diversity measured in that pool."""
+        cfg = self.cfg
+        chosen = crowded_tournament(pop, cfg.n_offspring)
+        offspring = [self.copy_of(ind, "copy") for ind in chosen]
+        pairs = [
+            (offspring[i - 1], offspring[i])
+            for i in range(1, len(offspring), 2)
+            if random.random() < cfg.cxpb
+        ]
+        if pairs:
+            crossover_batch(pairs, ctx=self.ctx)
+        mutants = [ind for ind in offspring if random.random() < cfg.mutpb]
+        if mutants:
+            mutate_batch(mutants, ctx=self.ctx)
+        self.dedupe(offspring, others=pop)
+        stats = self.evaluator.evaluate(offspring)
+        pool = pop + offspring
+        set_diversity(pool)
+        survivors = select_survivors(pool, cfg.population)
+        old = {id(ind) for ind in pop}
+        return [self.copy_of(ind, "copy") if id(ind) in old else ind for ind in survivors], stats
+
     def copy_of(self, ind: Individual, op: str) -> Individual:
         """A clone that records `ind` as its single parent; kept as is unless varied."""
-        child = Individual(ind)
+        child = self.make(ind)
         if ind.fitness.valid:
             child.fitness.values = ind.fitness.values
         child.scores = dict(ind.scores)
@@ -321,7 +435,8 @@ class _Engine:
     def metropolis_hastings(
         self, pop: list[Individual], parents_by_id: dict[int | None, Individual]
     ) -> None:
-        """Accept or undo each pure mutation by the MH rule on the energy -PLL."""
+        """Accept or undo each pure mutation by the MH rule on the energy: minus the total
+        log-likelihood the fitness is made of (`Evaluator.energy`; -PLL by default)."""
         for i, ind in enumerate(pop):
             detail = ind.origin.detail
             if "log_q_forward" not in detail or len(ind.origin.parents) != 1:
@@ -330,8 +445,8 @@ class _Engine:
             if parent is None:
                 continue
             accepted = mh_accept(
-                old_energy=-parent.scores["pll"],
-                new_energy=-ind.scores["pll"],
+                old_energy=self.evaluator.energy(parent.scores),
+                new_energy=self.evaluator.energy(ind.scores),
                 log_q_forward=detail["log_q_forward"],
                 log_q_reverse=detail["log_q_reverse"],
             )
@@ -343,14 +458,18 @@ class _Engine:
                     detail,
                     rejected_op=ind.origin.op,
                     rejected_ids=list(ind),
-                    rejected_pll=ind.scores["pll"],
-                    rejected_n_tokens=ind.scores["n_tokens"],
+                    rejected_scores=dict(ind.scores),
                 )
+                if "pll" in ind.scores:  # the keys runs before causal scores used
+                    undone.origin.detail.update(
+                        rejected_pll=ind.scores["pll"], rejected_n_tokens=ind.scores["n_tokens"]
+                    )
                 pop[i] = undone
 
     def commit(self, gen: int, pop: list[Individual], stats: Any, started: float) -> None:
         """Write one generation (individuals, stats, RNG state) in one transaction."""
-        fits = [ind.fitness.values[0] for ind in pop]
+        fits = [self.evaluator.scalar(ind) for ind in pop]
+        ranks = pareto_ranks(pop) if self.multi else None
         best = max(fits)
         if best > self.best_so_far + self.cfg.min_tol:
             self.best_so_far, self.stall = best, 0
@@ -363,7 +482,7 @@ class _Engine:
                 {
                     "text": self.text_of(ind),
                     "token_ids": list(ind),
-                    "fitness": ind.fitness.values[0],
+                    "fitness": fits[pos],
                     "scores": ind.scores,
                     "op": o.op,
                     "parents": [p for p in o.parents if p is not None],
@@ -372,6 +491,9 @@ class _Engine:
                     "position": pos,
                 }
             )
+            if ranks is not None:
+                rows[-1]["objectives"] = list(ind.fitness.values)
+                rows[-1]["pareto_rank"] = ranks[pos]
         mean = sum(fits) / len(fits)
         state = {
             "best_so_far": self.best_so_far,
@@ -400,7 +522,7 @@ class _Engine:
         for ind, db_id in zip(pop, ids, strict=True):
             ind.db_id = db_id
         if self.progress is not None:
-            top = max(pop, key=lambda ind: ind.fitness.values[0])
+            top = pop[max(range(len(pop)), key=fits.__getitem__)]
             self.progress(
                 GenerationReport(
                     run_id=self.run_id,

@@ -20,6 +20,10 @@ FILL_ORDERS = ("l2r", "parallel")
 CX_POINTS = ("one", "two", "random")
 PLL_VARIANTS = ("original", "word_l2r")
 NORMALISATIONS = ("mean", "total")
+PROPOSERS = ("mlm", "causal")
+OBJECTIVES = ("pll", "causal", "sum", "nsga2")
+INITS = ("auto", "seed", "mlm", "beam", "greedy", "sample")
+BASELINE_INITS = ("beam", "greedy", "sample")  # starts made by decoding with the causal LM
 
 
 class ConfigError(UserError):
@@ -33,6 +37,7 @@ class MutationConfig:
     temperature: float = 1.0  # sample from the MLM's own distribution; 0 = greedy
     top_k: int = 50  # cut the long tail of rare subwords that a small MLM spreads mass over
     order: str = "l2r"  # fill multi-token spans left to right: each token sees its neighbours
+    candidates: int = 8  # causal proposer: fills sampled per span, the likeliest text kept
 
 
 @dataclass(frozen=True)
@@ -43,17 +48,32 @@ class CrossoverConfig:
 
 @dataclass(frozen=True)
 class FitnessConfig:
+    """What is maximised. ``pll``: MLM pseudo-log-likelihood; ``causal``: causal-LM
+    log p(continuation | prompt); ``sum``: ``pll_weight * pll + causal_weight * causal``;
+    ``nsga2``: Pareto selection over (pll, causal, diversity). `normalise` and `length_bonus`
+    turn each model score into a value the same way (per token, or total plus a prior)."""
+
     objective: str = "pll"  # pseudo-log-likelihood under the MLM (Salazar et al. 2020)
     variant: str = "original"  # or word_l2r (Kauf & Ivanova 2023), fairer to multi-piece words
-    normalise: str = "mean"  # per-token PLL: total PLL would reward shrinking the text
+    normalise: str = "mean"  # per-token score: a total would reward shrinking the text
     length_bonus: float = 0.0  # nats per token added to a total score (a length prior)
     bf16: bool = False  # exact fp32 by default; bf16 is ~2x faster but shifts scores
+    pll_weight: float = 1.0  # sum/nsga2: weight of the PLL value (nsga2: only for reporting)
+    causal_weight: float = 1.0  # sum/nsga2: weight of the causal value; both per token: ~1:1
+
+    @property
+    def uses_pll(self) -> bool:
+        return self.objective in ("pll", "sum", "nsga2")
+
+    @property
+    def uses_causal(self) -> bool:
+        return self.objective in ("causal", "sum", "nsga2")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     prompt: str
-    seed_texts: tuple[str, ...] = ()  # user-given starting continuations; else MLM samples
+    seed_texts: tuple[str, ...] = ()  # user-given starting continuations (init "seed")
     population: int = 16  # enough diversity for tournaments, small enough for 2 CPU cores
     generations: int = 10
     algorithm: str = "simple"  # DEAP eaSimple-style; or mu_plus_lambda
@@ -69,7 +89,9 @@ class RunConfig:
     min_len: int = 4  # continuation length bounds for insertion/deletion and crossover
     max_len: int = 32
     mlm: str = DEFAULT_MLM  # offline preset; any hub name or local folder works too
-    causal: str = DEFAULT_CAUSAL  # judge/baseline model recorded with the run
+    causal: str = DEFAULT_CAUSAL  # judge/baseline model; also proposer/fitness when asked for
+    proposer: str = "mlm"  # who refills spans: the MLM, or the causal LM (sample K, keep best)
+    init: str = "auto"  # auto: seed texts if given, else the proposer's own samples
     seed: int = 0  # drives python, numpy and torch
     mh: bool = False  # Metropolis-Hastings acceptance of mutations (Goyal et al. 2022)
     device: str = "cpu"
@@ -107,16 +129,84 @@ class RunConfig:
         _require(m.temperature >= 0 and math.isfinite(m.temperature), "temperature must be >= 0")
         _require(m.top_k >= 0, "top_k must be >= 0 (0 = no cut)")
         _choice("fill order", m.order, FILL_ORDERS)
+        _require(m.candidates >= 1, f"candidates must be at least 1 (got {m.candidates})")
         _choice("crossover points", self.crossover.points, CX_POINTS)
         _require(self.crossover.seam >= 0, "seam must be >= 0")
         f = self.fitness
-        _choice("fitness objective", f.objective, ("pll",))
+        _choice("fitness objective", f.objective, OBJECTIVES)
         _choice("PLL variant", f.variant, PLL_VARIANTS)
         _choice("normalisation", f.normalise, NORMALISATIONS)
         _require(math.isfinite(f.length_bonus), "length_bonus must be finite")
+        for name in ("pll_weight", "causal_weight"):
+            value = getattr(f, name)
+            _require(math.isfinite(value) and value >= 0, f"{name} must be >= 0 (got {value})")
+        if f.objective == "sum":
+            _require(
+                f.pll_weight + f.causal_weight > 0,
+                "fitness sum needs a positive pll_weight or causal_weight",
+            )
+        _choice("proposer", self.proposer, PROPOSERS)
+        _choice("init", self.init, INITS)
         for text in self.seed_texts:
             _require(bool(text.strip()), "a seed text is empty")
+        self._validate_combinations()
         return self
+
+    def _validate_combinations(self) -> None:
+        """Options that are valid alone but not together."""
+        f = self.fitness
+        if self.mh:
+            _require(
+                self.proposer == "mlm",
+                "Metropolis-Hastings needs the proposal probability, which only the MLM "
+                "proposer gives (use --proposer mlm or drop --mh)",
+            )
+            _require(
+                f.objective != "nsga2", "Metropolis-Hastings needs a single fitness, not nsga2"
+            )
+        if f.objective == "nsga2":
+            _require(
+                self.algorithm == "simple",
+                "nsga2 chooses survivors from parents + offspring itself; "
+                "drop --algorithm mu_plus_lambda",
+            )
+        if self.seed_texts:
+            _require(
+                self.init in ("auto", "seed"),
+                f"seed texts were given but init is {self.init!r}; use --init seed",
+            )
+        else:
+            _require(self.init != "seed", "init 'seed' needs at least one seed text")
+        _require(
+            not (self.init == "mlm" and self.proposer != "mlm"),
+            "init 'mlm' fills with the MLM proposer; with --proposer causal use --init sample, "
+            "greedy or beam",
+        )
+
+    @property
+    def representation(self) -> str:
+        """Whose tokens individuals are made of: the proposer's (scorers of the other model
+        read them through text, see evolve.representation)."""
+        return self.proposer
+
+    @property
+    def start(self) -> str:
+        """The init method `auto` stands for."""
+        if self.init != "auto":
+            return self.init
+        if self.seed_texts:
+            return "seed"
+        return "mlm" if self.proposer == "mlm" else "sample"
+
+    @property
+    def uses_mlm(self) -> bool:
+        """Whether the run loads the masked LM (proposer, fitness or init)."""
+        return self.proposer == "mlm" or self.fitness.uses_pll
+
+    @property
+    def uses_causal(self) -> bool:
+        """Whether the run loads the causal LM (proposer, fitness or a baseline init)."""
+        return self.proposer == "causal" or self.fitness.uses_causal or self.start in BASELINE_INITS
 
     @property
     def n_offspring(self) -> int:

@@ -15,6 +15,11 @@ newer version (migrations this code does not know) is refused untouched.
 One generation is written in one transaction: a crash or Ctrl-C leaves either the whole
 generation or nothing of it, which is what makes resuming exact.
 
+A run records the process that runs it (pid, host and a token that tells a reused pid apart),
+so a run left 'running' by a process that died (kill -9, power loss) can be told from a live
+one: `run_process_state` says which, and `set_status(run, "running")` (what resuming calls)
+refuses to take over a run whose process is still alive.
+
 A LogStore holds one connection; use one instance per thread or process.
 """
 
@@ -22,15 +27,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlite_utils import Database
 
@@ -200,8 +207,22 @@ def _m001_initial(db: Database) -> None:
         db.conn.execute(statement)
 
 
+def _m002_pareto(db: Database) -> None:
+    """Multi-objective runs (``--fitness nsga2``): each individual's objective values and its
+    non-dominated rank within its generation (0 = on the Pareto front); NULL otherwise."""
+    db.conn.execute("ALTER TABLE individuals ADD COLUMN objectives TEXT")
+    db.conn.execute("ALTER TABLE individuals ADD COLUMN pareto_rank INTEGER")
+
+
+def _m003_run_process(db: Database) -> None:
+    """The process running a run: pid, host name and `process_token` (None on runs from
+    before this migration), so a 'running' run whose process died can be recognised."""
+    for column in ("pid INTEGER", "host TEXT", "process TEXT"):
+        db.conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+
+
 # Append only: a released migration is never edited (docs/CONTRIBUTING.md, rule 3).
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_pareto, _m003_run_process]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -252,6 +273,84 @@ def _check_sqlite_file(path: Path) -> None:
         header = handle.read(len(SQLITE_HEADER))
     if header != SQLITE_HEADER:
         raise StoreError(f"{path} is not an mlm-evolve database (not SQLite)")
+
+
+# -- which process runs a run -------------------------------------------------------------------
+
+ProcessState = Literal["alive", "dead", "unknown"]
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks since boot) of a local process, from /proc."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = data[data.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _machine_and_namespace() -> str | None:
+    """'boot id/pid namespace' of this process: pids are only comparable within both."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot}/{namespace}"
+
+
+def process_token(pid: int | None = None) -> str | None:
+    """'boot id/pid namespace/start time' of a local process (default: this one).
+
+    Unlike the pid alone it names one process instance: a pid reused after a crash or a
+    reboot gets a different token. None where /proc cannot tell (not Linux).
+    """
+    where, stat = _machine_and_namespace(), _proc_stat(os.getpid() if pid is None else pid)
+    return f"{where}/{stat[1]}" if where and stat else None
+
+
+def process_state(pid: int | None, host: str | None, token: str | None) -> ProcessState:
+    """Whether the process recorded as (pid, host, token) is still running.
+
+    'unknown' where this machine cannot tell: no pid recorded (a run from before migration 3),
+    another host name (another machine, or another container sharing the file), or another
+    pid namespace.
+    """
+    if pid is None or host != socket.gethostname() or os.name != "posix":
+        return "unknown"
+    here = _machine_and_namespace()
+    if token and here and token.count("/") == 2:
+        boot, namespace, started = token.split("/")
+        here_boot, here_namespace = here.split("/")
+        if boot != here_boot:
+            return "dead"  # this machine has rebooted since: every process of then is gone
+        if namespace != here_namespace:
+            return "unknown"
+        stat = _proc_stat(pid)
+        alive = stat is not None and stat[1] == started and stat[0] not in ("Z", "X")
+        return "alive" if alive else "dead"
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the pid exists
+    except ProcessLookupError:
+        return "dead"
+    except PermissionError:
+        return "alive"  # exists, owned by another user
+    except OSError:
+        return "unknown"
+    return "alive"
+
+
+def run_process_state(run: Mapping[str, Any]) -> ProcessState | None:
+    """For a run row whose status is 'running': whether its process is alive; else None."""
+    if run.get("status") != "running":
+        return None
+    return process_state(run.get("pid"), run.get("host"), run.get("process"))
+
+
+def _this_process() -> tuple[int, str, str | None]:
+    """(pid, host, token) of the calling process, as a run records it."""
+    return os.getpid(), socket.gethostname(), process_token()
 
 
 _READ_ACTIONS = {
@@ -307,11 +406,17 @@ class LogStore:
                 raise StoreError(f"no database at {self._path}")
             conn = _open_read_only(self._path)
         else:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {self._path.parent}: {exc.strerror}") from exc
             # isolation_level=None: no implicit transactions; every write below opens its own.
-            conn = sqlite3.connect(
-                str(self._path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
-            )
+            try:
+                conn = sqlite3.connect(
+                    str(self._path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                )
+            except sqlite3.OperationalError as exc:  # e.g. a folder where files cannot be made
+                raise StoreError(f"cannot open {self._path}: {exc}") from exc
         self.db = Database(conn, recursive_triggers=False, execute_plugins=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -320,6 +425,11 @@ class LogStore:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA foreign_keys = ON")
                 self._migrate()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_CANTOPEN":
+                raise StoreError(f"cannot open {self._path}: {exc}") from exc
+            raise
         except BaseException:
             conn.close()
             raise
@@ -465,24 +575,62 @@ class LogStore:
         causal: str | None,
         fitness: str,
     ) -> int:
-        """Record a new run (status 'running') with its full config; returns its id."""
+        """Record a new run (status 'running', owned by this process) with its full config;
+        returns its id."""
         with self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO runs (created_at, status, prompt, seed, mlm, causal, fitness, "
-                "config, versions) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-                (_now(), prompt, seed, mlm, causal, fitness, _dumps(config), _dumps(_versions())),
+                "config, versions, pid, host, process) "
+                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    _now(),
+                    prompt,
+                    seed,
+                    mlm,
+                    causal,
+                    fitness,
+                    _dumps(config),
+                    _dumps(_versions()),
+                    *_this_process(),
+                ),
             )
         return int(cursor.lastrowid)
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
-        """Set a run's status and error; 'running' clears finished_at, the others set it."""
+        """Set a run's status and error; 'running' clears finished_at, the others set it.
+
+        'running' also makes this process the run's owner (resuming calls it), and is refused
+        while the run is 'running' in another process that is still alive: two processes
+        must not extend one run. A run left 'running' by a dead process is taken over.
+        """
         if status not in RUN_STATUSES:
             raise StoreError(f"unknown run status {status!r}; expected one of {RUN_STATUSES}")
         with self._transaction() as conn:
             self._require_run(run_id)
+            if status != "running":
+                conn.execute(
+                    "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                    (status, error, _now(), run_id),
+                )
+                return
+            pid, host, token = _this_process()
+            old_status, old_pid, old_host, old_token = conn.execute(
+                "SELECT status, pid, host, process FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            ours = (old_pid, old_host) == (pid, host) and old_token in (None, token)
+            if (
+                old_status == "running"
+                and not ours
+                and process_state(old_pid, old_host, old_token) == "alive"
+            ):
+                raise StoreError(
+                    f"run {run_id} is still running in process {old_pid} on {old_host}; "
+                    "wait for it to end or stop it (Ctrl-C) before resuming"
+                )
             conn.execute(
-                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-                (status, error, None if status == "running" else _now(), run_id),
+                "UPDATE runs SET status = 'running', error = ?, finished_at = NULL, pid = ?, "
+                "host = ?, process = ? WHERE id = ?",
+                (error, pid, host, token, run_id),
             )
 
     def finish_run(self, run_id: int, status: str = "finished") -> None:
@@ -538,7 +686,8 @@ class LogStore:
         """Write one generation in ONE transaction; returns the new individual ids in order.
 
         Each individual dict has `text`, `token_ids`, `fitness`, `scores`, `op`, `parents`
-        (store ids), `span` ((start, end) or None), `detail` and `position`. `stats` has best,
+        (store ids), `span` ((start, end) or None), `detail` and `position`, and for
+        multi-objective runs `objectives` (list of floats) and `pareto_rank`. `stats` has best,
         mean, std, worst, n_evaluated, n_cache_hits, n_unique, best_individual_id (None: the
         fittest individual written here) and seconds. If anything fails, nothing of this
         generation is kept.
@@ -556,10 +705,12 @@ class LogStore:
             for pos, (ind, tid) in enumerate(zip(individuals, text_ids, strict=True)):
                 span = ind.get("span")
                 token_ids = [int(t) for t in ind["token_ids"]]
+                objectives = ind.get("objectives")
                 cursor = conn.execute(
                     "INSERT INTO individuals (run_id, generation, position, text_id, token_ids, "
-                    "n_tokens, fitness, scores, op, span_start, span_end, detail, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "n_tokens, fitness, scores, op, span_start, span_end, detail, created_at, "
+                    "objectives, pareto_rank) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         generation,
@@ -574,6 +725,8 @@ class LogStore:
                         span[1] if span else None,
                         _dumps(ind.get("detail") or {}),
                         now,
+                        _dumps(list(objectives)) if objectives is not None else None,
+                        ind.get("pareto_rank"),
                     ),
                 )
                 new_id = int(cursor.lastrowid)
@@ -648,14 +801,73 @@ class LogStore:
         self._require_run(run_id)
         rows = self._rows(
             "SELECT i.id, i.position, i.token_ids, t.text, i.fitness, i.scores, i.op, "
-            "i.n_tokens FROM individuals i JOIN texts t ON t.id = i.text_id "
+            "i.n_tokens, i.objectives, i.pareto_rank FROM individuals i "
+            "JOIN texts t ON t.id = i.text_id "
             "WHERE i.run_id = ? AND i.generation = ? ORDER BY i.position, i.id",
             (run_id, generation),
         )
         for row in rows:
             row["token_ids"] = _loads(row["token_ids"], [])
             row["scores"] = _loads(row["scores"], {})
+            row["objectives"] = _loads(row["objectives"])
         return rows
+
+    def pareto_front(self, run_id: int, generation: int | None = None) -> list[dict[str, Any]]:
+        """The distinct texts on the Pareto front (pareto_rank 0) of a generation (default:
+        the last one), best scalar fitness first; empty for a single-objective run."""
+        self._require_run(run_id)
+        if generation is None:
+            last = self.last_generation(run_id)
+            if last is None:
+                return []
+            generation = last["generation"]
+        rows = self._rows(
+            "SELECT MIN(i.id) AS id, i.generation, i.fitness, i.objectives, t.text "
+            "FROM individuals i JOIN texts t ON t.id = i.text_id "
+            "WHERE i.run_id = ? AND i.generation = ? AND i.pareto_rank = 0 "
+            "GROUP BY i.text_id ORDER BY i.fitness DESC, id",
+            (run_id, generation),
+        )
+        for row in rows:
+            row["objectives"] = _loads(row["objectives"], [])
+        return rows
+
+    def scored_individuals(self, run_id: int) -> list[tuple[list[int], dict[str, Any]]]:
+        """(token ids, scores) of every text the run has scored, for warming its caches.
+
+        Individuals carry their scores; a text rejected by Metropolis-Hastings was scored too
+        and lives in the detail of the `mh_reject` row that replaced it (`rejected_scores`,
+        or in runs before causal scores `rejected_pll` and `rejected_n_tokens`). Offspring that
+        were scored but not kept (mu_plus_lambda and nsga2 survivor selection) are read from
+        `dropped_scores` ([[token ids, scores], ...]) in the state of the generation that
+        dropped them.
+        """
+        self._require_run(run_id)
+        out: list[tuple[list[int], dict[str, Any]]] = []
+        for row in self._rows(
+            "SELECT token_ids, scores FROM individuals WHERE run_id = ? AND scores != '{}'",
+            (run_id,),
+        ):
+            out.append((_loads(row["token_ids"], []), _loads(row["scores"], {})))
+        for row in self._rows(
+            "SELECT detail FROM individuals WHERE run_id = ? AND op = 'mh_reject'", (run_id,)
+        ):
+            detail = _loads(row["detail"], {})
+            if "rejected_ids" not in detail:
+                continue
+            scores = detail.get("rejected_scores")
+            if scores is None:
+                scores = {
+                    "pll": detail.get("rejected_pll"),
+                    "n_tokens": detail.get("rejected_n_tokens"),
+                }
+            out.append((detail["rejected_ids"], scores))
+        for (state,) in self.db.conn.execute(
+            "SELECT state FROM generations WHERE run_id = ? ORDER BY generation", (run_id,)
+        ):
+            for ids, scores in (_loads(state, {}) or {}).get("dropped_scores", ()):
+                out.append((ids, scores))
+        return out
 
     def scored_texts(self, run_id: int) -> list[tuple[list[int], float, int]]:
         """Every (token ids, PLL total, n tokens) the run has scored, for warming its cache.

@@ -187,17 +187,48 @@ _KIND_WORD = {"mlm": "masked LM", "causal": "causal LM"}
 _MLM_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
 
 
-def _check_kind(name: str, kind: Kind, model: torch.nn.Module, tokenizer: object) -> None:
-    archs = getattr(model.config, "architectures", None) or []
+def _check_architectures(name: str, kind: Kind, archs: list[str]) -> None:
+    """Refuse a model whose config names only architectures of the other kind."""
     is_mlm_arch = any(a.endswith(_MLM_SUFFIXES) for a in archs)
     is_causal_arch = any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
-    if kind == "mlm":
-        if getattr(tokenizer, "mask_token_id", None) is None:
-            raise ModelLoadError(f"{name!r} has no mask token, so it cannot be used as a masked LM")
-        if is_causal_arch and not is_mlm_arch:
-            raise ModelLoadError(f"{name!r} is a causal LM ({archs[0]}), not a masked LM")
-    elif is_mlm_arch and not is_causal_arch:
+    if kind == "mlm" and is_causal_arch and not is_mlm_arch:
+        raise ModelLoadError(f"{name!r} is a causal LM ({archs[0]}), not a masked LM")
+    if kind == "causal" and is_mlm_arch and not is_causal_arch:
         raise ModelLoadError(f"{name!r} is a masked LM ({archs[0]}), not a causal LM")
+
+
+def _check_kind(name: str, kind: Kind, model: torch.nn.Module, tokenizer: object) -> None:
+    if kind == "mlm" and getattr(tokenizer, "mask_token_id", None) is None:
+        raise ModelLoadError(f"{name!r} has no mask token, so it cannot be used as a masked LM")
+    _check_architectures(name, kind, list(getattr(model.config, "architectures", None) or []))
+
+
+def check_kind(name: str, kind: Kind) -> None:
+    """Refuse, without loading or converting anything, a model that cannot be `kind`.
+
+    For an option that names a model the command does not load now (a run records its
+    judge model for later comparisons): a preset of the other kind, a file, a folder without
+    config.json, or one whose config.json names only the other kind's architectures. Hub ids
+    pass; loading checks them, and the mask token, fully.
+    """
+    if not name or not name.strip():
+        raise ModelLoadError(f"empty model name; presets: {_preset_hint()}")
+    preset = PRESETS.get(name)
+    if preset is not None:
+        if preset.kind != kind:
+            raise ModelLoadError(
+                f"preset {name!r} is a {_KIND_WORD[preset.kind]}, not a {_KIND_WORD[kind]}"
+            )
+        return
+    source = resolve_source(name, kind)  # no preset: only checks the folder, if it is one
+    config = Path(source) / "config.json"
+    if not config.exists():
+        return  # a hub id
+    try:
+        archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot read {config}: {exc}") from exc
+    _check_architectures(name, kind, [str(a) for a in archs])
 
 
 _cache: dict[tuple[str, Kind, str], LoadedModel] = {}
@@ -246,6 +277,7 @@ def _load_uncached(name: str, kind: Kind, device: str) -> LoadedModel:
             model = auto.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.rstrip(". ")  # we end the sentence ourselves
         if "Unrecognized configuration class" in first or "Unrecognized model" in first:
             other = "causal" if kind == "mlm" else "mlm"
             first = (
@@ -258,6 +290,12 @@ def _load_uncached(name: str, kind: Kind, device: str) -> LoadedModel:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
     _check_kind(name, kind, model, tokenizer)
+    # Mark transformers' generic "sequence length is longer than the specified maximum"
+    # warning as already given: every caller checks lengths against `LoadedModel.max_length`
+    # and refuses a too-long input with one clear line, which the warning would precede.
+    warned = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(warned, dict):
+        warned["sequence-length-is-longer-than-the-specified-maximum"] = True
     if kind == "causal" and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # generate() and batching need a pad id
     model.eval().to(device)

@@ -1,0 +1,406 @@
+"""Evolved texts against baselines, side by side: one row per method, scores from the store.
+
+Evolution maximises pseudo-log-likelihood (PLL) under its masked LM, so a high PLL alone says
+little: the comparison also asks an independent judge, the causal LM, how likely each
+continuation is after the prompt, and puts model-free statistics (repetition, diversity,
+length) beside both. The rows of a run:
+
+- ``evolved best``: its fittest individual (the first of equals);
+- ``evolved population``: every individual of its last generation (means over them);
+- one row per baseline group: stored baselines of the run with the same method, model and
+  parameters (the seeds of a sampler, the returned beams of a beam search);
+- ``reference``: an optional human-written continuation.
+
+Every model score is a row of the store's ``scores`` table, keyed by (text, prompt, scorer)
+with scorer names ``pll/original/<mlm>``, ``pll/word_l2r/<mlm>`` and ``causal/<causal LM>``.
+Scores already stored are read back, only missing ones are computed (models load only
+then), so a second comparison costs no model time and any text can later be judged by
+another model. The model-score columns of the table are means over each row's texts and
+can be recomputed with plain SQL (`COMPARE_SQL`); the word statistics are cheap pure
+functions of the texts (`scoring.metrics`) and are recomputed each time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from evolve.baselines import settings_label
+from evolve.store import LogStore
+from scoring import metrics
+from scoring.errors import UserError
+
+PLL_VARIANTS = ("original", "word_l2r")
+
+
+class ScoreLike(Protocol):
+    total: float
+    n_tokens: int
+    token_logprobs: tuple[float, ...]
+
+
+class TextScorer(Protocol):
+    """What the comparison needs of a scorer: `PLLScorer` and `CausalScorer` both fit."""
+
+    def score(self, texts: Sequence[str], prefix: str = "") -> Sequence[ScoreLike]: ...
+
+
+ScorerFactory = Callable[[str], TextScorer]
+
+
+def pll_scorer_name(variant: str, mlm: str) -> str:
+    return f"pll/{variant}/{mlm}"
+
+
+def causal_scorer_name(causal: str) -> str:
+    return f"causal/{causal}"
+
+
+def default_scorer(name: str, device: str = "cpu") -> TextScorer:
+    """The scorer a stored scorer name stands for, with its model loaded."""
+    kind, _, rest = name.partition("/")
+    if kind == "pll":
+        from scoring.models import load_mlm
+        from scoring.pll import PLLScorer
+
+        variant, _, model = rest.partition("/")
+        return PLLScorer(load_mlm(model, device=device), variant=variant)  # type: ignore[arg-type]
+    if kind == "causal":
+        from scoring.causal import CausalScorer
+        from scoring.models import load_causal
+
+        return CausalScorer(load_causal(rest, device=device))
+    raise UserError(f"unknown scorer {name!r}; expected pll/<variant>/<mlm> or causal/<model>")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # field of CompareRow and of the JSON rows
+    header: str  # terminal table header
+    about: str  # what it is, for docs and --json
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("method", "method", "evolved best/population, greedy, beam, sample or reference"),
+    Column("settings", "settings", "decoding parameters of a baseline group"),
+    Column("n", "n", "texts in the row; every score below is a mean over them"),
+    Column("pll_tok", "pll/tok", "PLL per MLM token, original variant (nats)"),
+    Column("pll", "pll", "PLL total, original variant (nats)"),
+    Column("pll_l2r_tok", "l2r/tok", "PLL per MLM token, word_l2r variant (nats)"),
+    Column("pll_l2r", "l2r", "PLL total, word_l2r variant (nats)"),
+    Column("causal_tok", "clm/tok", "causal LM log p(continuation | prompt) per token (nats)"),
+    Column("causal", "clm", "causal LM log p(continuation | prompt), total (nats)"),
+    Column("ppl", "ppl", "causal LM perplexity, exp(-clm/tok)"),
+    Column("rep2", "rep-2", "share of repeated word bigrams within a text"),
+    Column("rep3", "rep-3", "share of repeated word trigrams within a text"),
+    Column("distinct1", "dist-1", "unique words / words across the row's texts"),
+    Column("distinct2", "dist-2", "unique word bigrams / bigrams across the row's texts"),
+    Column("self_bleu", "s-BLEU", "mean BLEU-4 of each text against the others (2+ texts)"),
+    Column("words", "words", "length in words"),
+    Column("mlm_tokens", "mlm tok", "length in MLM tokens"),
+    Column("causal_tokens", "clm tok", "length in causal LM tokens"),
+)
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One method's texts and the means of their scores (None where undefined)."""
+
+    method: str
+    settings: str
+    params: dict[str, Any] | None  # a baseline group's stored parameters; None otherwise
+    texts: tuple[str, ...]
+    n: int
+    pll_tok: float | None
+    pll: float | None
+    pll_l2r_tok: float | None
+    pll_l2r: float | None
+    causal_tok: float | None
+    causal: float | None
+    ppl: float | None
+    rep2: float
+    rep3: float
+    distinct1: float
+    distinct2: float
+    self_bleu: float | None
+    words: float
+    mlm_tokens: float | None
+    causal_tokens: float | None
+
+    def cells(self) -> list[Any]:
+        return [getattr(self, c.key) for c in COLUMNS]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    run_id: int
+    prompt: str
+    mlm: str
+    causal: str
+    reference: str | None
+    rows: tuple[CompareRow, ...]
+    scorers: tuple[str, ...]  # the scorer names of the model-score columns
+    computed: dict[str, int] = field(default_factory=dict)  # texts newly scored, per scorer
+    notes: tuple[str, ...] = ()
+
+    def headers(self) -> list[str]:
+        return [c.header for c in COLUMNS]
+
+    def table_rows(self) -> list[list[Any]]:
+        return [row.cells() for row in self.rows]
+
+    def sql_params(self) -> dict[str, Any]:
+        """The named parameters of `COMPARE_SQL` that reproduce this comparison."""
+        return {"run": self.run_id, "causal": self.causal, "reference": self.reference}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "prompt": self.prompt,
+            "mlm": self.mlm,
+            "causal": self.causal,
+            "reference": self.reference,
+            "scorers": list(self.scorers),
+            "columns": {c.key: c.about for c in COLUMNS},
+            "rows": [
+                {
+                    **{c.key: getattr(r, c.key) for c in COLUMNS},
+                    "params": r.params,
+                    "texts": r.texts,
+                }
+                for r in self.rows
+            ],
+            "computed": self.computed,
+            "notes": list(self.notes),
+        }
+
+
+class ScoreBook:
+    """Scores of texts after one prompt: read from the store, computed and stored if missing.
+
+    Scorers are made by `factory` only when a text lacks a stored score, so a comparison
+    whose scores are all stored loads no model.
+    """
+
+    def __init__(self, store: LogStore, prefix: str, factory: ScorerFactory) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.factory = factory
+        self.computed: dict[str, int] = {}
+        self._scorers: dict[str, TextScorer] = {}
+
+    def get(self, scorer: str, texts: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{text: stored score row (total, n_tokens, per_token)} for every text given."""
+        unique = list(dict.fromkeys(texts))
+        found = self.store.get_scores(unique, self.prefix, scorer)
+        missing = [t for t in unique if t not in found]
+        self.computed[scorer] = self.computed.get(scorer, 0) + len(missing)
+        if missing:
+            if scorer not in self._scorers:
+                self._scorers[scorer] = self.factory(scorer)
+            results = self._scorers[scorer].score(missing, self.prefix)
+            self.store.put_scores(
+                [
+                    {
+                        "text": text,
+                        "prefix": self.prefix,
+                        "scorer": scorer,
+                        "total": float(r.total),
+                        "n_tokens": int(r.n_tokens),
+                        "per_token": list(r.token_logprobs),
+                    }
+                    for text, r in zip(missing, results, strict=True)
+                ]
+            )
+            found = self.store.get_scores(unique, self.prefix, scorer)
+        return found
+
+
+def normalise_reference(prompt: str, reference: str) -> str:
+    """A reference continuation as it follows the prompt: a space in front unless one is there.
+
+    Users type ``yellow`` for the continuation of ``Cheddar is``; as a continuation it is
+    `` yellow`` (and a causal LM's tokens differ for the two).
+    """
+    if not reference.strip():
+        raise UserError("the reference continuation is empty")
+    if reference[0].isspace() or not prompt or prompt[-1].isspace():
+        return reference
+    return " " + reference
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return math.fsum(present) / len(present) if present else None
+
+
+def _per_token(score: dict[str, Any]) -> float | None:
+    n = score.get("n_tokens")
+    return score["total"] / n if n else None
+
+
+@dataclass(frozen=True)
+class _Group:
+    method: str
+    settings: str
+    params: dict[str, Any] | None
+    texts: tuple[str, ...]
+
+
+def _groups(store: LogStore, run_id: int, reference: str | None) -> tuple[list[_Group], list[str]]:
+    notes: list[str] = []
+    best = store.best(run_id, 1)
+    last = store.last_generation(run_id)
+    if not best or last is None:
+        raise UserError(f"run {run_id} has no scored generation yet; nothing to compare")
+    population = store.population(run_id, last["generation"])
+    groups = [
+        _Group("evolved best", f"id {best[0]['id']}", None, (best[0]["text"],)),
+        _Group(
+            "evolved population",
+            f"gen {last['generation']}",
+            None,
+            tuple(r["text"] for r in population),
+        ),
+    ]
+    by_key: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
+    for b in store.baselines(run_id=run_id):
+        by_key.setdefault((b["method"], b["model"], json.dumps(b["params"])), []).append(b)
+    for (method, _model, _), members in by_key.items():
+        params = members[0]["params"]
+        groups.append(
+            _Group(method, settings_label(params), params, tuple(b["text"] for b in members))
+        )
+    if not by_key:
+        notes.append(
+            f"run {run_id} has no baselines yet: `evolve baseline --run {run_id}` adds greedy, "
+            "beam search and sampling rows"
+        )
+    if reference is not None:
+        groups.append(_Group("reference", "", None, (reference,)))
+    return groups, notes
+
+
+def compare_run(
+    store: LogStore,
+    run_id: int,
+    reference: str | None = None,
+    causal: str | None = None,
+    factory: ScorerFactory | None = None,
+    device: str = "cpu",
+) -> Comparison:
+    """Compare a run's evolved texts with its stored baselines (and a reference), see module doc.
+
+    `causal` overrides the run's judge model; `factory` makes scorers from scorer names
+    (default: `default_scorer` on `device`).
+    """
+    run = store.run(run_id)
+    prompt: str = run["prompt"]
+    judge = causal or run["causal"]
+    if not judge:
+        raise UserError(f"run {run_id} records no causal LM; give one with --causal")
+    if reference is not None:
+        reference = normalise_reference(prompt, reference)
+    groups, notes = _groups(store, run_id, reference)
+    book = ScoreBook(store, prompt, factory or (lambda name: default_scorer(name, device)))
+    every = [t for g in groups for t in g.texts]
+    names = (*(pll_scorer_name(v, run["mlm"]) for v in PLL_VARIANTS), causal_scorer_name(judge))
+    scores = {name: book.get(name, every) for name in names}
+    original, l2r, clm = (scores[name] for name in names)
+    rows = []
+    for g in groups:
+        texts = g.texts
+        causal_tok = _mean([_per_token(clm[t]) for t in texts])
+        rows.append(
+            CompareRow(
+                method=g.method,
+                settings=g.settings,
+                params=g.params,
+                texts=texts,
+                n=len(texts),
+                pll_tok=_mean([_per_token(original[t]) for t in texts]),
+                pll=_mean([original[t]["total"] for t in texts]),
+                pll_l2r_tok=_mean([_per_token(l2r[t]) for t in texts]),
+                pll_l2r=_mean([l2r[t]["total"] for t in texts]),
+                causal_tok=causal_tok,
+                causal=_mean([clm[t]["total"] for t in texts]),
+                ppl=math.exp(-causal_tok) if causal_tok is not None else None,
+                rep2=math.fsum(metrics.rep_n(t, 2) for t in texts) / len(texts),
+                rep3=math.fsum(metrics.rep_n(t, 3) for t in texts) / len(texts),
+                distinct1=metrics.distinct_n(texts, 1),
+                distinct2=metrics.distinct_n(texts, 2),
+                self_bleu=metrics.self_bleu(texts),
+                words=math.fsum(metrics.length_words(t) for t in texts) / len(texts),
+                mlm_tokens=_mean([original[t]["n_tokens"] for t in texts]),
+                causal_tokens=_mean([clm[t]["n_tokens"] for t in texts]),
+            )
+        )
+    return Comparison(
+        run_id=run_id,
+        prompt=prompt,
+        mlm=run["mlm"],
+        causal=judge,
+        reference=reference,
+        rows=tuple(rows),
+        scorers=names,
+        computed=book.computed,
+        notes=tuple(notes),
+    )
+
+
+# The model-score columns of `compare_run`, from the database alone. Parameters: :run (run
+# id), :causal (the judge's name, usually runs.causal) and :reference (NULL for none; the
+# reference as compare stored it, leading space included). `settings` comes out as the
+# stored JSON parameters of a baseline group. Scores are found by the prompt's text id:
+# compare stores the prompt in `texts` when it stores the first score.
+COMPARE_SQL = """
+WITH run AS (
+    SELECT r.id, r.mlm, p.id AS prompt_id
+    FROM runs r JOIN texts p ON p.text = r.prompt
+    WHERE r.id = :run
+),
+last_gen AS (
+    SELECT MAX(generation) AS generation FROM individuals WHERE run_id = :run
+),
+members(ord, method, settings, text_id) AS (
+    SELECT * FROM (
+        SELECT -2, 'evolved best', NULL, text_id FROM individuals
+        WHERE run_id = :run AND fitness IS NOT NULL
+        ORDER BY fitness DESC, id LIMIT 1
+    )
+    UNION ALL
+    SELECT -1, 'evolved population', NULL, i.text_id
+    FROM individuals i, last_gen g
+    WHERE i.run_id = :run AND i.generation = g.generation
+    UNION ALL
+    SELECT MIN(b.id) OVER (PARTITION BY b.method, b.model, b.params),
+           b.method, b.params, b.text_id
+    FROM baselines b WHERE b.run_id = :run
+    UNION ALL
+    SELECT 9e18, 'reference', NULL, t.id FROM texts t WHERE t.text = :reference
+),
+scored AS (
+    SELECT m.*, po.total AS po_total, po.n_tokens AS po_n,
+           pw.total AS pw_total, pw.n_tokens AS pw_n,
+           c.total AS c_total, c.n_tokens AS c_n
+    FROM members m CROSS JOIN run
+    LEFT JOIN scores po ON po.text_id = m.text_id AND po.prefix_id = run.prompt_id
+        AND po.scorer = 'pll/original/' || run.mlm
+    LEFT JOIN scores pw ON pw.text_id = m.text_id AND pw.prefix_id = run.prompt_id
+        AND pw.scorer = 'pll/word_l2r/' || run.mlm
+    LEFT JOIN scores c ON c.text_id = m.text_id AND c.prefix_id = run.prompt_id
+        AND c.scorer = 'causal/' || :causal
+)
+SELECT method, settings, COUNT(*) AS n,
+       AVG(po_total / po_n) AS pll_tok, AVG(po_total) AS pll,
+       AVG(pw_total / pw_n) AS pll_l2r_tok, AVG(pw_total) AS pll_l2r,
+       AVG(c_total / c_n) AS causal_tok, AVG(c_total) AS causal,
+       EXP(-AVG(c_total / c_n)) AS ppl,
+       AVG(po_n) AS mlm_tokens, AVG(c_n) AS causal_tokens
+FROM scored
+GROUP BY ord, method, settings
+ORDER BY ord
+"""

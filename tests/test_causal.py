@@ -1,0 +1,111 @@
+"""Batched log p(continuation | prefix) equals unbatched scoring (scoring.causal)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scoring.causal import CausalResult, CausalScorer, start_token_id
+from scoring.errors import UserError
+from scoring.models import LoadedModel, load_causal, load_model
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    " I went",
+    " Evolution keeps a population of texts and mutates them with a masked language model.",
+    "!",
+]
+PREFIX = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir) -> LoadedModel:
+    return load_model(str(tiny_gpt2_dir), "causal")
+
+
+def unbatched(lm: LoadedModel, texts: list[str], prefix: str) -> list[list[float]]:
+    """One unpadded forward per text with full logits: the reference."""
+    tok = lm.tokenizer
+    context = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    context = context or [start_token_id(tok)]
+    out = []
+    for text in texts:
+        cont = tok(text, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = lm.model(torch.tensor([context + cont])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        out.append([float(logp[len(context) - 1 + j, t]) for j, t in enumerate(cont)])
+    return out
+
+
+def _assert_same(results: list[CausalResult], ref: list[list[float]], tol: float = 1e-4) -> None:
+    for r, expected in zip(results, ref, strict=True):
+        assert r.n_tokens == len(expected) == len(r.token_logprobs)
+        assert r.token_logprobs == pytest.approx(expected, abs=tol)
+        assert r.total == pytest.approx(math.fsum(expected), abs=tol * max(1, r.n_tokens))
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX])
+@pytest.mark.parametrize("tokens_per_batch", [2048, 30])
+def test_batched_equals_unbatched(gpt2, prefix, tokens_per_batch):
+    scorer = CausalScorer(gpt2, tokens_per_batch=tokens_per_batch)
+    results = scorer.score(TEXTS, prefix)
+    _assert_same(results, unbatched(gpt2, TEXTS, prefix))
+    assert len({r.n_tokens for r in results}) == len(TEXTS)  # all lengths differ: padding
+    if tokens_per_batch == 30:
+        assert scorer.stats.forward_passes > 1
+    else:
+        assert scorer.stats.forward_passes == 1
+
+
+def test_empty_prefix_conditions_on_a_start_token(gpt2, tiny_bert_dir, tiny_roberta_dir):
+    tok = gpt2.tokenizer
+    assert start_token_id(tok) == tok.convert_tokens_to_ids("<|endoftext|>")
+    roberta_tok = load_model(str(tiny_roberta_dir), "mlm").tokenizer
+    assert start_token_id(roberta_tok) == roberta_tok.bos_token_id  # no <|endoftext|>: BOS
+    with pytest.raises(UserError, match="no BOS or EOS"):
+        start_token_id(load_model(str(tiny_bert_dir), "mlm").tokenizer)
+    scorer = CausalScorer(gpt2)
+    first = scorer.score(["The cat"])[0]
+    assert first.n_tokens == len(scorer.encode("The cat"))  # the first token is scored too
+
+
+def test_score_ids_and_cache(gpt2):
+    scorer = CausalScorer(gpt2)
+    ids = [scorer.encode(t) for t in TEXTS]
+    prefix_ids = scorer.encode(PREFIX)
+    first = scorer.score_ids(ids, prefix_ids)
+    assert first == CausalScorer(gpt2).score(TEXTS, PREFIX)
+    rows = scorer.stats.forward_rows
+    assert scorer.score_ids([ids[1], ids[1], ids[0]], prefix_ids) == [first[1], first[1], first[0]]
+    assert scorer.stats.forward_rows == rows
+    assert scorer.stats.cache_hits == 3
+    scorer.score_ids([ids[1]])  # another prefix: another key
+    assert scorer.stats.forward_rows == rows + 1
+
+
+def test_empty_and_too_long(gpt2):
+    scorer = CausalScorer(gpt2)
+    empty = scorer.score_ids([[]])[0]
+    assert (empty.total, empty.n_tokens) == (0.0, 0)
+    assert empty.mean == -math.inf
+    long_ids = [5] * 200
+    with pytest.raises(UserError, match=r"text 1 is 201 tokens long .* at most 128"):
+        scorer.score_ids([long_ids])
+
+
+@pytest.mark.real
+def test_smollm2_batched_equals_unbatched_and_prefers_fluent_text():
+    lm = load_causal()
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        " went to the store to buy some milk.",
+        " dog lazy the over jumps fox brown quick The.",
+    ]
+    results = CausalScorer(lm).score(texts)
+    _assert_same(results, unbatched(lm, texts, ""))
+    with_prefix = CausalScorer(lm).score(texts[1:], "Yesterday I")
+    _assert_same(with_prefix, unbatched(lm, texts[1:], "Yesterday I"))
+    assert results[0].total > results[2].total + 10  # fluent beats scrambled, same tokens

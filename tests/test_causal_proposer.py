@@ -1,0 +1,184 @@
+"""CausalProposer on a tiny random GPT-2: fills spans, keeps the prompt, picks the best text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evolve.individual import Individual
+from evolve.operators import OperatorContext, crossover_batch, mutate_batch
+from evolve.proposers import CausalProposer, FillRequest, Proposer, spans_of
+from evolve.representation import Representation
+from evolve.seeding import seed_everything
+from scoring.causal import CausalScorer
+from scoring.errors import UserError
+from scoring.models import LoadedModel, load_model
+
+PROMPT = "Mozzarella is white so you can see it at night. Cheddar is"
+CONTS = [
+    " yellow and tastes sharp when it is old.",
+    " a city on the Seine.",
+    " the fittest individuals and their spans.",
+]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir) -> LoadedModel:
+    return load_model(str(tiny_gpt2_dir), "causal")
+
+
+@pytest.fixture(scope="module")
+def rep(gpt2) -> Representation:
+    return Representation.build(gpt2, PROMPT)
+
+
+def requests_for(rep: Representation) -> list[FillRequest]:
+    """A one-token span, a three-token span at the end, and two spans in one request."""
+    out = []
+    for cont, positions in zip(CONTS, [(2,), (-3, -2, -1), (0, 1, 5, 6)], strict=True):
+        ids = rep.encode(cont)
+        off = len(rep.template.head) + len(rep.prompt_ids)
+        pos = tuple(off + (p % len(ids)) for p in positions)
+        full = rep.template.build(rep.prompt_ids, ids)
+        for p in pos:
+            full[p] = rep.placeholder_id
+        out.append(FillRequest(tuple(full), pos))
+    return out
+
+
+def test_spans_of():
+    assert spans_of([]) == []
+    assert spans_of([7, 3, 4, 5, 9, 10]) == [(3, 3), (7, 1), (9, 2)]
+
+
+def test_fills_only_the_requested_positions(gpt2, rep):
+    proposer = CausalProposer(gpt2, candidates=4, top_k=20)
+    assert isinstance(proposer, Proposer) and proposer.name == "causal"
+    requests = requests_for(rep)
+    seed_everything(0)
+    filled = proposer.fill(requests)
+    banned = set(gpt2.tokenizer.all_special_ids) | {rep.placeholder_id}
+    n_prompt = len(rep.template.head) + len(rep.prompt_ids)
+    for req, row in zip(requests, filled, strict=True):
+        assert len(row) == len(req.input_ids)
+        assert row[:n_prompt] == list(req.input_ids[:n_prompt])  # the prompt is never edited
+        for p, (old, new) in enumerate(zip(req.input_ids, row, strict=True)):
+            if p in req.positions:
+                assert new not in banned
+            else:
+                assert new == old
+    assert proposer.stats.spans == 4 and proposer.stats.candidates == 4 * 4
+
+
+def test_same_seed_same_fills_and_greedy_ignores_padding(gpt2, rep):
+    requests = requests_for(rep)
+    runs = []
+    for _ in range(2):
+        seed_everything(3)
+        runs.append(CausalProposer(gpt2, candidates=3).fill(requests))
+    assert runs[0] == runs[1]
+    greedy = CausalProposer(gpt2, temperature=0)
+    together = greedy.fill(requests)  # left-padded contexts of different lengths
+    alone = [greedy.fill([r])[0] for r in requests]
+    assert together == alone
+
+
+def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatch):
+    """Every sampled candidate is rescored with CausalScorer (whole text after the prompt);
+    the chosen fill is the best of its request's candidates."""
+    proposer = CausalProposer(gpt2, candidates=6)
+    picks: list[torch.Tensor] = []
+    original = proposer._pick
+
+    def spy(logits: torch.Tensor) -> torch.Tensor:
+        token = original(logits)
+        picks.append(token.clone())
+        return token
+
+    monkeypatch.setattr(proposer, "_pick", spy)
+    requests = requests_for(rep)[:2]  # one span each, lengths 1 and 3: two rounds
+    seed_everything(1)
+    filled = proposer.fill(requests)
+    scorer = CausalScorer(gpt2)
+    n_prompt = len(rep.template.head) + len(rep.prompt_ids)
+    rounds = [picks[:1], picks[1:]]  # the 1-token span first (first-use order), then 3 tokens
+    for req, row, tokens in zip(requests, filled, rounds, strict=True):
+        cands = torch.stack(tokens, dim=1).tolist()  # [candidates, span length]
+        start = req.positions[0]
+        texts = []
+        for c in cands:
+            text = list(row)
+            text[start : start + len(c)] = c
+            texts.append(text[n_prompt:])
+        scores = [r.total for r in scorer.score_ids(texts, rep.prompt_ids)]
+        chosen = row[start : start + len(cands[0])]
+        assert chosen in cands
+        assert scores[cands.index(chosen)] == pytest.approx(max(scores), abs=1e-4)
+        assert len(set(map(tuple, cands))) > 1  # a real choice was made
+
+
+def test_no_proposal_probability(gpt2, rep):
+    proposer = CausalProposer(gpt2)
+    with pytest.raises(UserError, match="Metropolis-Hastings"):
+        proposer.fill(requests_for(rep), return_logq=True)
+    with pytest.raises(UserError, match="Metropolis-Hastings"):
+        proposer.logprob_of(requests_for(rep), [[1], [1, 2, 3], [1, 2, 3, 4]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"candidates": 0}, "candidates must be at least 1"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_k": -2}, "top_k"),
+    ],
+)
+def test_bad_arguments(gpt2, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        CausalProposer(gpt2, **kwargs)
+
+
+def test_refuses_a_masked_lm(tiny_bert_dir):
+    with pytest.raises(UserError, match="needs a causal LM"):
+        CausalProposer(load_model(str(tiny_bert_dir), "mlm"))
+
+
+def test_operators_run_on_causal_tokens(gpt2, rep):
+    """The MLM's operator contract, unchanged, on the causal LM's own tokens: spans refilled
+    in place, the proposer named in the lineage, crossover seams repaired."""
+    proposer = CausalProposer(gpt2, candidates=3)
+    ctx = OperatorContext(
+        proposer=proposer,
+        prompt_ids=rep.prompt_ids,
+        tokenizer=gpt2.tokenizer,
+        mask_id=rep.placeholder_id,
+        template=rep.template,
+        max_span=3,
+        min_len=3,
+        max_len=30,
+        indel_prob=0.5,
+    )
+    seed_everything(5)
+    pop = []
+    for k, text in enumerate(CONTS):
+        ind = Individual(rep.encode(text))
+        ind.fitness.values = (0.0,)
+        ind.db_id = k + 1
+        pop.append(ind)
+    before = [list(ind) for ind in pop]
+    mutate_batch(pop, ctx=ctx)
+    for ind, old in zip(pop, before, strict=True):
+        assert not ind.fitness.valid
+        assert ind.origin.detail["proposer"] == "causal"
+        assert 3 <= len(ind) <= 30
+        start, end = ind.origin.span
+        assert ind[:start] == old[:start]  # left of the span untouched
+        assert rep.placeholder_id not in ind
+    a, b = pop[0], pop[2]
+    for ind in (a, b):
+        ind.fitness.values = (0.0,)
+    crossover_batch([(a, b)], ctx=ctx, points="one")
+    assert a.origin.op == b.origin.op == "cx_one_point"
+    assert a.origin.detail["proposer"] == "causal"
+    for ind in (a, b):
+        assert 3 <= len(ind) <= 30 and rep.placeholder_id not in ind
