@@ -198,6 +198,10 @@ def _num(x: float | None) -> str:
     return "-inf" if x is None else f"{x:.4f}"
 
 
+def _pm(x: float | None, se: float | None) -> str:
+    return _signed(x) if se is None else f"{_signed(x)} ± {se:.4f}"
+
+
 def _signed(x: float | None) -> str:
     return "-inf" if x is None else f"{x:+.4f}"
 
@@ -222,22 +226,22 @@ def render(exp_id: int, result: AmplifyResult) -> str:
             [
                 f"{a['lambda']:g}",
                 _num(a["mean_ll"]),
-                _signed(a["gain"]),
+                _pm(a["gain"], a["gain_se"]),
                 _pct(a["helped"]),
                 a["zero_prob"],
                 _num(g["mean_ll"]),
-                _signed(g["gain"]),
+                _pm(g["gain"], g["gain_se"]),
                 _pct(g["helped"]),
             ]
         )
     headers = [
         "lambda",
         "arith LL",
-        "arith gain",
+        "arith gain ± se",
         "arith helped",
         "p=0",
         "geo LL",
-        "geo gain",
+        "geo gain ± se",
         "geo helped",
     ]
     lines.append(format_table(headers, rows, digits=2))
@@ -251,7 +255,8 @@ def render(exp_id: int, result: AmplifyResult) -> str:
             f"{_signed(m['cv_gain'])}"
         )
     lines.append(
-        f"arith slope d(mean log-lik)/d(lambda) at lambda=0: {s['arith']['slope_at_0']:+.4f} "
+        f"arith slope d(mean log-lik)/d(lambda) at lambda=0: "
+        f"{_pm(s['arith']['slope_at_0'], s['arith']['slope_se'])} "
         "(positive: some small lambda helps)"
     )
     lines.append(

@@ -43,7 +43,7 @@ from evolve.representation import Representation
 from evolve.seeding import get_rng_state, seed_everything, set_rng_state
 from evolve.store import LogStore
 from scoring.errors import UserError
-from scoring.models import LoadedModel, load_causal, load_mlm
+from scoring.models import LoadedModel, check_kind, load_causal, load_mlm
 
 DEDUPE_TRIES = 3  # re-mutations of a duplicate before we accept it as it is
 
@@ -93,6 +93,8 @@ def _load_models(cfg: RunConfig) -> tuple[LoadedModel | None, LoadedModel | None
 def start_run(cfg: RunConfig, store: LogStore, progress: Progress | None = None) -> RunSummary:
     """Create a run in the store and evolve it to the end (or until early stopping)."""
     cfg.validate()
+    if not cfg.uses_causal:  # recorded as the run's judge: refuse a wrong kind now, not later
+        check_kind(cfg.causal, "causal")
     engine = _Engine(cfg, store, *_load_models(cfg))
     run_id = store.create_run(
         prompt=cfg.prompt,
@@ -113,13 +115,14 @@ def resume_run(run_id: int, store: LogStore, progress: Progress | None = None) -
     if record["status"] == "finished":
         raise UserError(f"run {run_id} already finished; nothing to resume")
     cfg = RunConfig.from_dict(_json(record["config"])).validate()
-    last = store.last_generation(run_id)
     engine = _Engine(cfg, store, *_load_models(cfg))
     engine.run_id = run_id
+    # Claim the run first: set_status refuses if its recorded process is still alive.
+    store.set_status(run_id, "running")
+    last = store.last_generation(run_id)
     if last is None:  # interrupted before generation 0 was written: start it afresh
         seed_everything(cfg.seed)
         return engine.guarded(lambda: engine.evolve_from_start(), progress)
-    store.set_status(run_id, "running")
     return engine.guarded(lambda: engine.evolve_from_record(last), progress)
 
 
@@ -172,6 +175,7 @@ class _Engine:
         self.best_so_far = float("-inf")
         self.stall = 0
         self.progress: Progress | None = None
+        self.dropped: list[list[Any]] = []  # scored offspring not kept this generation
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -379,6 +383,7 @@ class _Engine:
         if cfg.mh:
             self.metropolis_hastings(offspring, {ind.db_id: ind for ind in pop})
         survivors = _best_distinct(pop + offspring, cfg.population)
+        self.note_dropped(offspring, survivors)
         old = {id(ind) for ind in pop}
         return [self.copy_of(ind, "copy") if id(ind) in old else ind for ind in survivors], stats
 
@@ -403,8 +408,18 @@ class _Engine:
         pool = pop + offspring
         set_diversity(pool)
         survivors = select_survivors(pool, cfg.population)
+        self.note_dropped(offspring, survivors)
         old = {id(ind) for ind in pop}
         return [self.copy_of(ind, "copy") if id(ind) in old else ind for ind in survivors], stats
+
+    def note_dropped(
+        self, offspring: Sequence[Individual], survivors: Sequence[Individual]
+    ) -> None:
+        """Remember scored offspring that did not survive: a resume must warm its cache
+        with them too, or it would score them again in other batches."""
+        kept = {id(ind) for ind in survivors}
+        dropped = {tuple(ind): dict(ind.scores) for ind in offspring if id(ind) not in kept}
+        self.dropped = [[list(ids), scores] for ids, scores in dropped.items()]
 
     def copy_of(self, ind: Individual, op: str) -> Individual:
         """A clone that records `ind` as its single parent; kept as is unless varied."""
@@ -499,7 +514,9 @@ class _Engine:
             "best_so_far": self.best_so_far,
             "stall": self.stall,
             "stopped": bool(self.cfg.patience and self.stall >= self.cfg.patience),
+            "dropped_scores": self.dropped,
         }
+        self.dropped = []
         seconds = time.perf_counter() - started
         ids = self.store.write_generation(
             self.run_id,

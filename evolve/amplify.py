@@ -538,6 +538,7 @@ def summarise(
                     "lambda": lam,
                     "mean_ll": _finite(float(means[j])),
                     "gain": _finite(float(means[j] - naive)),
+                    "gain_se": _se(vals[:, j] - logp),
                     "helped": float((vals[:, j] > logp).mean()),
                     "zero_prob": int(np.isneginf(vals[:, j]).sum()),
                 }
@@ -555,6 +556,7 @@ def summarise(
     # positive some small λ helps. Under a calibrated p its expectation is 0 for any q.
     ratio = [math.exp(r["logq"] - r["logp"]) if r["logq"] is not None else 0.0 for r in rows]
     per_mix["arith"]["slope_at_0"] = _mean(np.array(ratio)) - 1.0
+    per_mix["arith"]["slope_se"] = _se(np.array(ratio))
     return {
         "positions": n,
         "beams": config.beams,
@@ -574,6 +576,13 @@ def summarise(
 def _mean(values: np.ndarray) -> float:
     """Correctly rounded mean (fsum): the same numbers always give the same mean."""
     return math.fsum(values.tolist()) / len(values) if len(values) else math.nan
+
+
+def _se(values: np.ndarray) -> float | None:
+    """Standard error of the mean over positions; None if undefined (n < 2 or infinite)."""
+    if len(values) < 2 or not np.all(np.isfinite(values)):
+        return None
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 def _cv_gain(vals: np.ndarray, logp: np.ndarray) -> float | None:

@@ -216,11 +216,6 @@ def test_check_kind_refuses_the_wrong_kind_without_loading(models: dict[str, Pat
         check_kind(str(models["empty"]), "causal")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`evolve run` records --causal without checking it when the run does not load it; "
-    "start_run should call scoring.models.check_kind(cfg.causal, 'causal') first",
-)
 def test_run_refuses_a_masked_lm_as_its_judge(models: dict[str, Path], db: Path) -> None:
     args = run_cmd(models, "--prompt", PROMPT, "--causal", str(models["bert"]))
     before = contents(db)

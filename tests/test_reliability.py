@@ -503,12 +503,6 @@ def test_scores_of_dropped_offspring_warm_the_cache(tmp_path: Path) -> None:
         assert ([5, 6], {"pll": -2.0, "n_tokens": 2}) in s.scored_individuals(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mu_plus_lambda drops scored offspring without storing their scores, so a resumed "
-    "run must score them again, in other batches (evolve/algorithm.py should put them in the "
-    "generation state as 'dropped_scores', which LogStore.scored_individuals reads)",
-)
 def test_every_text_a_mu_plus_lambda_run_scored_can_warm_a_resume(
     tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
