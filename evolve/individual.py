@@ -1,9 +1,10 @@
 """Fitness and individual classes for DEAP, defined explicitly (no `deap.creator` globals).
 
-An individual is the continuation after the fixed prompt, held as a list of the masked LM's
-token ids (the prompt is never part of it, so no operator can touch it). Beside the ids it
-carries its lineage: which operator made it, from which stored parents, and which token
-span was rewritten. The store writes that record when the individual is logged.
+An individual is the continuation after the fixed prompt, held as a list of token ids of
+the run's representation tokenizer (the proposer's model; the MLM's by default). The prompt
+is never part of it, so no operator can touch it. Beside the ids it carries its lineage:
+which operator made it, from which stored parents, and which token span was rewritten.
+The store writes that record when the individual is logged.
 """
 
 from __future__ import annotations
