@@ -12,29 +12,16 @@ from pathlib import Path
 
 import click
 
-from cli.common import db_option, resolve_db
+from cli.common import db_option, open_existing, resolve_db, unescape
 from cli.tables import format_table
 from evolve.baselines import METHODS, BaselineConfig, generate_baselines, settings_label
 from evolve.compare import COLUMNS, Comparison, compare_run
-from evolve.store import LogStore, StoreError
+from evolve.store import LogStore
 from scoring.models import DEFAULT_CAUSAL
 
 _defaults = BaselineConfig()
 TEXT_WIDTH = 70  # continuation column: enough words to judge a text at a glance
 PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
-
-
-def _unescape(text: str) -> str:
-    r"""Let `--prompt "a\nb"` mean a newline, as `evolve run` does."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def _open_existing(db_path: Path | None) -> LogStore:
-    """The store at --db; a missing file is an error, not a new empty database."""
-    path = resolve_db(db_path)
-    if not path.exists():
-        raise StoreError(f"no database at {path}; `evolve run` creates one")
-    return LogStore(path)
 
 
 @click.command()
@@ -87,7 +74,7 @@ def baseline(
     """Continue a prompt with greedy, beam search and sampling; store the texts."""
     o = opts
     cfg = BaselineConfig(
-        prompt=_unescape(prompt) if prompt is not None else "",
+        prompt=unescape(prompt) if prompt is not None else "",
         run_id=run_id,
         methods=methods or METHODS,
         causal=o["causal"],
@@ -104,7 +91,7 @@ def baseline(
         seed=o["seed"],
         device=o["device"],
     ).validate()
-    store = _open_existing(db_path) if run_id is not None else LogStore(resolve_db(db_path))
+    store = open_existing(db_path) if run_id is not None else LogStore(resolve_db(db_path))
     with store:
         made = generate_baselines(cfg, store)
     rows = [
@@ -169,11 +156,11 @@ def compare(
     db_path: Path | None,
 ) -> None:
     """Compare a run's evolved texts with its baselines: model scores, repetition, diversity."""
-    with _open_existing(db_path) as store:
+    with open_existing(db_path) as store:
         cmp = compare_run(
             store,
             run_id,
-            reference=_unescape(reference) if reference is not None else None,
+            reference=unescape(reference) if reference is not None else None,
             causal=causal,
             device=device,
         )
@@ -209,11 +196,11 @@ def plot(
     """Draw fitness per generation, the comparison chart and the best's ancestry as PNGs."""
     from evolve.plots import plot_run  # matplotlib loads only for this command
 
-    with _open_existing(db_path) as store:
+    with open_existing(db_path) as store:
         cmp = compare_run(
             store,
             run_id,
-            reference=_unescape(reference) if reference is not None else None,
+            reference=unescape(reference) if reference is not None else None,
             causal=causal,
             device=device,
         )

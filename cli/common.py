@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from evolve.store import LogStore, StoreError
 from scoring.errors import UserError
 
 DEFAULT_DB = Path("runs") / "evolve.db"  # runs/ is the project's place for run databases
@@ -59,3 +60,16 @@ class ErrorTranslatingGroup(click.Group):
         except KeyboardInterrupt:
             click.echo(f"\n{INTERRUPTED_MESSAGE}", err=True)
             raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+
+
+def unescape(text: str) -> str:
+    r"""Let `--prompt "a\nb"` mean a newline (and \t a tab), as users type it in a shell."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def open_existing(db_path: Path | None) -> LogStore:
+    """The store at --db, migrated; a missing file is an error, not a new empty database."""
+    path = resolve_db(db_path)
+    if not path.exists():
+        raise StoreError(f"no database at {path}; `evolve run` creates one")
+    return LogStore(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import db_option, resolve_db
+from cli.common import db_option, resolve_db, unescape
 from evolve.algorithm import (
     GenerationReport,
     Progress,
@@ -39,11 +39,6 @@ _defaults = RunConfig(prompt="-")
 _mut = MutationConfig()
 _cx = CrossoverConfig()
 _fit = FitnessConfig()
-
-
-def _unescape(text: str) -> str:
-    r"""Let `--prompt "a\nb"` mean a newline, as users type it in a shell."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _read_text_file(path: Path) -> str:
@@ -150,11 +145,11 @@ def run(
     """Evolve continuations of a prompt and log every individual to the database."""
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt or --prompt-file")
-    text = _read_text_file(prompt_file) if prompt_file else _unescape(prompt or "")
+    text = _read_text_file(prompt_file) if prompt_file else unescape(prompt or "")
     o = opts
     cfg = RunConfig(
         prompt=text,
-        seed_texts=tuple(_unescape(s) for s in seed_texts),
+        seed_texts=tuple(unescape(s) for s in seed_texts),
         population=o["population"],
         generations=o["generations"],
         algorithm=o["algorithm"],

@@ -14,19 +14,11 @@ from typing import Any
 
 import click
 
-from cli.common import db_option, resolve_db
+from cli.common import db_option, open_existing, resolve_db
 from cli.tables import format_cell, format_table
-from evolve.store import LogStore, StoreError, run_process_state
+from evolve.store import LogStore, run_process_state
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
-
-
-def _open_existing(db_path: Path | None) -> LogStore:
-    """The store at --db, migrated; a missing file is an error, not a new empty database."""
-    path = resolve_db(db_path)
-    if not path.exists():
-        raise StoreError(f"no database at {path}; `evolve run` creates one")
-    return LogStore(path)
 
 
 def _span(start: int | None, end: int | None) -> str:
@@ -70,7 +62,7 @@ def _dead_note(run: dict[str, Any]) -> str:
 @db_option
 def runs(db_path: Path | None) -> None:
     """List the runs in the database, newest first."""
-    with _open_existing(db_path) as store:
+    with open_existing(db_path) as store:
         rows = store.runs()
         if not rows:
             click.echo(f"No runs in {store.path}.")
@@ -114,7 +106,7 @@ def runs(db_path: Path | None) -> None:
 @db_option
 def show(run_id: int, n_best: int, db_path: Path | None) -> None:
     """A run: its settings, best texts and statistics per generation."""
-    with _open_existing(db_path) as store:
+    with open_existing(db_path) as store:
         run = store.run(run_id)
         click.echo(
             f"Run {run['id']}: {_status(run)}, created {_when(run['created_at'])}"
@@ -191,7 +183,7 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
 @db_option
 def lineage(individual_id: int, max_depth: int | None, db_path: Path | None) -> None:
     """The ancestry of an individual: every edit that led to it, nearest first."""
-    with _open_existing(db_path) as store:
+    with open_existing(db_path) as store:
         me = store.individual(individual_id)
         click.echo(
             f"Individual {me['id']}: run {me['run_id']}, generation {me['generation']}, "

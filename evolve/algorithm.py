@@ -339,17 +339,8 @@ class _Engine:
         elites = [self.copy_of(ind, "elite") for ind in tools.selBest(pop, cfg.elites)]
         chosen = tools.selTournament(pop, len(pop) - len(elites), tournsize=cfg.tournament)
         offspring = [self.copy_of(ind, "copy") for ind in chosen]
-        pairs = [
-            (offspring[i - 1], offspring[i])
-            for i in range(1, len(offspring), 2)
-            if random.random() < cfg.cxpb
-        ]
-        if pairs:
-            crossover_batch(pairs, ctx=self.ctx)
-        mutants = [ind for ind in offspring if random.random() < cfg.mutpb]
         parents_by_id = {ind.db_id: ind for ind in pop}
-        if mutants:
-            mutate_batch(mutants, ctx=self.ctx)
+        self.vary(offspring)
         new_pop = elites + offspring
         self.dedupe(new_pop)
         stats = self.evaluator.evaluate(new_pop)
@@ -393,16 +384,7 @@ class _Engine:
         cfg = self.cfg
         chosen = crowded_tournament(pop, cfg.n_offspring)
         offspring = [self.copy_of(ind, "copy") for ind in chosen]
-        pairs = [
-            (offspring[i - 1], offspring[i])
-            for i in range(1, len(offspring), 2)
-            if random.random() < cfg.cxpb
-        ]
-        if pairs:
-            crossover_batch(pairs, ctx=self.ctx)
-        mutants = [ind for ind in offspring if random.random() < cfg.mutpb]
-        if mutants:
-            mutate_batch(mutants, ctx=self.ctx)
+        self.vary(offspring)
         self.dedupe(offspring, others=pop)
         stats = self.evaluator.evaluate(offspring)
         pool = pop + offspring
@@ -420,6 +402,20 @@ class _Engine:
         kept = {id(ind) for ind in survivors}
         dropped = {tuple(ind): dict(ind.scores) for ind in offspring if id(ind) not in kept}
         self.dropped = [[list(ids), scores] for ids, scores in dropped.items()]
+
+    def vary(self, offspring: list[Individual]) -> None:
+        """DEAP's varAnd: cross neighbouring pairs with cxpb, then mutate each with mutpb;
+        every crossover and every mutation of the generation goes in one batch."""
+        pairs = [
+            (offspring[i - 1], offspring[i])
+            for i in range(1, len(offspring), 2)
+            if random.random() < self.cfg.cxpb
+        ]
+        if pairs:
+            crossover_batch(pairs, ctx=self.ctx)
+        mutants = [ind for ind in offspring if random.random() < self.cfg.mutpb]
+        if mutants:
+            mutate_batch(mutants, ctx=self.ctx)
 
     def copy_of(self, ind: Individual, op: str) -> Individual:
         """A clone that records `ind` as its single parent; kept as is unless varied."""
