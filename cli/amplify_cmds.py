@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from cli.common import db_option, resolve_db
+from cli.common import INTERRUPTED_EXIT, db_option, resolve_db
 from cli.tables import format_table
 from evolve.amplify import (
     KIND,
@@ -187,7 +187,7 @@ def amplify(
         click.echo(render(exp_id, result))
     if result.interrupted:
         click.echo(f"interrupted: {len(result.rows)} positions kept", err=True)
-        sys.exit(130)
+        raise click.exceptions.Exit(INTERRUPTED_EXIT)
 
 
 def _pct(x: float) -> str:

@@ -342,3 +342,34 @@ def test_cli_bad_files_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2 and message in result.output
     result = _invoke(["--db", str(tmp_path / "e.db")])
     assert result.exit_code == 2 and "no text" in result.output
+
+
+def test_registered_in_the_evolve_group() -> None:
+    from cli.main import cli
+
+    assert cli.commands["amplify"] is amplify
+
+
+def test_cli_interrupt_stores_partial_rows(
+    tiny_gpt2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cli.amplify_cmds as cmds
+
+    real = cmds.run_amplify
+
+    def stop_after_first_group(
+        lm: LoadedModel, docs: list, config: AmplifyConfig, progress: object = None
+    ) -> object:
+        def stop(done: int, total: int) -> None:
+            raise KeyboardInterrupt
+
+        return real(lm, docs, config, progress=stop)
+
+    monkeypatch.setattr(cmds, "run_amplify", stop_after_first_group)
+    db = tmp_path / "e.db"
+    args = [TEXT, "--causal", str(tiny_gpt2_dir), "--batch-tokens", "8", "--db", str(db)]
+    result = _invoke(args)
+    assert result.exit_code == 130
+    with LogStore(db) as store:
+        (exp,) = store.experiments(kind="amplify")
+        assert exp["status"] == "interrupted" and exp["n_rows"] == 2  # 8 // B=4 positions
