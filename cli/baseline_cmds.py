@@ -14,7 +14,13 @@ import click
 
 from cli.common import db_option, open_existing, resolve_db, unescape
 from cli.tables import format_table
-from evolve.baselines import METHODS, BaselineConfig, generate_baselines, settings_label
+from evolve.baselines import (
+    DEFAULT_METHODS,
+    METHODS,
+    BaselineConfig,
+    generate_baselines,
+    settings_label,
+)
 from evolve.compare import COLUMNS, Comparison, compare_run
 from evolve.store import LogStore
 from scoring.models import DEFAULT_CAUSAL
@@ -32,7 +38,7 @@ PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
     "methods",
     type=click.Choice(METHODS),
     multiple=True,
-    help="Decoding method (repeatable) [default: all three].",
+    help="Decoding method (repeatable) [default: greedy, beam, sample; amplified is opt-in].",
 )
 @click.option(
     "--causal",
@@ -61,6 +67,12 @@ PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
 @click.option(
     "--samples", default=_defaults.samples, show_default=True, help="Sampled texts, one seed each."
 )
+@click.option(
+    "--amp-depth", default=_defaults.amp_depth, show_default=True, help="Amplified: lookahead D."
+)
+@click.option(
+    "--amp-lambda", default=_defaults.amp_lambda, show_default=True, help="Amplified: mix weight."
+)
 @click.option("--seed", default=_defaults.seed, show_default=True, help="First sample's seed.")
 @click.option("--device", default=_defaults.device, show_default=True)
 @db_option
@@ -76,7 +88,7 @@ def baseline(
     cfg = BaselineConfig(
         prompt=unescape(prompt) if prompt is not None else "",
         run_id=run_id,
-        methods=methods or METHODS,
+        methods=methods or DEFAULT_METHODS,
         causal=o["causal"],
         new_tokens=o["new_tokens"],
         num_beams=o["num_beams"],
@@ -88,6 +100,8 @@ def baseline(
         top_p=o["top_p"],
         typical_p=o["typical_p"],
         samples=o["samples"],
+        amp_depth=o["amp_depth"],
+        amp_lambda=o["amp_lambda"],
         seed=o["seed"],
         device=o["device"],
     ).validate()

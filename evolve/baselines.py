@@ -34,7 +34,8 @@ from evolve.store import LogStore
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
 
-METHODS = ("greedy", "beam", "sample")
+METHODS = ("greedy", "beam", "sample", "amplified")
+DEFAULT_METHODS = ("greedy", "beam", "sample")  # amplified costs D forwards a token: opt-in
 DEFAULT_NEW_TOKENS = 20  # without a run: about the length of a default evolved continuation
 
 # Short names for the settings column of the comparison table.
@@ -56,7 +57,7 @@ class BaselineConfig:
 
     prompt: str = ""  # the prompt; with run_id, empty means "the run's prompt"
     run_id: int | None = None  # link the baselines to this run (prompt and length from it)
-    methods: tuple[str, ...] = METHODS  # all three: one call fills a comparison
+    methods: tuple[str, ...] = DEFAULT_METHODS  # one call fills a comparison
     causal: str = ""  # empty: the run's causal LM, else DEFAULT_CAUSAL (packaged, offline)
     new_tokens: int | None = None  # None: the run's best length, else DEFAULT_NEW_TOKENS
     num_beams: int = 4  # a common beam width
@@ -68,6 +69,8 @@ class BaselineConfig:
     top_p: float = 0.9  # nucleus sampling (Holtzman et al. 2020), a common default
     typical_p: float = 1.0  # 1.0 = off; e.g. 0.95 for locally typical sampling (Meister et al.)
     samples: int = 5  # sampled texts (one seed each): enough for distinct-n and self-BLEU
+    amp_depth: int = 3  # amplified sampling: lookahead depth D (beam width is num_beams)
+    amp_lambda: float = 0.5  # amplified sampling: weight of the beams' first-token distribution
     seed: int = 0  # the first sample's seed; greedy and beam record it too
     device: str = "cpu"
 
@@ -84,6 +87,10 @@ class BaselineConfig:
         if self.new_tokens is not None:
             _require(self.new_tokens >= 1, f"new_tokens must be at least 1 (got {self.new_tokens})")
         _require(self.num_beams >= 1, f"num_beams must be at least 1 (got {self.num_beams})")
+        _require(self.amp_depth >= 1, f"amp_depth must be at least 1 (got {self.amp_depth})")
+        _require(
+            0 <= self.amp_lambda <= 1, f"amp_lambda must lie within [0, 1] (got {self.amp_lambda})"
+        )
         _require(
             1 <= self.num_return_sequences <= self.num_beams,
             f"num_return_sequences must lie within [1, num_beams={self.num_beams}] "
@@ -146,6 +153,13 @@ class BaselineConfig:
                 top_k=self.top_k,
                 top_p=self.top_p,
                 typical_p=self.typical_p,
+            )
+        elif method == "amplified":
+            base.update(
+                num_beams=self.num_beams,
+                depth=self.amp_depth,
+                lam=self.amp_lambda,
+                temperature=self.temperature,
             )
         return base
 
@@ -217,7 +231,8 @@ def generate_baselines(
     out: list[BaselineText] = []
     for method in cfg.methods:
         params = cfg.params(method)
-        seeds = [cfg.seed + i for i in range(cfg.samples)] if method == "sample" else [cfg.seed]
+        sampled = method in ("sample", "amplified")
+        seeds = [cfg.seed + i for i in range(cfg.samples)] if sampled else [cfg.seed]
         for seed in seeds:
             same = [
                 b
@@ -251,6 +266,20 @@ def _generate(
     import torch
     from transformers import GenerationConfig
 
+    if method == "amplified":
+        from evolve.amplify import sample_amplified
+
+        sample = sample_amplified(
+            lm,
+            cfg.prompt,
+            max_new_tokens=cfg.new_tokens or DEFAULT_NEW_TOKENS,
+            beams=cfg.num_beams,
+            depth=cfg.amp_depth,
+            lam=cfg.amp_lambda,
+            temperature=cfg.temperature,
+            seed=seed,
+        )
+        return [sample.text]
     tok = lm.tokenizer
     eos = _eos_ids(lm)
     options: dict[str, Any] = {

@@ -95,6 +95,25 @@ def test_same_seed_same_sample_and_stored_texts_are_reused(tmp_path, tiny_gpt2_d
     assert len(store.baselines()) == 2
 
 
+def test_amplified_sampling_is_a_seeded_stored_baseline(tmp_path, tiny_gpt2_dir) -> None:
+    cfg = config(tiny_gpt2_dir, methods=("amplified",), samples=2, num_beams=3, amp_depth=2)
+    store = LogStore(tmp_path / "amp.db")
+    made = generate_baselines(cfg, store)
+    assert [(b.method, b.seed) for b in made] == [("amplified", 11), ("amplified", 12)]
+    assert all(b.text for b in made)
+    assert store.baselines()[0]["params"] == {
+        "new_tokens": 6,
+        "num_beams": 3,
+        "depth": 2,
+        "lam": 0.5,
+        "temperature": 1.0,
+    }
+    again = generate_baselines(cfg, LogStore(tmp_path / "other.db"))
+    assert [b.text for b in again] == [b.text for b in made]  # the seed reproduces the text
+    with pytest.raises(UserError, match="amp_lambda"):
+        config(tiny_gpt2_dir, amp_lambda=1.5).validate()
+
+
 def test_beam_returns_num_return_sequences(tmp_path, tiny_gpt2_dir) -> None:
     cfg = config(tiny_gpt2_dir, methods=("beam",), num_beams=4, num_return_sequences=4)
     made = generate_baselines(cfg, LogStore(tmp_path / "b.db"))
