@@ -21,9 +21,10 @@ Methods (same texts, same model, PLL "original", no prefix):
   masked position; bf16 = autocast).
 
 Timed runs are interleaved round-robin so that load from other processes on a shared machine
-hits every method alike; the load average is printed. GFLOP/s counts the analytic matmul
-work each method actually performs (padding included) and is compared with a square matmul
-of the same dtype measured in the same rounds.
+hits every method alike, and the best round counts (the median is shown too); the load
+average is printed. GFLOP/s counts the analytic matmul work each method actually performs
+(padding included) and is compared with a square matmul of the same dtype measured in the
+same rounds.
 """
 
 from __future__ import annotations
@@ -203,25 +204,23 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 
 def timed_round_robin(
-    fns: dict[str, Callable[[], object]], repeats: int
-) -> dict[str, tuple[float, object, list[object]]]:
-    """Per method: median wall time, last result and every timed result.
+    fns: dict[str, Callable[[], object]], repeats: int, warm: Sequence[str] = ()
+) -> dict[str, tuple[list[float], list[object]]]:
+    """Per method: the wall time and the result of each round.
 
-    One untimed warm-up each, then ``repeats`` rounds that run every method once, so a change
-    in machine load (a shared CPU) hits all methods alike.
+    ``repeats`` rounds run every method once, so a change in machine load (a shared CPU) hits
+    all methods alike; the methods named in ``warm`` get one untimed run first.
     """
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    results: dict[str, list[object]] = {name: [] for name in fns}
+    for name in warm:
+        fns[name]()
+    out: dict[str, tuple[list[float], list[object]]] = {name: ([], []) for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
-            results[name].append(fn())
-            times[name].append(time.perf_counter() - t0)
-    return {
-        name: (statistics.median(times[name]), results[name][-1], results[name]) for name in fns
-    }
+            result = fn()
+            out[name][0].append(time.perf_counter() - t0)
+            out[name][1].append(result)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -229,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", help="a real masked LM (preset, folder or hub id)")
     parser.add_argument("--size", choices=sorted(SIZES), default="distilroberta")
     parser.add_argument("--texts", type=int, default=12, help="how many texts (max 12)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument("--minicons-batch", type=int, default=8, help="texts per minicons call")
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
     args = parser.parse_args(argv)
@@ -246,20 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         flush=True,
     )
-    # naive: the reference, timed once (it is by far the slowest)
-    t0 = time.perf_counter()
-    ref = naive_pll(lm, ids)
-    t_naive = time.perf_counter() - t0
-    ref_totals = [r.total for r in ref]
-    naive_flops = sum(
-        n * (shape.body_flops(1, n + n_special) + shape.head_flops(n + n_special)) for n in n_tok
-    )
-    rows: list[tuple[str, float, float, float, str]] = [
-        ("naive", t_naive, 0.0, naive_flops, "fp32")
-    ]
-    print(f"naive done in {t_naive:.1f} s", flush=True)
 
-    log: list[tuple[int, int]] = []
     scorers = {
         dtype: PLLScorer(lm, dtype=dtype, tokens_per_batch=args.tokens_per_batch)  # type: ignore[arg-type]
         for dtype in ("fp32", "bf16")
@@ -274,13 +260,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         return run
 
+    log: list[tuple[int, int]] = []
+
     def minicons() -> object:
         log.clear()
         return minicons_style_pll(lm, ids, batch_size=args.minicons_batch, flop_log=log)
 
     # the matmul rates are measured in every round too, so they see the same machine load
-    timings = timed_round_robin(
+    runs = timed_round_robin(
         {
+            "naive": lambda: naive_pll(lm, ids),
             "minicons-style": minicons,
             "ours fp32": ours("fp32"),
             "ours bf16": ours("bf16"),
@@ -288,28 +277,42 @@ def main(argv: Sequence[str] | None = None) -> None:
             "matmul bf16": lambda: matmul_gflops(torch.bfloat16),
         },
         args.repeats,
+        warm=("ours fp32", "ours bf16", "matmul fp32", "matmul bf16"),
     )
-    peak: dict[str, float] = {
-        "fp32": statistics.median(timings["matmul fp32"][2]),  # type: ignore[arg-type]
-        "bf16": statistics.median(timings["matmul bf16"][2]),  # type: ignore[arg-type]
-    }
+    peak = {d: max(runs[f"matmul {d}"][1]) for d in ("fp32", "bf16")}  # type: ignore[type-var]
     print(
-        f"square matmul 2048 (median of rounds): fp32 {peak['fp32']:.0f} GFLOP/s, "
+        f"square matmul 2048, best round: fp32 {peak['fp32']:.0f} GFLOP/s, "
         f"bf16 {peak['bf16']:.0f} GFLOP/s",
         flush=True,
     )
-    t_mc, mc, _ = timings["minicons-style"]
-    mc_flops = sum(shape.body_flops(r, w) + shape.head_flops(r * w) for r, w in log)
-    mc_diff = max(abs(math.fsum(s) - t) for s, t in zip(mc, ref_totals, strict=True))  # type: ignore[arg-type]
-    rows.append(("minicons-style", t_mc, mc_diff, mc_flops, "fp32"))
+
+    ref_totals = [r.total for r in runs["naive"][1][-1]]  # type: ignore[attr-defined]
+    flops: dict[str, float] = {
+        "naive": sum(
+            n * (shape.body_flops(1, n + n_special) + shape.head_flops(n + n_special))
+            for n in n_tok
+        ),
+        "minicons-style": sum(shape.body_flops(r, w) + shape.head_flops(r * w) for r, w in log),
+    }
+    diffs: dict[str, float] = {
+        "naive": 0.0,
+        "minicons-style": max(
+            abs(math.fsum(s) - t)
+            for s, t in zip(runs["minicons-style"][1][-1], ref_totals, strict=True)  # type: ignore[call-overload]
+        ),
+    }
     for dtype, scorer in scorers.items():
-        t_ours, results, _ = timings[f"ours {dtype}"]
         st = scorer.stats
-        width = st.forward_tokens / st.forward_rows
         # body work of all padded rows (attention at the mean padded width) + gathered head
-        flops = shape.body_flops(st.forward_rows, width) + shape.head_flops(st.forward_rows)
-        diff = max(abs(r.total - t) for r, t in zip(results, ref_totals, strict=True))  # type: ignore[attr-defined]
-        rows.append((f"ours {dtype}", t_ours, diff, flops, dtype))
+        width = st.forward_tokens / st.forward_rows
+        flops[f"ours {dtype}"] = shape.body_flops(st.forward_rows, width) + shape.head_flops(
+            st.forward_rows
+        )
+        results = runs[f"ours {dtype}"][1][-1]
+        diffs[f"ours {dtype}"] = max(
+            abs(r.total - t)
+            for r, t in zip(results, ref_totals, strict=True)  # type: ignore[call-overload]
+        )
         print(
             f"ours {dtype}: {st.forward_passes} passes, {st.forward_rows} rows, "
             f"{st.forward_tokens} padded tokens, head only at masked positions: "
@@ -318,26 +321,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     n = len(ids)
-    t_minicons = rows[1][1]
+    best = {name: min(runs[name][0]) for name in flops}
+    median = {name: statistics.median(runs[name][0]) for name in flops}
     print()
     header = (
-        f"{'method':<16}{'texts/s':>9}{'vs minicons':>13}{'vs naive':>10}"
+        f"{'method':<16}{'texts/s':>9}{'(median)':>10}{'vs minicons':>13}{'vs naive':>10}"
         f"{'max|Δ| vs naive':>17}{'GFLOP/s':>9}{'% matmul':>10}"
     )
     print(header)
     print("-" * len(header))
-    for name, secs, diff, flops, dtype in rows:
-        gf = flops / secs / 1e9
+    for name in flops:
+        secs = best[name]
+        gf = flops[name] / secs / 1e9
+        dtype = "bf16" if name.endswith("bf16") else "fp32"
         print(
-            f"{name:<16}{n / secs:>9.2f}{t_minicons / secs:>12.2f}x{t_naive / secs:>9.2f}x"
-            f"{diff:>17.1e}{gf:>9.0f}{100 * gf / peak[dtype]:>9.0f}%"
+            f"{name:<16}{n / secs:>9.2f}{n / median[name]:>10.2f}"
+            f"{best['minicons-style'] / secs:>12.2f}x{best['naive'] / secs:>9.2f}x"
+            f"{diffs[name]:>17.1e}{gf:>9.0f}{100 * gf / peak[dtype]:>9.0f}%"
         )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"\nmedian of {args.repeats} interleaved rounds (naive: 1 run, before them); % matmul: "
-        "against the square-matmul rate of the\nmethod's dtype measured in the same rounds; "
-        f"max|Δ|: per-text total PLL, nats; load average at the end: {load} "
-        f"on {os.cpu_count()} CPUs"
+        f"\nbest of {args.repeats} interleaved rounds (median in brackets); ratios and GFLOP/s "
+        "from the best rounds; % matmul: against the\nbest square-matmul rate of the method's "
+        f"dtype in the same rounds; max|Δ|: per-text total PLL, nats; load average at the end: "
+        f"{load} on {os.cpu_count()} CPUs"
     )
 
 
