@@ -28,22 +28,12 @@ import torch
 
 from scoring.errors import UserError
 from scoring.models import LoadedModel
+from scoring.results import TokenScores
 
 START_TOKEN = "<|endoftext|>"
 
 
-@dataclass(frozen=True)
-class CausalResult:
-    """log p(continuation | prefix): the sum and the per-token log-probabilities (nats)."""
-
-    total: float
-    token_logprobs: tuple[float, ...]
-    n_tokens: int
-
-    @property
-    def mean(self) -> float:
-        """Mean log-probability per token; ``-inf`` for an empty continuation (never best)."""
-        return self.total / self.n_tokens if self.n_tokens else -math.inf
+CausalResult = TokenScores  # log p(continuation | prefix): total and per-token log-probabilities
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 
 from scoring.errors import UserError
 from scoring.models import LoadedModel
+from scoring.results import TokenScores
 from scoring.words import word_starts
 
 Variant = Literal["original", "word_l2r"]
@@ -41,18 +42,7 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 Key = tuple[tuple[int, ...], tuple[int, ...]]  # (prefix ids, continuation ids)
 
 
-@dataclass(frozen=True)
-class PLLResult:
-    """PLL of one continuation: the sum and the per-token log-probabilities (nats)."""
-
-    total: float
-    token_logprobs: tuple[float, ...]
-    n_tokens: int
-
-    @property
-    def mean(self) -> float:
-        """Mean log-probability per token; ``-inf`` for an empty continuation (never best)."""
-        return self.total / self.n_tokens if self.n_tokens else -math.inf
+PLLResult = TokenScores  # PLL of one continuation: total and per-token log-probabilities
 
 
 @dataclass
