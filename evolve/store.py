@@ -869,24 +869,6 @@ class LogStore:
                 out.append((ids, scores))
         return out
 
-    def scored_texts(self, run_id: int) -> list[tuple[list[int], float, int]]:
-        """Every (token ids, PLL total, n tokens) the run has scored, for warming its cache.
-
-        Individuals carry their scores; texts rejected by Metropolis-Hastings were scored too
-        and live in the detail of the `mh_reject` row that replaced them.
-        """
-        self._require_run(run_id)
-        rows = self._rows(
-            "SELECT token_ids, json_extract(scores, '$.pll') AS pll, "
-            "json_extract(scores, '$.n_tokens') AS n FROM individuals "
-            "WHERE run_id = ? AND json_extract(scores, '$.pll') IS NOT NULL "
-            "UNION ALL SELECT json_extract(detail, '$.rejected_ids'), "
-            "json_extract(detail, '$.rejected_pll'), json_extract(detail, '$.rejected_n_tokens') "
-            "FROM individuals WHERE run_id = ? AND op = 'mh_reject'",
-            (run_id, run_id),
-        )
-        return [(_loads(r["token_ids"], []), r["pll"], r["n"]) for r in rows]
-
     def best(self, run_id: int, n: int = 5) -> list[dict[str, Any]]:
         """The n fittest distinct texts of a run, each from its first individual at that fitness."""
         self._require_run(run_id)
