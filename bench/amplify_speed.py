@@ -4,7 +4,7 @@ At each of N consecutive positions of a real text, beam search of width B and de
 from the prefix. Compared:
 
 - ours, grouped: one KV cache per document; positions in groups share one forward per depth
-  step, beams appended as extra rows with a 4D mask (`evolve.amplify.iter_positions`);
+  step, beams appended as extra rows with a 4D mask (`evolve.experiments.amplify.iter_positions`);
 - ours, one position per group (group=1): the same code without grouping;
 - `generate()` per position: Hugging Face beam search from scratch at each position.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from evolve.amplify import Lookahead, iter_positions
+from evolve.experiments.amplify import Lookahead, iter_positions
 from scoring.models import load_causal
 
 

@@ -5,7 +5,7 @@
     .venv/bin/python bench/search_vs_beam.py --init beam --init sample --generations 20
 
 For each prompt, SmolLM2-135M (the packaged causal LM) decodes ``--tokens`` new tokens with
-beam search of each width in ``--widths`` (``evolve.baselines``, exactly that many tokens, no
+beam search of each width in ``--widths`` (``evolve.experiments.baselines``, exactly that many tokens, no
 length penalty in play, best beam kept). Then the GA evolves continuations of exactly the same
 length in the same model's tokens (``min_len = max_len = --tokens``, indels off) with the causal
 proposer and fitness = total log p(continuation | prompt) under the same model, i.e. the very
@@ -45,9 +45,9 @@ from typing import Any
 
 import torch
 
-from evolve.algorithm import start_run
-from evolve.baselines import BaselineConfig, generate_baselines
-from evolve.config import FitnessConfig, MutationConfig, RunConfig
+from evolve.experiments.baselines import BaselineConfig, generate_baselines
+from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
+from evolve.ga.engine import start_run
 from evolve.store import LogStore
 from scoring.causal import CausalScorer
 from scoring.metrics import rep_n

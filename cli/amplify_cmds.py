@@ -1,6 +1,6 @@
 """`evolve amplify`: does beam-search lookahead help a causal LM predict real text?
 
-Options in, `AmplifyConfig` out; the experiment itself lives in `evolve.amplify`. Results go
+Options in, `AmplifyConfig` out; the experiment itself lives in `evolve.experiments.amplify`. Results go
 to the store as an experiment of kind "amplify" (summary + one row per scored position) and
 are printed as a table, or as JSON with `--json`.
 """
@@ -16,7 +16,7 @@ import click
 
 from cli.common import INTERRUPTED_EXIT, db_option, resolve_db
 from cli.tables import format_table
-from evolve.amplify import (
+from evolve.experiments.amplify import (
     KIND,
     AmplifyConfig,
     AmplifyResult,

@@ -1,7 +1,7 @@
 """`evolve baseline`, `evolve compare` and `evolve plot`: options in, tables and PNGs out.
 
-The decoding, scoring and drawing live in `evolve.baselines`, `evolve.compare` and
-`evolve.plots`; this module only turns options into a `BaselineConfig` or call arguments and
+The decoding, scoring and drawing live in `evolve.experiments.baselines`, `evolve.experiments.compare` and
+`evolve.experiments.plots`; this module only turns options into a `BaselineConfig` or call arguments and
 prints what comes back.
 """
 
@@ -14,14 +14,14 @@ import click
 
 from cli.common import db_option, open_existing, resolve_db, unescape
 from cli.tables import format_table
-from evolve.baselines import (
+from evolve.experiments.baselines import (
     DEFAULT_METHODS,
     METHODS,
     BaselineConfig,
     generate_baselines,
     settings_label,
 )
-from evolve.compare import COLUMNS, Comparison, compare_run
+from evolve.experiments.compare import COLUMNS, Comparison, compare_run
 from evolve.store import LogStore
 from scoring.models import DEFAULT_CAUSAL
 
@@ -208,7 +208,7 @@ def plot(
     db_path: Path | None,
 ) -> None:
     """Draw fitness per generation, the comparison chart and the best's ancestry as PNGs."""
-    from evolve.plots import plot_run  # matplotlib loads only for this command
+    from evolve.experiments.plots import plot_run  # matplotlib loads only for this command
 
     with open_existing(db_path) as store:
         cmp = compare_run(

@@ -9,15 +9,7 @@ from pathlib import Path
 import click
 
 from cli.common import db_option, resolve_db, unescape
-from evolve.algorithm import (
-    GenerationReport,
-    Progress,
-    RunInterrupted,
-    RunSummary,
-    resume_run,
-    start_run,
-)
-from evolve.config import (
+from evolve.ga.config import (
     ALGORITHMS,
     CX_POINTS,
     FILL_ORDERS,
@@ -30,6 +22,14 @@ from evolve.config import (
     FitnessConfig,
     MutationConfig,
     RunConfig,
+)
+from evolve.ga.engine import (
+    GenerationReport,
+    Progress,
+    RunInterrupted,
+    RunSummary,
+    resume_run,
+    start_run,
 )
 from evolve.store import LogStore
 from scoring.errors import UserError

@@ -1,4 +1,4 @@
-"""The generation loop (evolve.algorithm) on a tiny random BERT: records, elitism, seeds."""
+"""The generation loop (evolve.ga.engine) on a tiny random BERT: records, elitism, seeds."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from evolve.algorithm import RunInterrupted, resume_run, start_run
-from evolve.config import ConfigError, MutationConfig, RunConfig
+from evolve.ga.config import ConfigError, MutationConfig, RunConfig
+from evolve.ga.engine import RunInterrupted, resume_run, start_run
 from evolve.store import LogStore
 from scoring.errors import UserError
 

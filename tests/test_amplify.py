@@ -1,4 +1,4 @@
-"""Tests for the beam-search-amplified causal LM (evolve.amplify, `evolve amplify`).
+"""Tests for the beam-search-amplified causal LM (evolve.experiments.amplify, `evolve amplify`).
 
 All on the tiny random GPT-2 from conftest: the beam search is checked against brute force
 (exact enumeration where beam search is provably exact, and a from-scratch beam search
@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from cli.amplify_cmds import COMMANDS, amplify
 from cli.common import ErrorTranslatingGroup
-from evolve.amplify import (
+from evolve.experiments.amplify import (
     AmplifyConfig,
     Lookahead,
     amplified_distribution,

@@ -1,4 +1,4 @@
-"""evolve.baselines and `evolve baseline` on the tiny random GPT-2 (no hub)."""
+"""evolve.experiments.baselines and `evolve baseline` on the tiny random GPT-2 (no hub)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from click.testing import CliRunner, Result
 
 from cli import baseline_cmds
 from cli.common import ErrorTranslatingGroup
-from evolve.baselines import BaselineConfig, generate_baselines, run_length, settings_label
+from evolve.experiments.baselines import (
+    BaselineConfig,
+    generate_baselines,
+    run_length,
+    settings_label,
+)
 from evolve.store import LogStore
 from scoring.errors import UserError
 from scoring.models import load_causal

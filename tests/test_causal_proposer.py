@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolve.individual import Individual
-from evolve.operators import OperatorContext, crossover_batch, mutate_batch
-from evolve.proposers import CausalProposer, FillRequest, Proposer, spans_of
-from evolve.representation import Representation
-from evolve.seeding import seed_everything
+from evolve.ga.individual import Individual
+from evolve.ga.operators import OperatorContext, crossover_batch, mutate_batch
+from evolve.ga.proposers import CausalProposer, FillRequest, Proposer
+from evolve.ga.proposers.causal import spans_of
+from evolve.ga.representation import Representation
+from evolve.ga.seeding import seed_everything
 from scoring.causal import CausalScorer
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_model

@@ -1,6 +1,6 @@
-"""evolve.compare, evolve.plots and the compare and plot commands on a small run of tiny models.
+"""evolve.experiments.compare, evolve.experiments.plots and the compare and plot commands on a small run of tiny models.
 
-The run is evolved once per module by `evolve.algorithm.start_run` with the tiny random BERT
+The run is evolved once per module by `evolve.ga.engine.start_run` with the tiny random BERT
 as its MLM and the tiny random GPT-2 as causal judge and baseline generator; each test works
 on its own copy of that database.
 """
@@ -19,9 +19,8 @@ from click.testing import CliRunner, Result
 
 from cli import baseline_cmds
 from cli.common import ErrorTranslatingGroup
-from evolve.algorithm import start_run
-from evolve.baselines import BaselineConfig, generate_baselines
-from evolve.compare import (
+from evolve.experiments.baselines import BaselineConfig, generate_baselines
+from evolve.experiments.compare import (
     COLUMNS,
     COMPARE_SQL,
     ScoreLike,
@@ -30,8 +29,9 @@ from evolve.compare import (
     default_scorer,
     normalise_reference,
 )
-from evolve.config import MutationConfig, RunConfig
-from evolve.plots import plot_run
+from evolve.experiments.plots import plot_run
+from evolve.ga.config import MutationConfig, RunConfig
+from evolve.ga.engine import start_run
 from evolve.store import LogStore
 from scoring.errors import UserError
 

@@ -1,4 +1,4 @@
-"""Pluggable fitness (evolve.evaluate) and the causal-LM run options, on tiny random models.
+"""Pluggable fitness (evolve.ga.evaluate) and the causal-LM run options, on tiny random models.
 
 Causal fitness equals CausalScorer's log-probability (in the representation's own tokens or
 through text), sum weights combine the two per-token scores, caches warm from stored scores,
@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from evolve.algorithm import RunInterrupted, resume_run, start_run
-from evolve.config import ConfigError, FitnessConfig, MutationConfig, RunConfig
-from evolve.evaluate import Evaluator
-from evolve.individual import Individual
-from evolve.representation import Representation
+from evolve.ga.config import ConfigError, FitnessConfig, MutationConfig, RunConfig
+from evolve.ga.engine import RunInterrupted, resume_run, start_run
+from evolve.ga.evaluate import Evaluator
+from evolve.ga.individual import Individual
+from evolve.ga.representation import Representation
 from evolve.store import LogStore
 from scoring.causal import CausalScorer
 from scoring.models import LoadedModel, load_model

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from evolve.algorithm import RunInterrupted, resume_run, start_run
-from evolve.config import FitnessConfig, MutationConfig, RunConfig
-from evolve.pareto import (
+from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
+from evolve.ga.engine import RunInterrupted, resume_run, start_run
+from evolve.ga.pareto import (
     ParetoIndividual,
     crowded_tournament,
     diversity,

@@ -1,4 +1,4 @@
-"""Span mutation, word-boundary crossover and MH acceptance (evolve.operators)."""
+"""Span mutation, word-boundary crossover and MH acceptance (evolve.ga.operators)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from typing import Any
 
 import pytest
 
-from evolve.individual import Individual
-from evolve.operators import (
-    MUT_OPS,
+from evolve.ga.individual import Individual
+from evolve.ga.operators import (
     OperatorContext,
-    _log_select,
     crossover_batch,
     cx_span,
     mh_accept,
@@ -25,8 +23,10 @@ from evolve.operators import (
     mutate_batch,
     plan_mutation,
 )
-from evolve.proposers import FillRequest, MLMProposer
-from evolve.seeding import seed_everything
+from evolve.ga.operators.context import MUT_OPS
+from evolve.ga.operators.mutation import _log_select
+from evolve.ga.proposers import FillRequest, MLMProposer
+from evolve.ga.seeding import seed_everything
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_mlm, load_model
 

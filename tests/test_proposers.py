@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from evolve.proposers import (
+from evolve.ga.proposers import (
     FillRequest,
     InputTemplate,
     MLMProposer,
     Proposer,
-    build_input,
 )
-from evolve.seeding import seed_everything
+from evolve.ga.proposers.base import build_input
+from evolve.ga.seeding import seed_everything
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_model
 

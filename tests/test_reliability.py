@@ -38,8 +38,8 @@ from helpers_proc import (
 )
 
 from cli.main import cli
-from evolve.algorithm import start_run
-from evolve.config import MutationConfig, RunConfig
+from evolve.ga.config import MutationConfig, RunConfig
+from evolve.ga.engine import start_run
 from evolve.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -506,7 +506,7 @@ def test_scores_of_dropped_offspring_warm_the_cache(tmp_path: Path) -> None:
 def test_every_text_a_mu_plus_lambda_run_scored_can_warm_a_resume(
     tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from evolve.evaluate import Evaluator
+    from evolve.ga.evaluate import Evaluator
 
     evaluated: set[tuple[int, ...]] = set()
     original = Evaluator.evaluate

@@ -8,7 +8,7 @@ Three objectives, all maximised (fitness weights (1, 1, 1)):
    other members it is selected among), ``1 - |A & B| / |A | B|`` over the sets of token ids.
    A clone scores 0 against its twin, so copies of one good text stop crowding the front.
 
-The two model values come from `evolve.evaluate.Evaluator` (cached per text); diversity
+The two model values come from `evolve.ga.evaluate.Evaluator` (cached per text); diversity
 depends on the company, so the loop recomputes it for every member of the pool each time it
 selects (`set_diversity`).
 
@@ -20,7 +20,7 @@ values each generation (`rank_and_crowding`), so a resumed run, whose population
 from the store with the same values, selects the same parents.
 
 The individuals get `ParetoFitness` (three weights), defined here rather than with the
-single-objective `Fitness` in `evolve.individual` (no `deap.creator` globals either way).
+single-objective `Fitness` in `evolve.ga.individual` (no `deap.creator` globals either way).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from deap import base, tools
 
-from evolve.individual import Individual
+from evolve.ga.individual import Individual
 
 OBJECTIVES = ("pll", "causal", "diversity")
 

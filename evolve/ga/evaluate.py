@@ -9,10 +9,10 @@ Each score becomes a value the same way (`FitnessConfig.normalise`): per token (
 the total plus ``length_bonus`` nats per token (``total``). The objective then is one value
 (``pll``, ``causal``), their weighted sum (``sum``, both per token by default, so they are on
 comparable scales), or for ``nsga2`` the three objectives (pll value, causal value, diversity)
-of which the evaluator fills the first two; the loop sets diversity (`evolve.pareto`), which
+of which the evaluator fills the first two; the loop sets diversity (`evolve.ga.pareto`), which
 depends on the population rather than the text.
 
-Individuals are ids of the run's representation (`evolve.representation`). A scorer whose
+Individuals are ids of the run's representation (`evolve.ga.representation`). A scorer whose
 tokenizer is the representation's scores those ids as they are, with the prompt ids as
 context; the other reads the continuation through text. Either way the scores are cached by
 the individual's ids, so a text costs model time only the first time in a run.
@@ -35,9 +35,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evolve.config import FitnessConfig
-from evolve.individual import Individual
-from evolve.representation import Representation
+from evolve.ga.config import FitnessConfig
+from evolve.ga.individual import Individual
+from evolve.ga.representation import Representation
 from scoring.causal import CausalScorer
 from scoring.models import LoadedModel
 from scoring.pll import PLLScorer

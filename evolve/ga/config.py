@@ -186,7 +186,7 @@ class RunConfig:
     @property
     def representation(self) -> str:
         """Whose tokens individuals are made of: the proposer's (scorers of the other model
-        read them through text, see evolve.representation)."""
+        read them through text, see evolve.ga.representation)."""
         return self.proposer
 
     @property

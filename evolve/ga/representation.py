@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evolve.proposers import InputTemplate
+from evolve.ga.proposers import InputTemplate
 from scoring.errors import UserError
 from scoring.models import LoadedModel
 

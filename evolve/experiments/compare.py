@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from evolve.baselines import settings_label
+from evolve.experiments.baselines import settings_label
 from evolve.store import LogStore
 from scoring import metrics
 from scoring.errors import UserError

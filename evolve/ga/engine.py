@@ -7,13 +7,13 @@ its last completed generation with the same result as an uninterrupted run.
 
 Three loops: `simple` (eaSimple with elitism: select, clone, cross, mutate, keep the elites),
 `mu_plus_lambda` (offspring from random parents, survivors are the best mu of parents +
-offspring), and with ``--fitness nsga2`` NSGA-II (`evolve.pareto`: crowded tournaments,
+offspring), and with ``--fitness nsga2`` NSGA-II (`evolve.ga.pareto`: crowded tournaments,
 survivors by ``selNSGA2`` from parents + offspring).
 
 What a run is made of is plugged in from the config: the proposer that refills spans (the
 MLM, or the causal LM's best of K samples), whose tokens individuals are written in
-(`evolve.representation`), the fitness (`evolve.evaluate`), and generation 0 (seed texts,
-proposer fills, or the causal LM's beam/greedy/sampled decoding via `evolve.baselines`).
+(`evolve.ga.representation`), the fitness (`evolve.ga.evaluate`), and generation 0 (seed texts,
+proposer fills, or the causal LM's beam/greedy/sampled decoding via `evolve.experiments.baselines`).
 Each model is loaded only if the run uses it.
 """
 
@@ -27,20 +27,20 @@ from typing import Any
 
 from deap import tools
 
-from evolve.config import BASELINE_INITS, RunConfig
-from evolve.evaluate import Evaluator
-from evolve.individual import Individual, Origin
-from evolve.operators import OperatorContext, crossover_batch, mh_accept, mutate_batch
-from evolve.pareto import (
+from evolve.ga.config import BASELINE_INITS, RunConfig
+from evolve.ga.evaluate import Evaluator
+from evolve.ga.individual import Individual, Origin
+from evolve.ga.operators import OperatorContext, crossover_batch, mh_accept, mutate_batch
+from evolve.ga.pareto import (
     ParetoIndividual,
     crowded_tournament,
     pareto_ranks,
     select_survivors,
     set_diversity,
 )
-from evolve.proposers import CausalProposer, MLMProposer, Proposer
-from evolve.representation import Representation
-from evolve.seeding import get_rng_state, seed_everything, set_rng_state
+from evolve.ga.proposers import CausalProposer, MLMProposer, Proposer
+from evolve.ga.representation import Representation
+from evolve.ga.seeding import get_rng_state, seed_everything, set_rng_state
 from evolve.store import LogStore
 from scoring.errors import UserError
 from scoring.models import LoadedModel, check_kind, load_causal, load_mlm
@@ -217,14 +217,14 @@ class _Engine:
         return pop
 
     def baseline_population(self, method: str) -> list[Individual]:
-        """Generation 0 from the causal LM's own decoding of the prompt (`evolve.baselines`):
+        """Generation 0 from the causal LM's own decoding of the prompt (`evolve.experiments.baselines`):
         beam search with one beam per member (all returned), greedy (copied), or samples.
 
         The texts are stored as the run's baselines and encoded into the representation;
         one longer than max_len is cut, one shorter than min_len is extended by the proposer.
         The GA's random state is left as it was (the baselines seed their own sampling).
         """
-        from evolve.baselines import BaselineConfig, generate_baselines
+        from evolve.experiments.baselines import BaselineConfig, generate_baselines
 
         cfg = self.cfg
         n = cfg.population
@@ -379,7 +379,7 @@ class _Engine:
         return [self.copy_of(ind, "copy") if id(ind) in old else ind for ind in survivors], stats
 
     def step_nsga2(self, pop: list[Individual]) -> tuple[list[Individual], Any]:
-        """NSGA-II (see evolve.pareto): crowded tournaments, variation as in the simple loop,
+        """NSGA-II (see evolve.ga.pareto): crowded tournaments, variation as in the simple loop,
         survivors by selNSGA2 from parents + offspring, diversity measured in that pool."""
         cfg = self.cfg
         chosen = crowded_tournament(pop, cfg.n_offspring)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evolve.seeding import seed_everything
+from evolve.ga.seeding import seed_everything
 from evolve.store import LogStore
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
@@ -267,7 +267,7 @@ def _generate(
     from transformers import GenerationConfig
 
     if method == "amplified":
-        from evolve.amplify import sample_amplified
+        from evolve.experiments.amplify import sample_amplified
 
         sample = sample_amplified(
             lm,

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from evolve.compare import Comparison
+from evolve.experiments.compare import Comparison
 from evolve.store import LogStore
 from scoring.errors import UserError
 

@@ -1,0 +1,1 @@
+"""Consumers of GA output: baselines, comparison, plots, the amplify lookahead study."""

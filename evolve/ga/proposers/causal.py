@@ -1,0 +1,314 @@
+"""The causal-LM proposer: sample K fills from the left context, keep the likeliest text."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import torch
+
+from evolve.ga.proposers.base import FillRequest
+from scoring.errors import UserError
+from scoring.models import LoadedModel
+
+# -- causal LM proposer -----------------------------------------------------------------------
+
+NO_LOGQ = (
+    "the causal proposer keeps the best of several sampled fills, which has no tractable "
+    "proposal probability: Metropolis-Hastings needs --proposer mlm"
+)
+
+
+@dataclass
+class CausalProposerStats:
+    """Counters since the proposer was made."""
+
+    calls: int = 0  # fill() calls
+    spans: int = 0  # spans filled
+    candidates: int = 0  # candidate fills sampled and scored
+    rounds: int = 0  # batched sample-and-score rounds (one per span length and step, per chunk)
+    forward_passes: int = 0  # model forward calls
+    token_positions: int = 0  # rows x tokens run through the model (the cost of a call)
+
+
+def spans_of(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted positions as runs of adjacent ones: ``[(start, length), ...]`` left to right."""
+    runs: list[tuple[int, int]] = []
+    for p in sorted(positions):
+        if runs and runs[-1][0] + runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    return runs
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """One span to fill: the text before it, its length, and the text after it to judge by."""
+
+    owner: int  # index of the request
+    left: list[int]
+    length: int
+    right: list[int]  # up to the next span still to fill (or the end of the input)
+
+
+class CausalProposer:
+    """Fills spans with a causal LM: sample ``candidates`` fills from the left context, keep
+    the one whose whole text is likeliest (see the module docstring).
+
+    How a round works (`_round`), for a batch of spans of one length: the left contexts run
+    through the model once (left-padded); their key/value cache is repeated per candidate;
+    the candidates are sampled one token per forward pass, collecting each sampled token's
+    log-probability under the model's own (untempered) distribution; then one more pass runs
+    every candidate's right context on the same cache and adds its log-probability. The sum
+    is log p(fill + right | left), and since ``left`` is the same for all candidates of a
+    span, ranking by it is ranking by the log-probability of the whole text. Left context and
+    sampled tokens are run once, not once per candidate and again for scoring.
+
+    ``temperature`` and ``top_k`` shape the sampling as in `MLMProposer` (temperature 0: one
+    greedy fill). ``banned_ids``: more ids never to propose, beside the special ones.
+    ``tokens_per_batch``: bounds rows x (right context + 1) per round, hence the memory of
+    the scoring pass's logits.
+    """
+
+    name = "causal"
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        candidates: int = 8,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        banned_ids: Sequence[int] = (),
+        tokens_per_batch: int = 1024,
+    ) -> None:
+        if lm.kind != "causal":
+            raise UserError(f"the causal proposer needs a causal LM; {lm.name!r} is a {lm.kind}")
+        if candidates < 1:
+            raise UserError(f"candidates must be at least 1 (got {candidates})")
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise UserError(f"temperature must be a finite number >= 0 (got {temperature})")
+        if top_k < 0:
+            raise UserError(f"top_k must be >= 0, 0 meaning the full vocabulary (got {top_k})")
+        self.lm = lm
+        self.candidates = int(candidates) if temperature > 0 else 1  # greedy: one fill
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.tokens_per_batch = max(1, int(tokens_per_batch))
+        self.stats = CausalProposerStats()
+        tok = lm.tokenizer
+        self._pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        size = int(getattr(lm.model.config, "vocab_size", 0) or len(tok))
+        banned = {int(i) for i in tok.all_special_ids} | {int(i) for i in banned_ids}
+        banned |= set(range(len(tok), size))  # model rows with no token behind them
+        self.banned = sorted(i for i in banned if 0 <= i < size)
+        if len(self.banned) >= size:
+            raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[self.banned] = True
+        self._banned_mask = mask.to(lm.device)
+        self._keep_arg = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+
+    # -- public API -----------------------------------------------------------------------
+
+    @overload
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: Literal[False] = False
+    ) -> list[list[int]]: ...
+
+    @overload
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: Literal[True]
+    ) -> tuple[list[list[int]], list[float]]: ...
+
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: bool = False
+    ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
+        """Fill every request's positions (same order as ``requests``), all batched together.
+
+        Spans of one request are filled left to right (step k fills every request's k-th
+        span); each step batches all requests' spans, grouped by length.
+        """
+        if return_logq:
+            raise UserError(NO_LOGQ)
+        self._check(requests)
+        self.stats.calls += 1
+        rows = [list(r.input_ids) for r in requests]
+        spans = [spans_of(r.positions) for r in requests]
+        for step in range(max((len(s) for s in spans), default=0)):
+            gaps = []
+            for i, s in enumerate(spans):
+                if len(s) <= step:
+                    continue
+                start, n = s[step]
+                end = s[step + 1][0] if step + 1 < len(s) else len(rows[i])
+                gaps.append(_Gap(i, rows[i][:start], n, rows[i][start + n : end]))
+            for gap, fill in zip(gaps, self._best_fills(gaps), strict=True):
+                start = len(gap.left)
+                rows[gap.owner][start : start + gap.length] = fill
+            self.stats.spans += len(gaps)
+        return rows
+
+    def logprob_of(
+        self, requests: Sequence[FillRequest], targets: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """Not available: see `NO_LOGQ`."""
+        raise UserError(NO_LOGQ)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check(self, requests: Sequence[FillRequest]) -> None:
+        limit = self.lm.max_length
+        for i, r in enumerate(requests):
+            if not isinstance(r, FillRequest):
+                raise TypeError(f"request {i} is a {type(r).__name__}, not a FillRequest")
+            if len(r.input_ids) > limit:
+                raise UserError(
+                    f"fill request {i} is {len(r.input_ids)} tokens long; "
+                    f"{self.lm.name} takes at most {limit}"
+                )
+            if r.positions and r.positions[0] == 0:
+                raise UserError(f"fill request {i}: a causal LM needs left context to fill from")
+
+    def _best_fills(self, gaps: Sequence[_Gap]) -> list[list[int]]:
+        """The chosen fill of each gap: rounds of gaps of one length (first-use order, so the
+        batches are the same on every run), chunked to the batch budget."""
+        out: list[list[int]] = [[] for _ in gaps]
+        by_length: dict[int, list[int]] = {}
+        for g, gap in enumerate(gaps):
+            by_length.setdefault(gap.length, []).append(g)
+        k = self.candidates
+        for members in by_length.values():
+            chunk: list[int] = []
+            widest = 0
+            for g in [*members, -1]:
+                if g >= 0:
+                    wider = max(widest, len(gaps[g].right) + 1)
+                    if not chunk or (len(chunk) + 1) * k * wider <= self.tokens_per_batch:
+                        chunk.append(g)
+                        widest = wider
+                        continue
+                for h, fill in zip(chunk, self._round([gaps[h] for h in chunk]), strict=True):
+                    out[h] = fill
+                chunk, widest = ([g], len(gaps[g].right) + 1) if g >= 0 else ([], 0)
+        return out
+
+    def _forward(self, **kwargs: Any) -> Any:
+        ids = kwargs["input_ids"]
+        self.stats.forward_passes += 1
+        self.stats.token_positions += int(ids.numel())
+        return self.lm.model(**kwargs)
+
+    def _round(self, gaps: Sequence[_Gap]) -> list[list[int]]:
+        """Sample ``candidates`` fills per gap (all of one length) and keep, per gap, the one
+        with the highest log p(fill + right | left) (the first of equals). See the class doc."""
+        k = self.candidates
+        n_new = gaps[0].length
+        device = self.lm.device
+        width = max(len(g.left) for g in gaps)
+        ids = torch.full((len(gaps), width), self._pad_id, dtype=torch.long)
+        attn = torch.zeros((len(gaps), width), dtype=torch.long)
+        for r, g in enumerate(gaps):
+            ids[r, width - len(g.left) :] = torch.tensor(g.left, dtype=torch.long)
+            attn[r, width - len(g.left) :] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        keep = {"logits_to_keep": 1} if self._keep_arg else {}
+        rows = len(gaps) * k
+        with torch.inference_mode():
+            out = self._forward(
+                input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **keep
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            last = pos[:, -1]
+            if k > 1:
+                if hasattr(cache, "batch_repeat_interleave"):
+                    cache.batch_repeat_interleave(k)
+                    logits = logits.repeat_interleave(k, dim=0)
+                else:  # a cache that cannot be repeated: prefill every copy instead
+                    out = self._forward(
+                        input_ids=ids.repeat_interleave(k, dim=0),
+                        attention_mask=attn.repeat_interleave(k, dim=0),
+                        position_ids=pos.repeat_interleave(k, dim=0),
+                        use_cache=True,
+                        **keep,
+                    )
+                    cache, logits = out.past_key_values, out.logits[:, -1].float()
+                attn = attn.repeat_interleave(k, dim=0)
+                last = last.repeat_interleave(k, dim=0)
+            score = torch.zeros(rows, dtype=torch.float64, device=device)
+            picked: list[torch.Tensor] = []
+            for step in range(n_new):
+                token = self._pick(logits)
+                score += torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
+                picked.append(token)
+                if step + 1 < n_new:
+                    attn = torch.cat([attn, attn.new_ones((rows, 1))], dim=1)
+                    last = last + 1
+                    out = self._forward(
+                        input_ids=token[:, None],
+                        attention_mask=attn,
+                        position_ids=last[:, None],
+                        past_key_values=cache,
+                        use_cache=True,
+                        **keep,
+                    )
+                    cache, logits = out.past_key_values, out.logits[:, -1].float()
+            fills = torch.stack(picked, dim=1)
+            if k > 1 and any(g.right for g in gaps):
+                score += self._right_logprobs(gaps, fills[:, -1], attn, last, cache)
+        self.stats.rounds += 1
+        self.stats.candidates += rows
+        best = score.view(len(gaps), k).argmax(dim=-1).tolist()  # first of equals
+        chosen = fills.view(len(gaps), k, n_new).cpu()
+        return [chosen[r, b].tolist() for r, b in enumerate(best)]
+
+    def _right_logprobs(
+        self,
+        gaps: Sequence[_Gap],
+        last_token: torch.Tensor,
+        attn: torch.Tensor,
+        last: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """log p(right | left + fill) per candidate row: the last sampled token and the right
+        context (right-padded) in one pass on the candidates' cache."""
+        k = self.candidates
+        rows = len(gaps) * k
+        device = attn.device
+        width = 1 + max(len(g.right) for g in gaps)
+        feed = torch.full((rows, width), self._pad_id, dtype=torch.long, device=device)
+        feed_mask = torch.zeros((rows, width), dtype=torch.long, device=device)
+        feed[:, 0] = last_token
+        feed_mask[:, 0] = 1
+        for r, g in enumerate(gaps):
+            if g.right:
+                right = torch.tensor(g.right, dtype=torch.long, device=device)
+                feed[r * k : (r + 1) * k, 1 : 1 + len(g.right)] = right
+                feed_mask[r * k : (r + 1) * k, 1 : 1 + len(g.right)] = 1
+        positions = last[:, None] + 1 + torch.arange(width, device=device)[None, :]
+        out = self._forward(
+            input_ids=feed,
+            attention_mask=torch.cat([attn, feed_mask], dim=1),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, :-1].float()
+        picked = logits.gather(-1, feed[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
+        return (picked * feed_mask[:, 1:]).sum(dim=-1).double()
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row from tempered, top-k cut logits with banned ids removed (global
+        torch RNG; argmax at temperature 0)."""
+        logits = logits.masked_fill(self._banned_mask[: logits.shape[-1]], -math.inf)
+        if self.temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)

@@ -1,0 +1,290 @@
+"""The masked-LM proposer: sample span fills from an MLM, with proposal probabilities for MH."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, overload
+
+import torch
+
+from evolve.ga.proposers.base import _UNUSED, ORDERS, FillRequest, InputTemplate, Order
+from scoring.errors import UserError
+from scoring.models import LoadedModel
+from scoring.pll import _pad_id, _split_model
+
+
+class MLMProposer:
+    """Samples fills for masked positions from a masked LM (see the module docstring).
+
+    ``temperature``: divides the logits; 0 means greedy argmax. ``top_k``: sample among the
+    k likeliest tokens only (0 = the full vocabulary). ``banned_ids``: more ids never to
+    propose, beside the special ones. ``tokens_per_batch``: rows x padded length per forward
+    pass (bounds memory for large calls).
+    """
+
+    name = "mlm"
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        order: Order = "l2r",
+        banned_ids: Sequence[int] = (),
+        tokens_per_batch: int = 4096,
+    ) -> None:
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise UserError(f"temperature must be a finite number >= 0 (got {temperature})")
+        if top_k < 0:
+            raise UserError(f"top_k must be >= 0, 0 meaning the full vocabulary (got {top_k})")
+        if order not in ORDERS:
+            raise UserError(f"unknown fill order {order!r}; choose from {', '.join(ORDERS)}")
+        mask_id = getattr(lm.tokenizer, "mask_token_id", None)
+        if mask_id is None:
+            raise UserError(f"{lm.name!r} has no mask token, so it cannot fill masked spans")
+        self.lm = lm
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.order: Order = order
+        self.tokens_per_batch = max(1, int(tokens_per_batch))
+        self.mask_id = int(mask_id)
+        self.template = InputTemplate.from_tokenizer(lm.tokenizer)
+        self._pad_id = _pad_id(lm)
+        self.banned = self._banned_mask(banned_ids)
+        if bool(self.banned.all()):
+            raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
+        probe = [*self.template.head, *self._some_ids(6), self.mask_id, *self.template.tail]
+        self._split = _split_model(lm, probe)
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _vocab_size(self) -> int:
+        out = self.lm.model.get_output_embeddings()
+        weight = getattr(out, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return int(weight.shape[0])
+        return int(self.lm.model.config.vocab_size)
+
+    def _banned_mask(self, extra: Sequence[int]) -> torch.Tensor:
+        tok = self.lm.tokenizer
+        size = self._vocab_size()
+        banned = torch.zeros(size, dtype=torch.bool)
+        ids = {int(i) for i in tok.all_special_ids} | {self.mask_id} | {int(i) for i in extra}
+        for token, i in tok.get_vocab().items():
+            if _UNUSED.match(token):
+                ids.add(int(i))
+        for i in ids:
+            if 0 <= i < size:
+                banned[i] = True
+        known = len(tok)
+        if known < size:  # model rows with no token behind them (padded vocabularies)
+            banned[known:] = True
+        return banned.to(self.lm.device)
+
+    def _some_ids(self, n: int) -> list[int]:
+        allowed = (~self.banned).nonzero().flatten().tolist()
+        return [int(i) for i in allowed[: max(1, n)]]
+
+    @property
+    def gathers_head(self) -> bool:
+        """True when the vocabulary projection runs only at the positions being filled."""
+        return self._split is not None
+
+    # -- public API -----------------------------------------------------------------------
+
+    @overload
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: Literal[False] = False
+    ) -> list[list[int]]: ...
+
+    @overload
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: Literal[True]
+    ) -> tuple[list[list[int]], list[float]]: ...
+
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: bool = False
+    ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
+        """Fill every request's positions, all requests batched together.
+
+        Returns the filled inputs (same order as ``requests``); with ``return_logq`` also the
+        proposal log-probability of each (sum of the sampled tokens' log-probabilities under
+        the distribution sampled from; 0.0 for greedy and for a request with no positions).
+        """
+        self._check(requests)
+        rows = [self._masked(r) for r in requests]
+        logq = [0.0] * len(requests)
+        if self.order == "parallel":
+            todo = [(i, p) for i, r in enumerate(requests) for p in r.positions]
+            if todo:
+                logp = self._logprobs([(rows[i], p) for i, p in todo], distinct_rows=rows)
+                picked, lp = self._sample(logp)
+                for (i, p), tok, v in zip(todo, picked.tolist(), lp.tolist(), strict=True):
+                    rows[i][p] = int(tok)
+                    logq[i] += float(v)
+        else:
+            steps = max((len(r.positions) for r in requests), default=0)
+            for step in range(steps):
+                active = [i for i, r in enumerate(requests) if len(r.positions) > step]
+                queries = [(rows[i], requests[i].positions[step]) for i in active]
+                picked, lp = self._sample(self._logprobs(queries))
+                for i, tok, v in zip(active, picked.tolist(), lp.tolist(), strict=True):
+                    rows[i][requests[i].positions[step]] = int(tok)
+                    logq[i] += float(v)
+        if return_logq:
+            return rows, logq
+        return rows
+
+    def logprob_of(
+        self, requests: Sequence[FillRequest], targets: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """Log-probability that `fill` puts ``targets[i]`` at ``requests[i].positions``.
+
+        This is the reverse-move probability Metropolis-Hastings needs: pass the request that
+        masks the rewritten span and the tokens that were there before. In ``l2r`` order the
+        targets are teacher-forced left to right (all steps of all requests in one batch), in
+        ``parallel`` order they are scored under one shared masked input. ``-inf`` where the
+        proposal could never produce the targets (top-k cut, banned, or not the greedy pick).
+        """
+        self._check(requests)
+        if len(targets) != len(requests):
+            raise ValueError(f"{len(targets)} target lists for {len(requests)} requests")
+        queries: list[tuple[list[int], int]] = []
+        wanted: list[int] = []
+        owner: list[int] = []
+        distinct: list[list[int]] = []
+        for i, (req, tgt) in enumerate(zip(requests, targets, strict=True)):
+            tgt = [int(t) for t in tgt]
+            if len(tgt) != len(req.positions):
+                raise ValueError(
+                    f"request {i}: {len(tgt)} targets for {len(req.positions)} positions"
+                )
+            base = self._masked(req)
+            if self.order == "parallel":
+                distinct.append(base)
+                queries.extend((base, p) for p in req.positions)
+            else:
+                for step, p in enumerate(req.positions):
+                    row = list(base)
+                    for q, t in zip(req.positions[:step], tgt[:step], strict=True):
+                        row[q] = t
+                    queries.append((row, p))
+            wanted.extend(tgt)
+            owner.extend([i] * len(tgt))
+        out = [0.0] * len(requests)
+        if not queries:
+            return out
+        logp = self._logprobs(queries, distinct_rows=distinct or None)
+        lp = self._logq_of(logp, torch.tensor(wanted, device=logp.device))
+        for i, v in zip(owner, lp.tolist(), strict=True):
+            out[i] += float(v)
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check(self, requests: Sequence[FillRequest]) -> None:
+        limit = self.lm.max_length
+        for i, r in enumerate(requests):
+            if not isinstance(r, FillRequest):
+                raise TypeError(f"request {i} is a {type(r).__name__}, not a FillRequest")
+            if len(r.input_ids) > limit:
+                raise UserError(
+                    f"fill request {i} is {len(r.input_ids)} tokens long; "
+                    f"{self.lm.name} takes at most {limit}"
+                )
+
+    def _masked(self, request: FillRequest) -> list[int]:
+        row = list(request.input_ids)
+        for p in request.positions:
+            row[p] = self.mask_id
+        return row
+
+    def _logprobs(
+        self,
+        queries: Sequence[tuple[list[int], int]],
+        distinct_rows: Sequence[list[int]] | None = None,
+    ) -> torch.Tensor:
+        """Log-probabilities [len(queries), vocab] of the proposal at each (row, position).
+
+        ``distinct_rows``: when many queries share a row (parallel order), the rows to run
+        once each; queries then refer to them by identity.
+        """
+        if distinct_rows is not None:
+            index = {id(r): k for k, r in enumerate(distinct_rows)}
+            inputs = list(distinct_rows)
+            which = [index[id(row)] for row, _ in queries]
+        else:
+            inputs = [row for row, _ in queries]
+            which = list(range(len(queries)))
+        positions = [p for _, p in queries]
+        found: list[torch.Tensor] = [torch.empty(0)] * len(queries)
+        by_input: dict[int, list[int]] = {}
+        for q, k in enumerate(which):
+            by_input.setdefault(k, []).append(q)
+        order = list(by_input)  # inputs in first-use order (keeps batching deterministic)
+        width_all = max(len(inputs[k]) for k in order)
+        per_batch = max(1, self.tokens_per_batch // max(1, width_all))
+        for start in range(0, len(order), per_batch):
+            chunk = order[start : start + per_batch]
+            qs = [q for k in chunk for q in by_input[k]]
+            local = {k: n for n, k in enumerate(chunk)}
+            logits = self._forward(
+                [inputs[k] for k in chunk],
+                [local[which[q]] for q in qs],
+                [positions[q] for q in qs],
+            )
+            for n, q in enumerate(qs):
+                found[q] = logits[n]
+        return self._proposal_logprobs(torch.stack(found))
+
+    def _forward(
+        self, inputs: Sequence[list[int]], rows: Sequence[int], positions: Sequence[int]
+    ) -> torch.Tensor:
+        """Raw logits [len(rows), vocab] at ``inputs[rows[i]][positions[i]]``, one padded pass."""
+        device = self.lm.device
+        width = max(len(r) for r in inputs)
+        ids = torch.full((len(inputs), width), self._pad_id, dtype=torch.long)
+        attn = torch.zeros((len(inputs), width), dtype=torch.long)
+        for n, row in enumerate(inputs):
+            ids[n, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attn[n, : len(row)] = 1
+        ids = ids.to(device)
+        mask = attn.to(device) if bool((attn == 0).any()) else None
+        r = torch.tensor(list(rows), dtype=torch.long, device=device)
+        p = torch.tensor(list(positions), dtype=torch.long, device=device)
+        with torch.inference_mode():
+            if self._split is not None:
+                body, head = self._split
+                hidden = body(input_ids=ids, attention_mask=mask)[0]
+                logits = head(hidden[r, p])
+            else:
+                logits = self.lm.model(input_ids=ids, attention_mask=mask).logits[r, p]
+        return logits.float()
+
+    def _proposal_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution sampled from, as log-probabilities (banned ids at -inf)."""
+        logits = logits.masked_fill(self.banned[: logits.shape[-1]], -math.inf)
+        if self.temperature == 0:
+            greedy = logits.argmax(dim=-1, keepdim=True)
+            out = torch.full_like(logits, -math.inf)
+            return out.scatter_(-1, greedy, 0.0)
+        logits = logits / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        return torch.log_softmax(logits, dim=-1)
+
+    def _sample(self, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row (global torch RNG) and its log-probability."""
+        if self.temperature == 0:
+            picked = logp.argmax(dim=-1)
+        else:
+            picked = torch.multinomial(logp.exp(), 1).squeeze(-1)
+        return picked.cpu(), self._logq_of(logp, picked.to(logp.device)).cpu()
+
+    @staticmethod
+    def _logq_of(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return logp.gather(-1, tokens.view(-1, 1)).squeeze(-1)
+
+
