@@ -1,227 +1,138 @@
-"""Fitness evaluation: score only invalid individuals, in one batch per model, through a cache.
+"""Fitness evaluation: score only invalid individuals, in one batch per model, through caches.
 
-The fitness is made of up to two model scores of each continuation given the prompt:
+The fitness is made of model scores of each continuation given the prompt (PLL under the
+masked LM, `scoring.pll.PLLScorer`; log p(continuation | prompt) under the causal LM,
+`scoring.causal.CausalScorer`), which an `Objective` (`evolve.ga.objectives`) turns into
+fitness values. Scores are `scoring.results.TokenScores`, keyed by scorer name.
 
-- ``pll``: pseudo-log-likelihood under the masked LM (`scoring.pll.PLLScorer`);
-- ``causal``: log p(continuation | prompt) under the causal LM (`scoring.causal.CausalScorer`).
-
-Each score becomes a value the same way (`FitnessConfig.normalise`): per token (``mean``), or
-the total plus ``length_bonus`` nats per token (``total``). The objective then is one value
-(``pll``, ``causal``), their weighted sum (``sum``, both per token by default, so they are on
-comparable scales), or for ``nsga2`` the three objectives (pll value, causal value, diversity)
-of which the evaluator fills the first two; the loop sets diversity (`evolve.ga.pareto`), which
-depends on the population rather than the text.
-
-Individuals are ids of the run's representation (`evolve.ga.representation`). A scorer whose
-tokenizer is the representation's scores those ids as they are, with the prompt ids as
-context; the other reads the continuation through text. Either way the scores are cached by
-the individual's ids, so a text costs model time only the first time in a run.
-
-All texts a generation needs go to each model in one call: the PLL scorer packs every masked
-copy of every text into shared forward passes, the causal scorer batches by length. Identical
+A text's score under a scorer is computed once. The evaluator asks, in this order: its own
+run cache; then the injected `ScoreSource` (the run database's `scores` table when a store
+records the run: every score there was computed once and is read by resume, compare and
+rescoring alike); only the texts still unknown go to the model, all of a generation in one
+call per scorer, and their scores are handed back to the source at once. Identical
 continuations (common after crossover of relatives) are scored once.
 
-The cache is also what makes resuming exact: batched scores differ in the last float bits
-(~1e-6) with the company a text keeps in its batch, so a resumed run must send the models
-exactly the batches the uninterrupted run would have. `warm` refills the caches (PLL and
-causal alike) from the scores stored with the run's individuals, which leaves the same texts
-to score as before the interruption.
+This is also what keeps resuming exact: batched scores differ in the last float bits
+(~1e-6) with the company a text keeps in its batch, so a resumed run must never rescore a
+text in another batch. Because every computed score is stored the moment it is computed, a
+resumed run reads exactly the values the interrupted one used. (Texts another run in the
+same database scored first are read too, so a run in a shared database can differ from the
+same seed in a fresh one by such last-bit differences, and saves their model time.)
+
+Individuals are ids of the run's representation (`evolve.ga.representation`). A scorer
+whose tokenizer is the representation's scores those ids as they are, with the prompt ids as
+context; the other reads the continuation through text.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-from evolve.ga.config import FitnessConfig
 from evolve.ga.individual import Individual
+from evolve.ga.objectives import Objective
 from evolve.ga.representation import Representation
-from scoring.causal import CausalScorer
-from scoring.models import LoadedModel
-from scoring.pll import PLLScorer
+from scoring.base import Scorer
+from scoring.results import TokenScores
 
-# Keys of each score in `Individual.scores` (and in the store): total, per token, tokens. PLL
-# keeps the names it had before causal scores existed, so older runs still warm the cache.
-SCORE_KEYS: dict[str, tuple[str, str, str]] = {
-    "pll": ("pll", "pll_mean", "n_tokens"),
-    "causal": ("causal", "causal_mean", "causal_n_tokens"),
-}
-OBJECTIVE_FLOOR = -1e9  # nsga2: a score of an empty text (-inf per token) as a finite number
+
+class ScoreSource(Protocol):
+    """Where computed scores live beyond one run's memory (the run database)."""
+
+    def get(self, scorer: str, prefix: str, texts: Sequence[str]) -> dict[str, TokenScores]:
+        """Stored scores of `texts` after `prefix`; unknown texts are absent."""
+        ...
+
+    def put(self, scorer: str, prefix: str, scores: Mapping[str, TokenScores]) -> None:
+        """Store newly computed scores (an already stored text keeps its first score)."""
+        ...
 
 
 @dataclass(frozen=True)
 class EvalStats:
     n_invalid: int  # individuals that needed a fitness
     n_evaluated: int  # distinct texts sent through at least one model
-    n_cache_hits: int  # distinct texts answered from the run's caches alone
-
-
-@dataclass(frozen=True)
-class Score:
-    """What fitness needs of a model score; also what the store keeps per individual."""
-
-    total: float
-    n_tokens: int
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.n_tokens if self.n_tokens else float("-inf")
+    n_cache_hits: int  # distinct texts answered from the run's caches or the store alone
 
 
 class _Channel:
-    """One model score of continuations (ids of the representation), cached by those ids."""
+    """One scorer of the run with its cache of texts scored so far."""
 
-    def __init__(
-        self, kind: str, scorer: PLLScorer | CausalScorer, name: str, rep: Representation
-    ) -> None:
-        self.kind = kind  # "pll" or "causal"
+    def __init__(self, scorer: Scorer, rep: Representation) -> None:
         self.scorer = scorer
-        self.name = name  # e.g. pll/original/tiny-bert, causal/smollm2-135m
+        self.name = scorer.name
         self.rep = rep
         self.native = scorer.lm is rep.lm  # same tokenizer: score the ids as they are
         tok = scorer.lm.tokenizer
-        self.prefix = (
+        self.prefix_ids = (
             rep.prompt_ids
             if self.native
             else tuple(int(i) for i in tok.encode(rep.prompt, add_special_tokens=False))
         )
-        self.known: dict[tuple[int, ...], Score] = {}
+        self.known: dict[str, TokenScores] = {}
 
-    def own_ids(self, ids: tuple[int, ...]) -> list[int]:
+    def own_ids(self, ids: Sequence[int], text: str) -> list[int]:
         """The continuation in the scorer's tokens (through text when they differ)."""
         if self.native:
             return list(ids)
-        text = self.rep.text_of(ids)
         return [int(i) for i in self.scorer.lm.tokenizer.encode(text, add_special_tokens=False)]
 
-    def score(self, todo: Sequence[tuple[int, ...]]) -> None:
-        """Score the given ids in one scorer call and remember the results."""
-        if not todo:
-            return
-        results = self.scorer.score_ids([self.own_ids(ids) for ids in todo], self.prefix)
-        for ids, res in zip(todo, results, strict=True):
-            self.known[ids] = Score(res.total, res.n_tokens)
-
-    def record(self, score: Score) -> dict[str, Any]:
-        total, mean, n = SCORE_KEYS[self.kind]
-        return {
-            total: score.total,
-            # JSON has no infinities: the mean of an empty text is stored as null.
-            mean: score.mean if math.isfinite(score.mean) else None,
-            n: score.n_tokens,
-        }
-
-    def warm(self, ids: tuple[int, ...], scores: Mapping[str, Any]) -> None:
-        total, _, n = SCORE_KEYS[self.kind]
-        if scores.get(total) is not None and scores.get(n) is not None:
-            self.known.setdefault(ids, Score(float(scores[total]), int(scores[n])))
+    def score(self, todo: Mapping[str, Sequence[int]]) -> dict[str, TokenScores]:
+        """Score the given texts (text -> representation ids) in one scorer call."""
+        texts = list(todo)
+        results = self.scorer.score_ids([self.own_ids(todo[t], t) for t in texts], self.prefix_ids)
+        made = dict(zip(texts, results, strict=True))
+        self.known.update(made)
+        return made
 
 
 class Evaluator:
-    """Turns continuations (representation ids) into fitness values under a FitnessConfig.
-
-    ``mlm`` / ``causal``: the loaded models, each needed only when the objective uses it.
-    """
+    """Turns continuations (representation ids) into fitness values under an Objective."""
 
     def __init__(
         self,
-        cfg: FitnessConfig,
+        objective: Objective,
         rep: Representation,
-        mlm: LoadedModel | None = None,
-        causal: LoadedModel | None = None,
+        scorers: Sequence[Scorer],
+        source: ScoreSource | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.objective = objective
         self.rep = rep
-        self.channels: dict[str, _Channel] = {}
-        if cfg.uses_pll:
-            if mlm is None:
-                raise ValueError(f"fitness {cfg.objective} needs the masked LM")
-            pll = PLLScorer(mlm, variant=cfg.variant, dtype="bf16" if cfg.bf16 else "fp32")
-            self.channels["pll"] = _Channel("pll", pll, f"pll/{cfg.variant}/{mlm.name}", rep)
-        if cfg.uses_causal:
-            if causal is None:
-                raise ValueError(f"fitness {cfg.objective} needs the causal LM")
-            clm = CausalScorer(causal)
-            self.channels["causal"] = _Channel("causal", clm, f"causal/{causal.name}", rep)
-
-    # -- names and values -----------------------------------------------------------------
-
-    @property
-    def scorer_name(self) -> str:
-        """What the fitness is, for the run record, e.g. ``causal/smollm2-135m/total``."""
-        norm = self.cfg.normalise
-        if self.cfg.normalise == "total" and self.cfg.length_bonus:
-            norm = f"total{self.cfg.length_bonus:+g}/token"
-        obj = self.cfg.objective
-        if obj in ("pll", "causal"):
-            return f"{self.channels[obj].name}/{norm}"
-        p, c = self.channels["pll"].name, self.channels["causal"].name
-        if obj == "sum":
-            return f"sum({self.cfg.pll_weight:g}*{p} + {self.cfg.causal_weight:g}*{c})/{norm}"
-        return f"nsga2({p}, {c}, diversity)/{norm}"
-
-    def value(self, score: Score) -> float:
-        """A model score as a fitness value: per token, or total plus the length prior."""
-        if self.cfg.normalise == "mean":
-            return score.mean
-        return score.total + self.cfg.length_bonus * score.n_tokens
-
-    def values_of(self, ids: tuple[int, ...]) -> tuple[float, ...]:
-        """The fitness values of cached ids (nsga2: diversity 0.0, set later by the loop)."""
-        obj = self.cfg.objective
-        if obj in ("pll", "causal"):
-            return (self.value(self.channels[obj].known[ids]),)
-        p = self.value(self.channels["pll"].known[ids])
-        c = self.value(self.channels["causal"].known[ids])
-        if obj == "sum":
-            return (self.cfg.pll_weight * p + self.cfg.causal_weight * c,)
-        return (max(p, OBJECTIVE_FLOOR), max(c, OBJECTIVE_FLOOR), 0.0)
+        self.source = source
+        self.channels = {s.name: _Channel(s, rep) for s in scorers}
+        missing = set(objective.scorers) - set(self.channels)
+        if missing:
+            raise ValueError(f"objective {objective.label} needs scorers {sorted(missing)}")
 
     def scalar(self, ind: Individual) -> float:
-        """One number per individual for tables, statistics and `best`: the fitness, or for
-        nsga2 the weighted sum of its two model objectives (selection itself is Pareto)."""
-        values = ind.fitness.values
-        if self.cfg.objective == "nsga2":
-            return self.cfg.pll_weight * values[0] + self.cfg.causal_weight * values[1]
-        return values[0]
+        """One number per individual for tables, statistics and `best`."""
+        return self.objective.scalar(ind.fitness.values)
 
-    def energy(self, scores: Mapping[str, Any]) -> float:
-        """Metropolis-Hastings energy: minus the (weighted) total log-likelihood."""
-        obj = self.cfg.objective
-        if obj == "pll":
-            return -float(scores["pll"])
-        if obj == "causal":
-            return -float(scores["causal"])
-        return -(
-            self.cfg.pll_weight * float(scores["pll"])
-            + self.cfg.causal_weight * float(scores["causal"])
-        )
-
-    # -- evaluation -----------------------------------------------------------------------
-
-    def warm(self, entries: Iterable[tuple[Sequence[int], Mapping[str, Any]]]) -> None:
-        """Prime the caches with (token ids, stored scores) of texts scored earlier in the run."""
-        for ids, scores in entries:
-            key = tuple(int(i) for i in ids)
-            for channel in self.channels.values():
-                channel.warm(key, scores)
+    def energy(self, ind: Individual) -> float:
+        """Metropolis-Hastings energy of an evaluated individual."""
+        return self.objective.energy(ind.scores)
 
     def evaluate(self, population: Sequence[Individual]) -> EvalStats:
         """Set fitness and scores of every invalid individual; one scorer call per model."""
         invalid = [ind for ind in population if not ind.fitness.valid]
-        distinct = list(dict.fromkeys(tuple(ind) for ind in invalid))
-        sent: set[tuple[int, ...]] = set()
+        texts = [self.rep.text_of(ind) for ind in invalid]
+        ids_of: dict[str, Sequence[int]] = {}
+        for text, ind in zip(texts, invalid, strict=True):
+            ids_of.setdefault(text, ind)
+        sent: set[str] = set()
+        prompt = self.rep.prompt
         for channel in self.channels.values():
-            todo = [ids for ids in distinct if ids not in channel.known]
-            channel.score(todo)
-            sent.update(todo)
-        for ind in invalid:
-            key = tuple(ind)
-            scores: dict[str, Any] = {}
-            for channel in self.channels.values():
-                scores.update(channel.record(channel.known[key]))
-            ind.fitness.values = self.values_of(key)
-            ind.scores = scores
-        return EvalStats(len(invalid), len(sent), len(distinct) - len(sent))
+            unknown = [t for t in ids_of if t not in channel.known]
+            if unknown and self.source is not None:
+                channel.known.update(self.source.get(channel.name, prompt, unknown))
+                unknown = [t for t in unknown if t not in channel.known]
+            if unknown:
+                made = channel.score({t: ids_of[t] for t in unknown})
+                if self.source is not None:
+                    self.source.put(channel.name, prompt, made)
+                sent.update(unknown)
+        for text, ind in zip(texts, invalid, strict=True):
+            ind.scores = {name: ch.known[text] for name, ch in self.channels.items()}
+            ind.fitness.values = self.objective.values(ind.scores)
+        return EvalStats(len(invalid), len(sent), len(ids_of) - len(sent))

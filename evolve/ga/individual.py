@@ -14,6 +14,8 @@ from typing import Any
 
 from deap import base
 
+from scoring.results import TokenScores
+
 
 class Fitness(base.Fitness):
     """Single objective, maximised (PLL or log-probability: higher is more plausible)."""
@@ -25,9 +27,9 @@ class Fitness(base.Fitness):
 class Origin:
     """How an individual came to be; several edits in one generation are merged."""
 
-    op: str = (
-        "init"  # init | seed | mut_span | mut_insert | mut_delete | cx_one_point | cx_two_point
-    )
+    # init | seed | copy | elite | mut_span | mut_insert | mut_delete | cx_one_point |
+    # cx_two_point | mh_reject; edits of one generation joined with '+' (cx_one_point+mut_span)
+    op: str = "init"
     parents: tuple[int, ...] = ()  # store ids of the parents (empty for the initial population)
     span: tuple[int, int] | None = None  # [start, end) of the rewritten tokens, in the child
     detail: dict[str, Any] = field(default_factory=dict)  # proposer, MH acceptance, cut points
@@ -40,8 +42,10 @@ class Individual(list):
         super().__init__(ids)
         self.fitness = Fitness()
         self.origin = Origin()
-        self.db_id: int | None = None  # set once the store has written this individual
-        self.scores: dict[str, float] = {}  # e.g. {"pll": -31.2, "pll_per_token": -2.6}
+        # The id a recorder gave it (the store's row id), or the engine's own counter when
+        # nothing records the run; None until its generation is complete.
+        self.db_id: int | None = None
+        self.scores: dict[str, TokenScores] = {}  # by scorer name, e.g. "pll/original/tiny-bert"
 
 
 def record_edit(

@@ -1,0 +1,299 @@
+"""The Python API: evolve a run, resume it, and read it back, from a notebook or a script.
+
+    from evolve import RunConfig, run_ga
+    run = run_ga(RunConfig(prompt="Cheddar is", population=8, generations=3, seed=0))
+    run.best(5)          # [Candidate(id, generation, text, fitness, scores), ...]
+    run.records()        # one plain dict per individual (pandas.DataFrame(run.records()))
+    run.lineage(run.best(1)[0].id)   # ancestry with the edits
+    run.rescore(scorer)  # any scoring.Scorer; stored and cached like the run's own scores
+
+`run_ga` records into an in-memory store unless ``db=`` names a file (or passes a
+`LogStore` or a `sqlite_utils.Database`). The caller's global random states are given back
+after a run (`evolve.ga.seeding.rng_scope`), so a notebook's own random numbers are not
+disturbed. The CLI uses `start_run` / `resume_run`, which add a progress callback and
+translate Ctrl-C into `RunInterrupted`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evolve.experiments.baselines import BaselineConfig, generate_baselines
+from evolve.ga.config import RunConfig
+from evolve.ga.engine import Engine, Generation, Hook
+from evolve.ga.population import StartText, StartTexts
+from evolve.ga.seeding import rng_scope
+from evolve.store import LogStore
+from evolve.store.recorder import Recorder
+from evolve.store.scores import ScoreBook
+from scoring.base import Scorer
+from scoring.errors import UserError
+from scoring.models import check_kind
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) during a run: the store holds every completed generation."""
+
+    def __init__(self, run_id: int, generation: int) -> None:
+        super().__init__(f"run {run_id} interrupted after generation {generation}")
+        self.run_id = run_id
+        self.generation = generation
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """What a progress callback gets after each generation."""
+
+    run_id: int
+    generation: int
+    generations: int
+    best: float
+    mean: float
+    best_text: str
+    n_evaluated: int
+    n_cache_hits: int
+    seconds: float
+
+
+Progress = Callable[[GenerationReport], None]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One stored individual as a notebook sees it."""
+
+    id: int
+    generation: int
+    text: str
+    fitness: float
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # by scorer name
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    status: str
+    generations_done: int
+    best: list[dict[str, Any]] = field(default_factory=list)  # best distinct texts
+
+
+class Run:
+    """A recorded run in a store: read it back, extend its scores."""
+
+    def __init__(self, store: LogStore, run_id: int) -> None:
+        self.store = store
+        self.id = run_id
+
+    @property
+    def config(self) -> RunConfig:
+        return Recorder.config_of(self.store, self.id)
+
+    @property
+    def status(self) -> str:
+        return str(self.store.run(self.id)["status"])
+
+    def best(self, n: int = 5) -> list[Candidate]:
+        """The n fittest distinct texts of the run."""
+        return [
+            Candidate(
+                id=row["id"],
+                generation=row["generation"],
+                text=row["text"],
+                fitness=row["fitness"],
+                scores=self.store.individual(row["id"])["scores"],
+            )
+            for row in self.store.best(self.id, n)
+        ]
+
+    def generations(self) -> list[dict[str, Any]]:
+        """Statistics per generation (best, mean, std, worst, evaluations, seconds)."""
+        return self.store.generation_stats(self.id)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every individual of the run as a flat dict (DataFrame-ready), in generation and
+        population order: id, generation, position, text, fitness, op, span, parents, and
+        one ``<scorer>`` column (total) and ``<scorer>/mean`` per scorer."""
+        rows = self.store.records(self.id)
+        out = []
+        for row in rows:
+            flat = {k: v for k, v in row.items() if k != "scores"}
+            for name, s in row["scores"].items():
+                flat[name] = s["total"]
+                flat[f"{name}/mean"] = s["mean"]
+            out.append(flat)
+        return out
+
+    def lineage(self, individual_id: int, max_depth: int | None = None) -> list[dict[str, Any]]:
+        """Every ancestor of an individual (itself at depth 0) with the edit that made it."""
+        return self.store.lineage(individual_id, max_depth)
+
+    def rescore(self, scorer: Scorer) -> dict[str, dict[str, Any]]:
+        """Score every text of the run under `scorer` (only texts without a stored score
+        under its name are computed); returns {text: stored score}."""
+        texts = sorted({r["text"] for r in self.store.records(self.id)})
+        book = ScoreBook(self.store, self.store.run(self.id)["prompt"], lambda _name: scorer)
+        return book.get(scorer.name, texts)
+
+
+def _open(db: LogStore | str | Path | Any | None) -> LogStore:
+    if isinstance(db, LogStore):
+        return db
+    return LogStore(":memory:" if db is None else db)
+
+
+def baseline_starts(store: LogStore, run_id: int, cfg: RunConfig, engine: Engine) -> StartTexts:
+    """Generation 0 from the causal LM's own decoding of the prompt (`evolve.experiments.
+    baselines`): beam search with one beam per member, greedy, or samples; the texts are
+    stored as the run's baselines."""
+
+    def starts(method: str, n: int) -> Sequence[StartText]:
+        bcfg = BaselineConfig(
+            prompt=cfg.prompt,
+            run_id=run_id,
+            methods=(method,),
+            causal=cfg.causal,
+            new_tokens=cfg.init_len,
+            num_beams=n,
+            num_return_sequences=n,
+            samples=n,
+            seed=cfg.seed,
+            device=cfg.device,
+        )
+        made = generate_baselines(bcfg, store, lm=engine.models.causal)
+        return [StartText(b.text, {"baseline_id": b.id}) for b in made]
+
+    return starts
+
+
+def _progress_hook(run_id: int, cfg: RunConfig, progress: Progress) -> Hook:
+    def hook(gen: Generation) -> None:
+        progress(
+            GenerationReport(
+                run_id=run_id,
+                generation=gen.number,
+                generations=cfg.generations,
+                best=gen.best,
+                mean=gen.mean,
+                best_text=gen.best_text,
+                n_evaluated=gen.stats.n_evaluated,
+                n_cache_hits=gen.stats.n_cache_hits,
+                seconds=gen.seconds,
+            )
+        )
+
+    return hook
+
+
+def _drive(recorder: Recorder, generations: Iterator[Generation]) -> None:
+    """Run the generator to its end, keeping the run's status true whatever happens."""
+    try:
+        for _ in generations:
+            pass
+    except KeyboardInterrupt:
+        last = recorder.interrupted()
+        raise RunInterrupted(recorder.run_id, last) from None
+    except BaseException as exc:
+        recorder.failed(exc)
+        raise
+    recorder.finished()
+
+
+def _summary(store: LogStore, run_id: int) -> RunSummary:
+    record = store.run(run_id)
+    return RunSummary(run_id, record["status"], record["generations_done"], store.best(run_id, 5))
+
+
+def start_run(
+    cfg: RunConfig,
+    store: LogStore,
+    progress: Progress | None = None,
+    hooks: Sequence[Hook] = (),
+) -> RunSummary:
+    """Create a run in the store and evolve it to the end (or until early stopping)."""
+    cfg.validate()
+    if not cfg.uses_causal:  # recorded as the run's judge: refuse a wrong kind now, not later
+        check_kind(cfg.causal, "causal")
+    engine = Engine.build(cfg)
+    recorder = Recorder.create(store, cfg, engine.fitness_label)
+    engine.evaluator.source = recorder.scores
+    engine.start_texts = baseline_starts(store, recorder.run_id, cfg, engine)
+    extra = [*hooks, *([_progress_hook(recorder.run_id, cfg, progress)] if progress else [])]
+    with rng_scope(cfg.seed):
+        _drive(recorder, engine.run(recorder, extra))
+    return _summary(store, recorder.run_id)
+
+
+def resume_run(
+    run_id: int,
+    store: LogStore,
+    progress: Progress | None = None,
+    hooks: Sequence[Hook] = (),
+) -> RunSummary:
+    """Continue an interrupted run from its last completed generation, exactly."""
+    record = store.run(run_id)
+    if record["status"] == "finished":
+        raise UserError(f"run {run_id} already finished; nothing to resume")
+    cfg = Recorder.config_of(store, run_id)
+    recorder = Recorder(store, run_id)
+    engine = Engine.build(cfg, source=recorder.scores)
+    engine.start_texts = baseline_starts(store, run_id, cfg, engine)
+    recorder.claim()  # refused while another live process runs it
+    extra = [*hooks, *([_progress_hook(run_id, cfg, progress)] if progress else [])]
+    with rng_scope(cfg.seed):
+        point = recorder.resume_point(engine)
+        if point is None:  # interrupted before generation 0 was written: start afresh
+            gens = engine.run(recorder, extra)
+        else:
+            gens = engine.resume(
+                point.population,
+                point.number,
+                point.best_so_far,
+                point.stall,
+                point.rng_state,
+                recorder,
+                extra,
+            )
+        _drive(recorder, gens)
+    return _summary(store, run_id)
+
+
+def run_ga(
+    cfg: RunConfig,
+    db: LogStore | str | Path | Any | None = None,
+    *,
+    progress: Progress | None = None,
+    hooks: Sequence[Hook] = (),
+) -> Run:
+    """Evolve `cfg` and return the recorded `Run` (in memory unless `db` is given)."""
+    store = _open(db)
+    summary = start_run(cfg, store, progress, hooks)
+    return Run(store, summary.run_id)
+
+
+def resume_ga(
+    run_id: int,
+    db: LogStore | str | Path | Any,
+    *,
+    progress: Progress | None = None,
+    hooks: Sequence[Hook] = (),
+) -> Run:
+    """Continue an interrupted run in `db` and return it."""
+    store = _open(db)
+    resume_run(run_id, store, progress, hooks)
+    return Run(store, run_id)
+
+
+__all__ = [
+    "Candidate",
+    "GenerationReport",
+    "Run",
+    "RunInterrupted",
+    "RunSummary",
+    "resume_ga",
+    "resume_run",
+    "run_ga",
+    "start_run",
+]

@@ -1,0 +1,159 @@
+"""Objectives: what the GA maximises, as small strategy objects over model scores.
+
+An individual's scores are `scoring.TokenScores` keyed by scorer name (e.g.
+``pll/original/tiny-bert``, ``causal/smollm2-135m``). An objective turns them into:
+
+- ``values``: the DEAP fitness values (one, or several for Pareto selection);
+- ``scalar``: one number per individual for tables, statistics and `best`;
+- ``energy``: the Metropolis-Hastings energy, minus the (weighted) total log-likelihood.
+
+Each model score becomes a value the same way (`Normalise`): per token (``mean``), or the
+total plus ``length_bonus`` nats per token (``total``). A new fitness kind is one new class
+here plus one line in `build_objective`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from evolve.ga.config import FitnessConfig
+from scoring.results import TokenScores
+
+OBJECTIVE_FLOOR = -1e9  # Pareto values: an empty text's -inf per token as a finite number
+
+Scores = Mapping[str, TokenScores]
+
+
+@dataclass(frozen=True)
+class Normalise:
+    """How a model score becomes a value: per token, or total plus a length prior."""
+
+    mode: str = "mean"
+    length_bonus: float = 0.0
+
+    def value(self, s: TokenScores) -> float:
+        if self.mode == "mean":
+            return s.mean
+        return s.total + self.length_bonus * s.n_tokens
+
+    @property
+    def label(self) -> str:
+        if self.mode == "total" and self.length_bonus:
+            return f"total{self.length_bonus:+g}/token"
+        return self.mode
+
+
+class Objective(Protocol):
+    scorers: tuple[str, ...]  # scorer names whose scores it reads
+    n_values: int  # length of the DEAP fitness tuple
+
+    @property
+    def label(self) -> str: ...  # what the fitness is, stored as the run's `fitness`
+
+    def values(self, scores: Scores) -> tuple[float, ...]: ...
+
+    def scalar(self, values: Sequence[float]) -> float: ...
+
+    def energy(self, scores: Scores) -> float: ...
+
+
+@dataclass(frozen=True)
+class LogLikelihood:
+    """One model's score: PLL under the MLM, or log p(continuation | prompt) causally."""
+
+    scorer: str
+    norm: Normalise
+    n_values: int = 1
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        return (self.scorer,)
+
+    @property
+    def label(self) -> str:
+        return f"{self.scorer}/{self.norm.label}"
+
+    def values(self, scores: Scores) -> tuple[float, ...]:
+        return (self.norm.value(scores[self.scorer]),)
+
+    def scalar(self, values: Sequence[float]) -> float:
+        return values[0]
+
+    def energy(self, scores: Scores) -> float:
+        return -scores[self.scorer].total
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """``sum(w_i * value_i)`` over several scorers (both per token by default: ~1:1)."""
+
+    terms: tuple[tuple[float, str], ...]
+    norm: Normalise
+    n_values: int = 1
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.terms)
+
+    @property
+    def label(self) -> str:
+        inner = " + ".join(f"{w:g}*{name}" for w, name in self.terms)
+        return f"sum({inner})/{self.norm.label}"
+
+    def values(self, scores: Scores) -> tuple[float, ...]:
+        return (sum(w * self.norm.value(scores[name]) for w, name in self.terms),)
+
+    def scalar(self, values: Sequence[float]) -> float:
+        return values[0]
+
+    def energy(self, scores: Scores) -> float:
+        return -sum(w * scores[name].total for w, name in self.terms)
+
+
+@dataclass(frozen=True)
+class Pareto:
+    """NSGA-II over each scorer's value plus population diversity (set by the loop, see
+    `evolve.ga.pareto`); the scalar for reports is the weighted sum of the model values."""
+
+    terms: tuple[tuple[float, str], ...]
+    norm: Normalise
+
+    @property
+    def n_values(self) -> int:
+        return len(self.terms) + 1
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.terms)
+
+    @property
+    def label(self) -> str:
+        return f"nsga2({', '.join(self.scorers)}, diversity)/{self.norm.label}"
+
+    def values(self, scores: Scores) -> tuple[float, ...]:
+        model = (max(self.norm.value(scores[name]), OBJECTIVE_FLOOR) for _, name in self.terms)
+        return (*model, 0.0)
+
+    def scalar(self, values: Sequence[float]) -> float:
+        return sum(w * v for (w, _), v in zip(self.terms, values, strict=False))
+
+    def energy(self, scores: Scores) -> float:
+        return -sum(w * scores[name].total for w, name in self.terms)
+
+
+def build_objective(cfg: FitnessConfig, pll: str | None, causal: str | None) -> Objective:
+    """The objective a FitnessConfig asks for, given the scorer names of the run's models."""
+    norm = Normalise(cfg.normalise, cfg.length_bonus)
+    if cfg.objective == "pll":
+        assert pll is not None
+        return LogLikelihood(pll, norm)
+    if cfg.objective == "causal":
+        assert causal is not None
+        return LogLikelihood(causal, norm)
+    assert pll is not None and causal is not None
+    terms = ((cfg.pll_weight, pll), (cfg.causal_weight, causal))
+    if cfg.objective == "sum":
+        return WeightedSum(terms, norm)
+    return Pareto(terms, norm)

@@ -1,0 +1,192 @@
+"""The recorder: the one piece of a run that talks to the store.
+
+The GA (`evolve.ga.engine`) knows nothing of SQLite; a `Recorder` plugs into it as its
+`record` hook and as its `ScoreSource`:
+
+- it creates the run row (config, models, fitness label) and owns the run's status:
+  ``running`` while a process works on it, then ``finished``, ``interrupted`` or ``failed``;
+- it writes each generation in one transaction (individuals, parents, operator and span,
+  statistics, the random state and the loop state) and hands the engine the new row ids;
+- it reads and writes model scores through the `scores` table, the one record of every
+  score of every text under every scorer (`evolve.ga.evaluate` says why that keeps resume
+  exact);
+- it reads back what a resume needs: the last population, its loop and random state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from evolve.ga.config import RunConfig
+from evolve.ga.engine import Engine, Generation
+from evolve.ga.individual import Individual
+from evolve.store import LogStore
+from scoring.errors import UserError
+from scoring.results import TokenScores
+
+
+class StoreScores:
+    """A `ScoreSource` over the store's `scores` table."""
+
+    def __init__(self, store: LogStore) -> None:
+        self.store = store
+
+    def get(self, scorer: str, prefix: str, texts: Sequence[str]) -> dict[str, TokenScores]:
+        found = self.store.get_scores(list(texts), prefix, scorer)
+        return {text: to_token_scores(row) for text, row in found.items()}
+
+    def put(self, scorer: str, prefix: str, scores: Mapping[str, TokenScores]) -> None:
+        if scores:
+            self.store.put_scores(
+                [
+                    {
+                        "text": text,
+                        "prefix": prefix,
+                        "scorer": scorer,
+                        "total": s.total,
+                        "n_tokens": s.n_tokens,
+                        "per_token": list(s.token_logprobs),
+                    }
+                    for text, s in scores.items()
+                ]
+            )
+
+
+def to_token_scores(row: Mapping[str, Any]) -> TokenScores:
+    """A stored score row (total, n_tokens, per_token) as TokenScores."""
+    return TokenScores(
+        total=float(row["total"]),
+        token_logprobs=tuple(float(x) for x in row.get("per_token") or ()),
+        n_tokens=int(row["n_tokens"]),
+    )
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What the engine needs to continue a run after its last stored generation."""
+
+    number: int
+    population: list[Individual]
+    best_so_far: float
+    stall: int
+    rng_state: str
+
+
+class Recorder:
+    """Records one run: `__call__` is the engine's `record` hook."""
+
+    def __init__(self, store: LogStore, run_id: int) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.scores = StoreScores(store)
+
+    @classmethod
+    def create(cls, store: LogStore, cfg: RunConfig, fitness_label: str) -> Recorder:
+        run_id = store.create_run(
+            prompt=cfg.prompt,
+            seed=cfg.seed,
+            config=cfg.to_dict(),
+            mlm=cfg.mlm,
+            causal=cfg.causal,
+            fitness=fitness_label,
+        )
+        return cls(store, run_id)
+
+    @staticmethod
+    def config_of(store: LogStore, run_id: int) -> RunConfig:
+        """A stored run's config (UserError if this version cannot read it)."""
+        return RunConfig.from_dict(store.run(run_id)["config"]).validate()
+
+    # -- the hook -------------------------------------------------------------------------
+
+    def __call__(self, gen: Generation) -> list[int]:
+        rows = []
+        for pos, ind in enumerate(gen.population):
+            o = ind.origin
+            row: dict[str, Any] = {
+                "text": gen.texts[pos],
+                "token_ids": list(ind),
+                "fitness": gen.fitness[pos],
+                "op": o.op,
+                "parents": [p for p in o.parents if p is not None],
+                "span": o.span,
+                "detail": o.detail,
+                "position": pos,
+            }
+            if gen.pareto_ranks is not None:
+                row["objectives"] = list(ind.fitness.values)
+                row["pareto_rank"] = gen.pareto_ranks[pos]
+            rows.append(row)
+        return self.store.write_generation(
+            self.run_id,
+            gen.number,
+            rows,
+            {
+                "best": gen.best,
+                "mean": gen.mean,
+                "std": gen.std,
+                "worst": gen.worst,
+                "n_evaluated": gen.stats.n_evaluated,
+                "n_cache_hits": gen.stats.n_cache_hits,
+                "n_unique": len({tuple(ind) for ind in gen.population}),
+                "best_individual_id": None,
+                "seconds": gen.seconds,
+            },
+            rng_state=gen.rng_state,
+            state={"best_so_far": gen.best_so_far, "stall": gen.stall, "stopped": gen.stopped},
+        )
+
+    # -- statuses -------------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Make this process the run's owner (refused while another live process runs it)."""
+        self.store.set_status(self.run_id, "running")
+
+    def finished(self) -> None:
+        self.store.finish_run(self.run_id, "finished")
+
+    def interrupted(self) -> int:
+        """Mark the run interrupted; returns its last stored generation (-1: none)."""
+        last = self.store.last_generation(self.run_id)
+        self.store.set_status(self.run_id, "interrupted")
+        return last["generation"] if last else -1
+
+    def failed(self, exc: BaseException) -> None:
+        self.store.set_status(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+
+    # -- resume ---------------------------------------------------------------------------
+
+    def resume_point(self, engine: Engine) -> ResumePoint | None:
+        """The last stored generation as the engine's objects; None if there is none."""
+        last = self.store.last_generation(self.run_id)
+        if last is None:
+            return None
+        state = last["state"]
+        if isinstance(state, str):
+            state = json.loads(state)
+        pop = []
+        for row in self.store.population(self.run_id, last["generation"]):
+            ind = engine.make(row["token_ids"])
+            if engine.multi:
+                ind.fitness.values = tuple(row["objectives"])
+            else:
+                ind.fitness.values = (row["fitness"],)
+            ind.scores = {name: to_token_scores(s) for name, s in row["scores"].items()}
+            ind.db_id = row["id"]
+            pop.append(ind)
+        missing = set(engine.objective.scorers) - set(pop[0].scores if pop else ())
+        if missing:
+            raise UserError(
+                f"run {self.run_id} lacks stored scores under {', '.join(sorted(missing))}; "
+                "it cannot be resumed exactly"
+            )
+        return ResumePoint(
+            number=last["generation"],
+            population=pop,
+            best_so_far=float(state["best_so_far"]),
+            stall=int(state["stall"]),
+            rng_state=last["rng_state"],
+        )
