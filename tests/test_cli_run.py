@@ -95,7 +95,7 @@ def test_shown_defaults_are_the_dataclass_defaults() -> None:
         assert param.get_default(ctx) == option.default, option.path
         record = param.get_help_record(ctx)
         assert record is not None
-        if param.is_flag:  # type: ignore[attr-defined]
+        if isinstance(param, click.Option) and param.is_flag:
             assert "[default:" not in record[1]
         else:
             assert record[1].endswith(f"[default: {option.default}]"), record
@@ -244,6 +244,6 @@ def test_field_types_are_the_option_types() -> None:
             assert isinstance(param.type, click.Choice)
             assert tuple(param.type.choices) == typing.get_args(kind)
         elif kind is bool:
-            assert param.is_flag  # type: ignore[attr-defined]
+            assert isinstance(param, click.Option) and param.is_flag
         else:
             assert param.type.name == {int: "integer", float: "float", str: "text"}[kind]
