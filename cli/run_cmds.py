@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cli.common import db_option, resolve_db, unescape
-from evolve.ga.config import (
-    ALGORITHMS,
-    CX_POINTS,
-    FILL_ORDERS,
-    INITS,
-    NORMALISATIONS,
-    OBJECTIVES,
-    PLL_VARIANTS,
-    PROPOSERS,
-    CrossoverConfig,
-    FitnessConfig,
-    MutationConfig,
-    RunConfig,
-)
+from cli.options import ConfigOptions
+from evolve.ga.config import RunConfig
 from evolve.ga.engine import (
     GenerationReport,
     Progress,
@@ -33,12 +23,19 @@ from evolve.ga.engine import (
 )
 from evolve.store import LogStore
 from scoring.errors import UserError
-from scoring.models import DEFAULT_CAUSAL, DEFAULT_MLM
 
-_defaults = RunConfig(prompt="-")
-_mut = MutationConfig()
-_cx = CrossoverConfig()
-_fit = FitnessConfig()
+# Every RunConfig field is an option of `evolve run` (cli/options.py); these are the
+# exceptions. The prompt and seed texts are read and unescaped by the command itself.
+RUN_OPTIONS = ConfigOptions(
+    RunConfig,
+    names={
+        "mutation.order": "--fill-order",
+        "crossover.points": "--cx-points",
+        "fitness.objective": "--fitness",
+    },
+    short={"population": "-p", "generations": "-g"},
+    skip=("prompt", "seed_texts"),
+)
 
 
 def _read_text_file(path: Path) -> str:
@@ -60,78 +57,7 @@ def _read_text_file(path: Path) -> str:
 @click.option(
     "--seed-text", "seed_texts", multiple=True, help="Starting continuation (repeatable)."
 )
-@click.option("-p", "--population", default=_defaults.population, show_default=True)
-@click.option("-g", "--generations", default=_defaults.generations, show_default=True)
-@click.option(
-    "--algorithm", type=click.Choice(ALGORITHMS), default=_defaults.algorithm, show_default=True
-)
-@click.option("--offspring", default=0, help="Lambda for mu_plus_lambda (0 = population).")
-@click.option("--cxpb", default=_defaults.cxpb, show_default=True, help="Crossover probability.")
-@click.option("--mutpb", default=_defaults.mutpb, show_default=True, help="Mutation probability.")
-@click.option("--tournament", default=_defaults.tournament, show_default=True)
-@click.option("--elites", default=_defaults.elites, show_default=True)
-@click.option("--patience", default=0, help="Stop after N generations without improvement.")
-@click.option("--init-len", default=_defaults.init_len, show_default=True)
-@click.option("--min-len", default=_defaults.min_len, show_default=True)
-@click.option("--max-len", default=_defaults.max_len, show_default=True)
-@click.option("--max-span", default=_mut.max_span, show_default=True, help="Longest masked span.")
-@click.option("--indel-prob", default=_mut.indel_prob, show_default=True)
-@click.option("--temperature", default=_mut.temperature, show_default=True)
-@click.option("--top-k", default=_mut.top_k, show_default=True)
-@click.option("--fill-order", type=click.Choice(FILL_ORDERS), default=_mut.order, show_default=True)
-@click.option(
-    "--proposer",
-    type=click.Choice(PROPOSERS),
-    default=_defaults.proposer,
-    show_default=True,
-    help="Who refills spans: the MLM, or the causal LM (samples --candidates fills, keeps the "
-    "likeliest text). Individuals are in the proposer's tokens.",
-)
-@click.option(
-    "--candidates",
-    default=_mut.candidates,
-    show_default=True,
-    help="Causal proposer: fills sampled per span.",
-)
-@click.option(
-    "--init",
-    type=click.Choice(INITS),
-    default=_defaults.init,
-    show_default=True,
-    help="Generation 0: seed texts, MLM fills, or the causal LM's beam search (one beam per "
-    "member), greedy or sampled decoding of --init-len tokens. auto: seed if --seed-text, "
-    "else the proposer's samples.",
-)
-@click.option("--cx-points", type=click.Choice(CX_POINTS), default=_cx.points, show_default=True)
-@click.option("--seam", default=_cx.seam, show_default=True)
-@click.option(
-    "--fitness",
-    "objective",
-    type=click.Choice(OBJECTIVES),
-    default=_fit.objective,
-    show_default=True,
-    help="pll (MLM), causal (log p(continuation | prompt)), sum (weighted), or nsga2 "
-    "(Pareto over pll, causal and diversity).",
-)
-@click.option("--pll-weight", default=_fit.pll_weight, show_default=True, help="sum/nsga2.")
-@click.option("--causal-weight", default=_fit.causal_weight, show_default=True, help="sum/nsga2.")
-@click.option("--variant", type=click.Choice(PLL_VARIANTS), default=_fit.variant, show_default=True)
-@click.option(
-    "--normalise", type=click.Choice(NORMALISATIONS), default=_fit.normalise, show_default=True
-)
-@click.option("--length-bonus", default=_fit.length_bonus, show_default=True)
-@click.option("--bf16", is_flag=True, help="Score in bfloat16 (faster, approximate).")
-@click.option("--mh", is_flag=True, help="Metropolis-Hastings acceptance of mutations.")
-@click.option("--no-dedupe", is_flag=True, help="Allow duplicate offspring.")
-@click.option("--mlm", default=DEFAULT_MLM, show_default=True, help="Preset, hub name or folder.")
-@click.option(
-    "--causal",
-    default=DEFAULT_CAUSAL,
-    show_default=True,
-    help="Causal LM: judge, baselines, and proposer/fitness when chosen.",
-)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@RUN_OPTIONS
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @db_option
 def run(
@@ -146,51 +72,11 @@ def run(
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt or --prompt-file")
     text = _read_text_file(prompt_file) if prompt_file else unescape(prompt or "")
-    o = opts
-    cfg = RunConfig(
-        prompt=text,
-        seed_texts=tuple(unescape(s) for s in seed_texts),
-        population=o["population"],
-        generations=o["generations"],
-        algorithm=o["algorithm"],
-        offspring=o["offspring"],
-        cxpb=o["cxpb"],
-        mutpb=o["mutpb"],
-        tournament=o["tournament"],
-        elites=o["elites"],
-        patience=o["patience"],
-        dedupe=not o["no_dedupe"],
-        init_len=o["init_len"],
-        min_len=o["min_len"],
-        max_len=o["max_len"],
-        mlm=o["mlm"],
-        causal=o["causal"],
-        proposer=o["proposer"],
-        init=o["init"],
-        seed=o["seed"],
-        mh=o["mh"],
-        device=o["device"],
-        mutation=MutationConfig(
-            max_span=o["max_span"],
-            indel_prob=o["indel_prob"],
-            temperature=o["temperature"],
-            top_k=o["top_k"],
-            order=o["fill_order"],
-            candidates=o["candidates"],
-        ),
-        crossover=CrossoverConfig(points=o["cx_points"], seam=o["seam"]),
-        fitness=FitnessConfig(
-            objective=o["objective"],
-            pll_weight=o["pll_weight"],
-            causal_weight=o["causal_weight"],
-            variant=o["variant"],
-            normalise=o["normalise"],
-            length_bonus=o["length_bonus"],
-            bf16=o["bf16"],
-        ),
-    ).validate()
-    store = LogStore(resolve_db(db_path))
-    _drive(lambda progress: start_run(cfg, store, progress), cfg.generations, quiet, store)
+    data = RUN_OPTIONS.values(opts)
+    data.update(prompt=text, seed_texts=tuple(unescape(s) for s in seed_texts))
+    cfg = RunConfig.from_dict(data).validate()
+    with LogStore(resolve_db(db_path)) as store:
+        _drive(lambda progress: start_run(cfg, store, progress), cfg.generations, quiet, store)
 
 
 @click.command()
@@ -199,14 +85,12 @@ def run(
 @db_option
 def resume(run_id: int, db_path: Path | None, quiet: bool) -> None:
     """Continue an interrupted run from its last completed generation."""
-    store = LogStore(resolve_db(db_path))
-    generations = RunConfig.from_dict(_config_of(store, run_id)).generations
-    _drive(lambda progress: resume_run(run_id, store, progress), generations, quiet, store)
+    with LogStore(resolve_db(db_path)) as store:
+        generations = RunConfig.from_dict(_config_of(store, run_id)).generations
+        _drive(lambda progress: resume_run(run_id, store, progress), generations, quiet, store)
 
 
-def _config_of(store: LogStore, run_id: int) -> dict:
-    import json
-
+def _config_of(store: LogStore, run_id: int) -> dict[str, Any]:
     config = store.run(run_id)["config"]
     return json.loads(config) if isinstance(config, str) else config
 

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random models built from configs, saved as ordinary model folders.
 
+`invoke` runs the `evolve` command in-process (click's CliRunner) for CLI tests.
+
 Nothing here touches a model hub. Tokenizers are trained in a second on a small corpus, and
 models are tiny (1-2 layers, hidden 32), so loading them exercises the real `from_pretrained`
 code path in scoring.models while keeping the suite fast. Tests that need the packaged real
@@ -9,10 +11,13 @@ models are marked `real`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner, Result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -162,3 +167,21 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(2)
     cfg = GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=2, n_positions=128)
     return _save(GPT2LMHeadModel(cfg).eval(), folder)
+
+
+@pytest.fixture
+def cli_runner() -> CliRunner:
+    """A fresh runner per test; click keeps stdout and stderr apart (`result.stderr`)."""
+    return CliRunner()
+
+
+@pytest.fixture
+def invoke(cli_runner: CliRunner) -> Callable[..., Result]:
+    """`invoke("run", "--prompt", ...)` runs `evolve run --prompt ...` in-process through
+    the real command group (cli.main.cli), error translation included."""
+    from cli.main import cli
+
+    def run(*args: str | Path, **kwargs: Any) -> Result:
+        return cli_runner.invoke(cli, [str(a) for a in args], **kwargs)
+
+    return run

@@ -1,6 +1,7 @@
 """Bad input through the real CLI: one clear line, exit code 2, no traceback, nothing lost.
 
-Every case goes through `cli.main.cli` (the `evolve` command) with `CliRunner`, against a
+Every case goes through `cli.main.cli` (the `evolve` command) with the conftest `invoke`
+fixture (click's CliRunner), against a
 database that already holds a finished run, which must come out unchanged; a few cases run
 `evolve` as a child process to show that stderr holds that one line and no traceback.
 """
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from helpers_proc import PROMPT, run_evolve
 
-from cli.main import cli
 from evolve.store import LogStore
+
+Invoke = Callable[..., Result]
 
 
 @pytest.fixture(scope="module")
@@ -165,18 +167,20 @@ def assert_one_error_line(result: Result, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_line_and_exit_2(case: str, models: dict[str, Path], db: Path) -> None:
+def test_bad_input_gives_one_line_and_exit_2(
+    case: str, models: dict[str, Path], db: Path, invoke: Invoke
+) -> None:
     build, fragment = CASES[case]
     before = contents(db)
-    result = CliRunner().invoke(cli, with_db(build(models), db))
+    result = invoke(*with_db(build(models), db))
     assert_one_error_line(result, fragment)
     assert contents(db) == before  # no run added, nothing changed
 
 
-def test_missing_prompt_file_is_clicks_usage_error(models: dict[str, Path], db: Path) -> None:
-    result = CliRunner().invoke(
-        cli, [*run_cmd(models, "--prompt-file", "nowhere.txt"), "--db", str(db)]
-    )
+def test_missing_prompt_file_is_clicks_usage_error(
+    models: dict[str, Path], db: Path, invoke: Invoke
+) -> None:
+    result = invoke(*run_cmd(models, "--prompt-file", "nowhere.txt"), "--db", db)
     assert result.exit_code == 2
     assert "Error: Invalid value for '--prompt-file': File 'nowhere.txt' does not exist." in (
         result.stderr
@@ -216,9 +220,11 @@ def test_check_kind_refuses_the_wrong_kind_without_loading(models: dict[str, Pat
         check_kind(str(models["empty"]), "causal")
 
 
-def test_run_refuses_a_masked_lm_as_its_judge(models: dict[str, Path], db: Path) -> None:
+def test_run_refuses_a_masked_lm_as_its_judge(
+    models: dict[str, Path], db: Path, invoke: Invoke
+) -> None:
     args = run_cmd(models, "--prompt", PROMPT, "--causal", str(models["bert"]))
     before = contents(db)
-    result = CliRunner().invoke(cli, with_db(args, db))
+    result = invoke(*with_db(args, db))
     assert contents(db) == before
     assert_one_error_line(result, "is a masked LM (BertForMaskedLM), not a causal LM")

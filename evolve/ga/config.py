@@ -1,29 +1,44 @@
 """Run configuration: frozen dataclasses, validated in one place, stored with every run.
 
-Each default carries a comment on why it is what it is. `RunConfig.to_dict()` is what the
-store keeps (as JSON) so a run can be reproduced or resumed from its own record, and
-`RunConfig.from_dict()` reads it back.
+Each field carries its help in `metadata["help"]`: what it sets and why its default is what it
+is. `evolve run` builds its options from these fields (cli/options.py), so each help text and
+each default is written once, here. The allowed values of a choice are a `Literal` type, and
+the tuples that validation and the CLI use are derived from it with `typing.get_args`.
+
+`RunConfig.to_dict()` is what the store keeps (as JSON) so a run can be reproduced or resumed
+from its own record, and `RunConfig.from_dict()` reads it back, refusing keys it does not know.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
+from evolve.ga.operators.context import CxPoints
+from evolve.ga.proposers.base import Order
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, DEFAULT_MLM
+from scoring.pll import Variant
 
-ALGORITHMS = ("simple", "mu_plus_lambda")
-FILL_ORDERS = ("l2r", "parallel")
-CX_POINTS = ("one", "two", "random")
-PLL_VARIANTS = ("original", "word_l2r")
-NORMALISATIONS = ("mean", "total")
-PROPOSERS = ("mlm", "causal")
-OBJECTIVES = ("pll", "causal", "sum", "nsga2")
-INITS = ("auto", "seed", "mlm", "beam", "greedy", "sample")
-BASELINE_INITS = ("beam", "greedy", "sample")  # starts made by decoding with the causal LM
+Algorithm = Literal["simple", "mu_plus_lambda"]
+Normalisation = Literal["mean", "total"]
+ProposerKind = Literal["mlm", "causal"]
+Objective = Literal["pll", "causal", "sum", "nsga2"]
+BaselineInit = Literal["beam", "greedy", "sample"]  # starts made by decoding with the causal LM
+Init = Literal["auto", "seed", "mlm", BaselineInit]
+
+ALGORITHMS: tuple[Algorithm, ...] = get_args(Algorithm)
+FILL_ORDERS: tuple[Order, ...] = get_args(Order)
+CX_POINTS: tuple[CxPoints, ...] = get_args(CxPoints)
+PLL_VARIANTS: tuple[Variant, ...] = get_args(Variant)
+NORMALISATIONS: tuple[Normalisation, ...] = get_args(Normalisation)
+PROPOSERS: tuple[ProposerKind, ...] = get_args(ProposerKind)
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
+BASELINE_INITS: tuple[BaselineInit, ...] = get_args(BaselineInit)
+INITS: tuple[Init, ...] = get_args(Init)  # a nested Literal is flattened
 
 
 class ConfigError(UserError):
@@ -32,18 +47,56 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class MutationConfig:
-    max_span: int = 3  # 1-3 token spans: short enough that the MLM refills them coherently
-    indel_prob: float = 0.2  # share of mutations that insert or delete one token (length moves)
-    temperature: float = 1.0  # sample from the MLM's own distribution; 0 = greedy
-    top_k: int = 50  # cut the long tail of rare subwords that a small MLM spreads mass over
-    order: str = "l2r"  # fill multi-token spans left to right: each token sees its neighbours
-    candidates: int = 8  # causal proposer: fills sampled per span, the likeliest text kept
+    max_span: int = field(
+        default=3,
+        metadata={
+            "help": "Longest masked span, in tokens: 1-3 token spans are short enough that "
+            "the MLM refills them coherently."
+        },
+    )
+    indel_prob: float = field(
+        default=0.2,
+        metadata={
+            "help": "Share of mutations that insert or delete one token, so that lengths move."
+        },
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature of span fills: 1 samples from the proposer's own "
+            "distribution; 0 = greedy."
+        },
+    )
+    top_k: int = field(
+        default=50,
+        metadata={
+            "help": "Sample fills from the k likeliest tokens only: cuts the long tail of rare "
+            "subwords that a small MLM spreads mass over; 0 = no cut."
+        },
+    )
+    order: Order = field(
+        default="l2r",
+        metadata={
+            "help": "How multi-token spans are filled: l2r (left to right, so each token sees "
+            "its neighbours) or parallel (all at once)."
+        },
+    )
+    candidates: int = field(
+        default=8,
+        metadata={"help": "Causal proposer: fills sampled per span; the likeliest text is kept."},
+    )
 
 
 @dataclass(frozen=True)
 class CrossoverConfig:
-    points: str = "random"  # one- or two-point, chosen per mating
-    seam: int = 1  # tokens re-masked on each side of a cut to repair the join
+    points: CxPoints = field(
+        default="random",
+        metadata={"help": "Crossover cut points: one, two, or random (one or two, per mating)."},
+    )
+    seam: int = field(
+        default=1,
+        metadata={"help": "Tokens re-masked on each side of a crossover cut to repair the join."},
+    )
 
 
 @dataclass(frozen=True)
@@ -53,13 +106,43 @@ class FitnessConfig:
     ``nsga2``: Pareto selection over (pll, causal, diversity). `normalise` and `length_bonus`
     turn each model score into a value the same way (per token, or total plus a prior)."""
 
-    objective: str = "pll"  # pseudo-log-likelihood under the MLM (Salazar et al. 2020)
-    variant: str = "original"  # or word_l2r (Kauf & Ivanova 2023), fairer to multi-piece words
-    normalise: str = "mean"  # per-token score: a total would reward shrinking the text
-    length_bonus: float = 0.0  # nats per token added to a total score (a length prior)
-    bf16: bool = False  # exact fp32 by default; bf16 is ~2x faster but shifts scores
-    pll_weight: float = 1.0  # sum/nsga2: weight of the PLL value (nsga2: only for reporting)
-    causal_weight: float = 1.0  # sum/nsga2: weight of the causal value; both per token: ~1:1
+    objective: Objective = field(
+        default="pll",
+        metadata={
+            "help": "What is maximised: pll (MLM pseudo-log-likelihood, Salazar et al. 2020), "
+            "causal (log p(continuation | prompt)), sum (weighted) or nsga2 (Pareto over pll, "
+            "causal and diversity)."
+        },
+    )
+    variant: Variant = field(
+        default="original",
+        metadata={
+            "help": "PLL variant: original, or word_l2r (Kauf & Ivanova 2023), fairer to "
+            "words of several pieces."
+        },
+    )
+    normalise: Normalisation = field(
+        default="mean",
+        metadata={
+            "help": "Score per token (mean) or in total; a total rewards shrinking the text."
+        },
+    )
+    length_bonus: float = field(
+        default=0.0,
+        metadata={"help": "Nats per token added to a total score (a length prior)."},
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "Score in bfloat16: ~2x faster but shifts scores (default: exact fp32)."},
+    )
+    pll_weight: float = field(
+        default=1.0,
+        metadata={"help": "sum/nsga2: weight of the PLL value (nsga2: only for reporting)."},
+    )
+    causal_weight: float = field(
+        default=1.0,
+        metadata={"help": "sum/nsga2: weight of the causal value; both are per token, so ~1:1."},
+    )
 
     @property
     def uses_pll(self) -> bool:
@@ -72,32 +155,110 @@ class FitnessConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    prompt: str
-    seed_texts: tuple[str, ...] = ()  # user-given starting continuations (init "seed")
-    population: int = 16  # enough diversity for tournaments, small enough for 2 CPU cores
-    generations: int = 10
-    algorithm: str = "simple"  # DEAP eaSimple-style; or mu_plus_lambda
-    offspring: int = 0  # lambda for mu_plus_lambda; 0 = same as population
-    cxpb: float = 0.5  # DEAP's customary crossover probability
-    mutpb: float = 0.8  # high: span refills are the main search move
-    tournament: int = 3  # tournament size; 3 is DEAP's usual mild selection pressure
-    elites: int = 1  # best individuals copied unchanged: best fitness never decreases
-    patience: int = 0  # stop after this many generations without improvement; 0 = never
-    min_tol: float = 1e-6  # smallest gain in best fitness that counts as improvement
-    dedupe: bool = True  # re-mutate offspring identical to another member of the population
-    init_len: int = 12  # continuation length (MLM tokens) of sampled initial texts
-    min_len: int = 4  # continuation length bounds for insertion/deletion and crossover
-    max_len: int = 32
-    mlm: str = DEFAULT_MLM  # offline preset; any hub name or local folder works too
-    causal: str = DEFAULT_CAUSAL  # judge/baseline model; also proposer/fitness when asked for
-    proposer: str = "mlm"  # who refills spans: the MLM, or the causal LM (sample K, keep best)
-    init: str = "auto"  # auto: seed texts if given, else the proposer's own samples
-    seed: int = 0  # drives python, numpy and torch
-    mh: bool = False  # Metropolis-Hastings acceptance of mutations (Goyal et al. 2022)
-    device: str = "cpu"
-    mutation: MutationConfig = field(default_factory=MutationConfig)
-    crossover: CrossoverConfig = field(default_factory=CrossoverConfig)
-    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    prompt: str = field(metadata={"help": "Fixed prompt prefix that every text continues."})
+    seed_texts: tuple[str, ...] = field(
+        default=(), metadata={"help": "User-given starting continuations (init seed)."}
+    )
+    population: int = field(
+        default=16,
+        metadata={
+            "help": "Individuals per generation: enough diversity for tournaments, small "
+            "enough for 2 CPU cores."
+        },
+    )
+    generations: int = field(
+        default=10, metadata={"help": "Generations to evolve after generation 0."}
+    )
+    algorithm: Algorithm = field(
+        default="simple",
+        metadata={"help": "DEAP eaSimple-style generations, or mu_plus_lambda."},
+    )
+    offspring: int = field(
+        default=0, metadata={"help": "Lambda for mu_plus_lambda; 0 = same as population."}
+    )
+    cxpb: float = field(
+        default=0.5, metadata={"help": "Crossover probability; 0.5 is DEAP's customary one."}
+    )
+    mutpb: float = field(
+        default=0.8,
+        metadata={"help": "Mutation probability; high, as span refills are the main search move."},
+    )
+    tournament: int = field(
+        default=3,
+        metadata={"help": "Tournament size; 3 is DEAP's usual mild selection pressure."},
+    )
+    elites: int = field(
+        default=1,
+        metadata={"help": "Best individuals copied unchanged, so best fitness never decreases."},
+    )
+    patience: int = field(
+        default=0,
+        metadata={"help": "Stop after this many generations without improvement; 0 = never."},
+    )
+    min_tol: float = field(
+        default=1e-6,
+        metadata={"help": "Smallest gain in best fitness that counts as an improvement."},
+    )
+    dedupe: bool = field(
+        default=True,
+        metadata={"help": "Re-mutate offspring identical to another member of the population."},
+    )
+    init_len: int = field(
+        default=12,
+        metadata={"help": "Continuation length (proposer tokens) of sampled initial texts."},
+    )
+    min_len: int = field(
+        default=4,
+        metadata={"help": "Shortest continuation that insertion/deletion and crossover allow."},
+    )
+    max_len: int = field(
+        default=32,
+        metadata={"help": "Longest continuation that insertion/deletion and crossover allow."},
+    )
+    mlm: str = field(
+        default=DEFAULT_MLM,
+        metadata={"help": "Masked LM: an offline preset; any hub name or local folder works too."},
+    )
+    causal: str = field(
+        default=DEFAULT_CAUSAL,
+        metadata={
+            "help": "Causal LM: the judge and baselines; also proposer/fitness when asked for."
+        },
+    )
+    proposer: ProposerKind = field(
+        default="mlm",
+        metadata={
+            "help": "Who refills spans: the MLM, or the causal LM (samples `candidates` fills, "
+            "keeps the likeliest text). Individuals are in the proposer's tokens."
+        },
+    )
+    init: Init = field(
+        default="auto",
+        metadata={
+            "help": "Generation 0: seed texts, MLM fills, or the causal LM's beam search (one "
+            "beam per member), greedy or sampled decoding of `init_len` tokens. auto: seed "
+            "texts if given, else the proposer's own samples."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "The one seed that drives python, numpy and torch."}
+    )
+    mh: bool = field(
+        default=False,
+        metadata={"help": "Metropolis-Hastings acceptance of mutations (Goyal et al. 2022)."},
+    )
+    device: str = field(
+        default="cpu", metadata={"help": "Torch device of the models; cpu runs anywhere."}
+    )
+    mutation: MutationConfig = field(
+        default_factory=MutationConfig, metadata={"help": "Span mutation settings."}
+    )
+    crossover: CrossoverConfig = field(
+        default_factory=CrossoverConfig, metadata={"help": "Crossover settings."}
+    )
+    fitness: FitnessConfig = field(
+        default_factory=FitnessConfig, metadata={"help": "What is maximised, and how."}
+    )
 
     def validate(self) -> RunConfig:
         """Check every option once; raise ConfigError with a one-line message. Returns self."""
@@ -217,12 +378,40 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        data = dict(data)
-        data["seed_texts"] = tuple(data.get("seed_texts", ()))
-        data["mutation"] = MutationConfig(**data.get("mutation", {}))
-        data["crossover"] = CrossoverConfig(**data.get("crossover", {}))
-        data["fitness"] = FitnessConfig(**data.get("fitness", {}))
-        return cls(**data)
+        """The config `to_dict` wrote (missing keys take their defaults); an unknown key is
+        a ConfigError naming it, so a typo or a newer program's config is never ignored."""
+        return _build(cls, data, "")
+
+
+_D = TypeVar("_D")
+
+
+def _build(cls: type[_D], data: dict[str, Any], prefix: str) -> _D:
+    """`cls(**data)` with nested config dataclasses built from their dicts, tuples restored
+    from JSON lists, and unknown keys refused."""
+    if not isinstance(data, dict):
+        raise ConfigError("a run config must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    types = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"unknown config key {prefix + str(key)!r}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in data:
+            raise ConfigError(f"config has no {prefix + name!r}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        kind = types[name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            if isinstance(value, dict):
+                value = _build(kind, value, f"{prefix}{name}.")
+            elif not isinstance(value, kind):
+                raise ConfigError(f"config {prefix + name!r} is not a mapping")
+        elif typing.get_origin(kind) is tuple and isinstance(value, list | tuple):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
 
 
 def _get(obj: Any, dotted: str) -> Any:

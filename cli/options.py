@@ -1,0 +1,155 @@
+"""Click options generated from config dataclasses, and their values mapped back to a config.
+
+Each field of a config dataclass (nested ones too: `mutation.max_span`) becomes one option
+whose help is the field's `metadata["help"]` and whose default is the field's default, so
+both are written once, in the config. The option's type follows the field's annotation:
+int, float and str as themselves, a `Literal` as a `click.Choice` of its values, a bool as a
+flag (`--mh`; a field that defaults to True becomes `--no-NAME`, which turns it off).
+
+An option is named after its field (`init_len` -> `--init-len`, `mutation.top_k` ->
+`--top-k`); `names` renames the few whose CLI name differs and `short` adds short flags.
+Fields that need their own handling (the prompt, read from a file or unescaped) are
+`skip`ped and given by the command itself. `ConfigOptions.values` turns click's keyword
+arguments back into the nested dict that `RunConfig.from_dict` reads, with no code per option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, Literal, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldOption:
+    """One config field and the option made from it."""
+
+    path: str  # dotted field path, e.g. "mutation.order"
+    param: str  # click's parameter name: the path with "__" for "." (a valid identifier)
+    decls: tuple[str, ...]  # option names, short ones first
+    attrs: dict[str, Any]  # click.option keyword arguments
+    default: Any  # the field's default, as the config has it
+
+    @property
+    def long(self) -> str:
+        return self.decls[-1]
+
+
+def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted path, field, resolved type) of every leaf field, nested dataclasses walked."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            yield from config_fields(kind, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, kind
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"field {f.name} has no default, so it cannot be an option")
+
+
+class ConfigOptions:
+    """The options of one config class: a decorator for a click command, and the way back.
+
+    ``@ConfigOptions(RunConfig, ...)`` adds the options in field order; in the command,
+    ``options.values(kwargs)`` gives the nested dict of the config fields' values.
+    """
+
+    def __init__(
+        self,
+        cls: type,
+        *,
+        names: Mapping[str, str] | None = None,
+        short: Mapping[str, str] | None = None,
+        skip: Collection[str] = (),
+    ) -> None:
+        names, short = dict(names or {}), dict(short or {})
+        leaves = [(path, f, kind) for path, f, kind in config_fields(cls) if path not in skip]
+        unknown = (set(names) | set(short) | set(skip)) - {p for p, _, _ in config_fields(cls)}
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
+        longs = {path: _long_name(path, f, names) for path, f, _ in leaves}
+        self.options = [
+            _make_option(path, f, kind, longs[path], short.get(path), longs)
+            for path, f, kind in leaves
+        ]
+        clashes = {o.long for o in self.options if [p.long for p in self.options].count(o.long) > 1}
+        if clashes:
+            raise TypeError(f"two fields make the option {sorted(clashes)[0]}; rename one")
+
+    def __call__(self, func: F) -> F:
+        for option in reversed(self.options):  # click lists the last decorator applied first
+            func = click.option(*option.decls, option.param, **option.attrs)(func)
+        return func
+
+    def values(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The nested dict of field values that click parsed into `kwargs`."""
+        out: dict[str, Any] = {}
+        for option in self.options:
+            *parents, name = option.path.split(".")
+            node = out
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[name] = kwargs[option.param]
+        return out
+
+
+def _long_name(path: str, f: dataclasses.Field, names: Mapping[str, str]) -> str:
+    if path in names:
+        return names[path]
+    long = "--" + f.name.replace("_", "-")
+    return f"--no-{long[2:]}" if field_default(f) is True else long
+
+
+def _make_option(
+    path: str,
+    f: dataclasses.Field,
+    kind: Any,
+    long: str,
+    short: str | None,
+    longs: Mapping[str, str],
+) -> FieldOption:
+    text = f.metadata.get("help", "").strip()
+    if not text:
+        raise TypeError(f"config field {path} has no help in its metadata")
+    text = _cli_names(text, longs)
+    default = field_default(f)
+    attrs: dict[str, Any]
+    if kind is bool:
+        if default:  # a flag can only turn a True default off
+            text = f"Turn off the default: {text[0].lower()}{text[1:]}"
+        attrs = {"is_flag": True, "flag_value": not default, "default": default}
+    elif typing.get_origin(kind) is Literal:
+        attrs = {"type": click.Choice(typing.get_args(kind)), "default": default}
+    elif kind in (int, float, str):
+        attrs = {"type": kind, "default": default}
+    else:
+        raise TypeError(f"no option type for config field {path} ({kind})")
+    if kind is not bool:
+        attrs["show_default"] = True
+    attrs["help"] = text
+    decls = (short, long) if short else (long,)
+    return FieldOption(path, path.replace(".", "__"), decls, attrs, default)
+
+
+def _cli_names(text: str, longs: Mapping[str, str]) -> str:
+    """Write a field that the help names in backticks (`init_len`) as its option."""
+    by_name = {path.rsplit(".", 1)[-1]: long for path, long in longs.items()}
+
+    def option(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return longs.get(name) or by_name.get(name) or name
+
+    return re.sub(r"`([a-z_.]+)`", option, text)
