@@ -47,7 +47,7 @@ import torch
 
 from evolve.experiments.baselines import BaselineConfig, generate_baselines
 from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
-from evolve.ga.engine import start_run
+from evolve.api import start_run
 from evolve.store import LogStore
 from scoring.causal import CausalScorer
 from scoring.metrics import rep_n

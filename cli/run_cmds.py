@@ -13,7 +13,7 @@ import click
 from cli.common import db_option, resolve_db, unescape
 from cli.options import ConfigOptions
 from evolve.ga.config import RunConfig
-from evolve.ga.engine import (
+from evolve.api import (
     GenerationReport,
     Progress,
     RunInterrupted,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from evolve.ga.config import ConfigError, MutationConfig, RunConfig
-from evolve.ga.engine import RunInterrupted, resume_run, start_run
+from evolve.api import RunInterrupted, resume_run, start_run
 from evolve.store import LogStore
 from scoring.errors import UserError
 

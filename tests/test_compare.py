@@ -31,7 +31,7 @@ from evolve.experiments.compare import (
 )
 from evolve.experiments.plots import plot_run
 from evolve.ga.config import MutationConfig, RunConfig
-from evolve.ga.engine import start_run
+from evolve.api import start_run
 from evolve.store import LogStore
 from scoring.errors import UserError
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from evolve.ga.config import ConfigError, FitnessConfig, MutationConfig, RunConfig
-from evolve.ga.engine import RunInterrupted, resume_run, start_run
+from evolve.api import RunInterrupted, resume_run, start_run
 from evolve.ga.evaluate import Evaluator
 from evolve.ga.individual import Individual
 from evolve.ga.representation import Representation

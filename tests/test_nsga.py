@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
-from evolve.ga.engine import RunInterrupted, resume_run, start_run
+from evolve.api import RunInterrupted, resume_run, start_run
 from evolve.ga.pareto import (
     ParetoIndividual,
     crowded_tournament,

@@ -39,7 +39,7 @@ from helpers_proc import (
 
 from cli.main import cli
 from evolve.ga.config import MutationConfig, RunConfig
-from evolve.ga.engine import start_run
+from evolve.api import start_run
 from evolve.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
