@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
@@ -85,9 +86,10 @@ class ConfigOptions:
             _make_option(path, f, kind, longs[path], short.get(path), longs)
             for path, f, kind in leaves
         ]
-        clashes = {o.long for o in self.options if [p.long for p in self.options].count(o.long) > 1}
+        counts = Counter(o.long for o in self.options)
+        clashes = sorted(long for long, n in counts.items() if n > 1)
         if clashes:
-            raise TypeError(f"two fields make the option {sorted(clashes)[0]}; rename one")
+            raise TypeError(f"two fields make the option {clashes[0]}; rename one in `names`")
 
     def __call__(self, func: F) -> F:
         for option in reversed(self.options):  # click lists the last decorator applied first

@@ -182,6 +182,25 @@ def test_a_field_without_help_cannot_become_an_option() -> None:
         ConfigOptions(Bare)
 
 
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    size: int = dataclasses.field(default=1, metadata={"help": "Inner size."})
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:  # its annotations name Inner, so both live at module level
+    size: int = dataclasses.field(default=2, metadata={"help": "Outer size."})
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_two_fields_with_one_option_name_are_refused() -> None:
+    with pytest.raises(TypeError, match="two fields make the option --size"):
+        ConfigOptions(Outer)
+    renamed = ConfigOptions(Outer, names={"inner.size": "--inner-size"})
+    assert [o.long for o in renamed.options] == ["--size", "--inner-size"]
+    assert renamed.values({"size": 3, "inner__size": 4}) == {"size": 3, "inner": {"size": 4}}
+
+
 def test_renames_must_name_fields() -> None:
     with pytest.raises(TypeError, match="has no field 'mutation.typo'"):
         ConfigOptions(RunConfig, names={"mutation.typo": "--x"}, skip=("prompt",))
