@@ -28,7 +28,7 @@ from typing import Any
 from deap import tools
 
 from evolve.ga.config import BASELINE_INITS, RunConfig
-from evolve.ga.evaluate import Evaluator
+from evolve.ga.evaluate import SCORE_KEYS, Evaluator, Score
 from evolve.ga.individual import Individual, Origin
 from evolve.ga.operators import OperatorContext, crossover_batch, mh_accept, mutate_batch
 from evolve.ga.pareto import (
@@ -175,7 +175,10 @@ class _Engine:
         self.best_so_far = float("-inf")
         self.stall = 0
         self.progress: Progress | None = None
-        self.dropped: list[list[Any]] = []  # scored offspring not kept this generation
+        self.dropped: list[list[int]] = []  # ids of scored offspring not kept this generation
+        # (ids, scores) of texts scored this generation that are not in the population
+        # (undone by Metropolis-Hastings, dropped by survivor selection): stored with it.
+        self.unkept: list[tuple[list[int], dict[str, Any]]] = []
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -186,6 +189,56 @@ class _Engine:
     def text_of(self, ids: Sequence[int]) -> str:
         """The continuation as text, with the spacing it has after the prompt."""
         return self.rep.text_of(ids)
+
+    # -- scores in the store (a stopgap between Individual.scores and the scores table) ----
+
+    def score_name(self, kind: str) -> str:
+        """The stored scorer name of a channel: bf16 PLL scores are kept apart from fp32 ones."""
+        name = self.evaluator.channels[kind].name
+        return f"{name}/bf16" if kind == "pll" and self.cfg.fitness.bf16 else name
+
+    def score_records(self, ids: Sequence[int], scores: dict[str, Any]) -> list[dict[str, Any]]:
+        """`Individual.scores` of ids as rows of the store's scores table."""
+        text = self.text_of(ids)
+        out = []
+        for kind in self.evaluator.channels:
+            total, _, n = SCORE_KEYS[kind]
+            if scores.get(total) is not None:
+                out.append(
+                    {
+                        "text": text,
+                        "prefix": self.cfg.prompt,
+                        "scorer": self.score_name(kind),
+                        "total": scores[total],
+                        "n_tokens": scores[n],
+                        "per_token": None,
+                    }
+                )
+        return out
+
+    def engine_scores(self, by_scorer: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Stored {scorer: {total, n_tokens, ...}} back as `Individual.scores`."""
+        scores: dict[str, Any] = {}
+        for kind, channel in self.evaluator.channels.items():
+            found = by_scorer.get(self.score_name(kind))
+            if found is not None:
+                scores.update(channel.record(Score(found["total"], found["n_tokens"])))
+        return scores
+
+    def warm_from_store(self) -> None:
+        """Refill the score caches with every text the run scored (`Evaluator.warm`), by the
+        ids it scored them as: individuals, MH-undone texts and dropped offspring."""
+        stored = self.store.scores_for_run(self.run_id)
+        seen: list[list[int]] = []
+        for row in self.store.individuals(self.run_id):
+            seen.append(row["token_ids"])
+            if "rejected_ids" in row["detail"]:
+                seen.append(row["detail"]["rejected_ids"])
+        for gen in self.store.generation_states(self.run_id):
+            seen.extend(gen["state"].get("dropped_ids", ()))
+        self.evaluator.warm(
+            (ids, self.engine_scores(stored.get(self.text_of(ids), {}))) for ids in seen
+        )
 
     def initial_population(self) -> list[Individual]:
         cfg = self.cfg
@@ -308,13 +361,13 @@ class _Engine:
                 ind.fitness.values = tuple(row["objectives"])
             else:
                 ind.fitness.values = (row["fitness"],)
-            ind.scores = row["scores"]
+            ind.scores = self.engine_scores(row["scores"])
             ind.db_id = row["id"]
             pop.append(ind)
         state = _json(last["state"])
         self.best_so_far = state["best_so_far"]
         self.stall = state["stall"]
-        self.evaluator.warm(self.store.scored_individuals(self.run_id))
+        self.warm_from_store()
         set_rng_state(last["rng_state"])
         if state.get("stopped"):
             return
@@ -401,7 +454,8 @@ class _Engine:
         with them too, or it would score them again in other batches."""
         kept = {id(ind) for ind in survivors}
         dropped = {tuple(ind): dict(ind.scores) for ind in offspring if id(ind) not in kept}
-        self.dropped = [[list(ids), scores] for ids, scores in dropped.items()]
+        self.dropped = [list(ids) for ids in dropped]
+        self.unkept.extend((list(ids), scores) for ids, scores in dropped.items())
 
     def vary(self, offspring: list[Individual]) -> None:
         """DEAP's varAnd: cross neighbouring pairs with cxpb, then mutate each with mutpb;
@@ -466,15 +520,9 @@ class _Engine:
                 undone = self.copy_of(parent, "mh_reject")
                 # The rejected text was scored: keep it so a resumed run can warm its cache.
                 undone.origin.detail = dict(
-                    detail,
-                    rejected_op=ind.origin.op,
-                    rejected_ids=list(ind),
-                    rejected_scores=dict(ind.scores),
+                    detail, rejected_op=ind.origin.op, rejected_ids=list(ind)
                 )
-                if "pll" in ind.scores:  # the keys runs before causal scores used
-                    undone.origin.detail.update(
-                        rejected_pll=ind.scores["pll"], rejected_n_tokens=ind.scores["n_tokens"]
-                    )
+                self.unkept.append((list(ind), dict(ind.scores)))
                 pop[i] = undone
 
     def commit(self, gen: int, pop: list[Individual], stats: Any, started: float) -> None:
@@ -494,7 +542,6 @@ class _Engine:
                     "text": self.text_of(ind),
                     "token_ids": list(ind),
                     "fitness": fits[pos],
-                    "scores": ind.scores,
                     "op": o.op,
                     "parents": [p for p in o.parents if p is not None],
                     "span": o.span,
@@ -510,9 +557,10 @@ class _Engine:
             "best_so_far": self.best_so_far,
             "stall": self.stall,
             "stopped": bool(self.cfg.patience and self.stall >= self.cfg.patience),
-            "dropped_scores": self.dropped,
+            "dropped_ids": self.dropped,
         }
-        self.dropped = []
+        scored = [(list(ind), ind.scores) for ind in pop] + self.unkept
+        self.dropped, self.unkept = [], []
         seconds = time.perf_counter() - started
         ids = self.store.write_generation(
             self.run_id,
@@ -531,6 +579,7 @@ class _Engine:
             },
             rng_state=get_rng_state(),
             state=state,
+            scores=[r for ids, scores in scored for r in self.score_records(ids, scores)],
         )
         for ind, db_id in zip(pop, ids, strict=True):
             ind.db_id = db_id
