@@ -44,7 +44,6 @@ def individual(text: str, fitness: float, op: str = "init", parents=(), span=Non
         "text": text,
         "token_ids": list(range(len(text.split()))),
         "fitness": fitness,
-        "scores": {"pll": fitness},
         "op": op,
         "parents": list(parents),
         "span": span,

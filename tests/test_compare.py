@@ -23,17 +23,17 @@ from evolve.experiments.baselines import BaselineConfig, generate_baselines
 from evolve.experiments.compare import (
     COLUMNS,
     COMPARE_SQL,
-    ScoreLike,
     TextScorer,
     compare_run,
     default_scorer,
     normalise_reference,
 )
 from evolve.experiments.plots import plot_run
-from evolve.ga.config import MutationConfig, RunConfig
 from evolve.api import start_run
+from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
 from evolve.store import LogStore
 from scoring.errors import UserError
+from scoring.results import TokenScores
 
 PROMPT = "Mozzarella is white so you can see it at night.\nCheddar is"
 REFERENCE = "yellow and sharp when it is old."
@@ -97,7 +97,7 @@ class Counting:
         outer = self
 
         class Wrapped:
-            def score(self, texts: Sequence[str], prefix: str = "") -> Sequence[ScoreLike]:
+            def score(self, texts: Sequence[str], prefix: str = "") -> Sequence[TokenScores]:
                 outer.calls[name] = outer.calls.get(name, 0) + 1
                 outer.texts[name] = outer.texts.get(name, 0) + len(texts)
                 return inner.score(texts, prefix)
@@ -158,21 +158,55 @@ def test_scores_are_stored_and_reused(db: RunDB) -> None:
     with LogStore(db.path) as store:
         a = compare_run(store, db.run_id, reference=REFERENCE, factory=first)
     n_texts = len({t for r in a.rows for t in r.texts})
+    evolved = {t for r in a.rows if r.method.startswith("evolved") for t in r.texts}
+    run_scorer, l2r, judge = a.scorers  # the run's own fitness is pll/original/<mlm>
     assert set(first.calls.values()) == {1}  # one batched call per scorer
-    assert first.texts == {name: n_texts for name in a.scorers}
-    assert a.computed == {name: n_texts for name in a.scorers}
+    # The run stored the PLL of every text it evolved: only the others are scored.
+    expected = {run_scorer: n_texts - len(evolved), l2r: n_texts, judge: n_texts}
+    assert first.texts == expected and a.computed == expected
     second = Counting()
     with LogStore(db.path) as store:
         b = compare_run(store, db.run_id, reference=REFERENCE, factory=second)
-        ((count,),) = store.query("SELECT COUNT(*) FROM scores")[1]
+        ((count,),) = store.query("SELECT COUNT(*) FROM scores WHERE scorer != ?", (run_scorer,))[1]
     assert second.calls == {} and b.computed == {name: 0 for name in b.scorers}
     assert b.table_rows() == a.table_rows()
-    assert count == 3 * n_texts
+    assert count == 2 * n_texts
     # A new text is the only one scored.
     third = Counting()
     with LogStore(db.path) as store:
         compare_run(store, db.run_id, reference="blue.", factory=third)
     assert third.texts == {name: 1 for name in a.scorers}
+
+
+def test_compare_right_after_a_run_scores_none_of_its_texts_again(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_gpt2_dir: Path
+) -> None:
+    cfg = RunConfig(
+        prompt=PROMPT,
+        population=4,
+        generations=2,
+        init_len=4,
+        min_len=3,
+        max_len=6,
+        mlm=str(tiny_bert_dir),
+        causal=str(tiny_gpt2_dir),
+        seed=3,
+        mutation=MutationConfig(max_span=2, top_k=20),
+        fitness=FitnessConfig(objective="sum"),  # the run scores with both models
+    )
+    counting = Counting()
+    with LogStore(tmp_path / "sum.db") as store:
+        run_id = start_run(cfg, store).run_id
+        cmp = compare_run(store, run_id, factory=counting)
+        best = store.best(run_id, 1)[0]
+    run_pll, l2r, judge = cmp.scorers
+    n_evolved = len({t for r in cmp.rows for t in r.texts})
+    assert cmp.computed == {run_pll: 0, l2r: n_evolved, judge: 0}
+    assert counting.texts == {l2r: n_evolved}  # no model loaded for the run's own scorers
+    # What the run stored is the score compare would have computed for the text.
+    fresh = default_scorer(judge).score([best["text"]], PROMPT)[0]
+    assert best["scores"][judge]["total"] == pytest.approx(fresh.total, abs=1e-4)
+    assert best["scores"][judge]["n_tokens"] == fresh.n_tokens
 
 
 def test_sql_reproduces_the_table(db: RunDB) -> None:

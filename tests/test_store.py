@@ -1,8 +1,12 @@
-"""LogStore: migrations, atomic generations, lineage views, read-only SQL, concurrency."""
+"""LogStore: migrations, atomic generations, lineage views, scores, read-only SQL, concurrency.
+
+Most tests run on a file, on ":memory:" and on an injected `sqlite_utils.Database` alike.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -12,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database
 
 from evolve.store import MIGRATIONS, SCHEMA_VERSION, LogStore, StoreError, text_id
 from scoring.errors import UserError
 
 PROMPT = "Cheddar is"
+PLL = "pll/original/tiny-bert"
+CAUSAL = "causal/smollm2-135m"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,13 +40,18 @@ def ind(
         "text": text,
         "token_ids": [ord(c) for c in text[:4]],
         "fitness": fitness,
-        "scores": {"pll": fitness},
         "op": op,
         "parents": list(parents),
         "span": span,
         "detail": detail,
         "position": position,
     }
+
+
+def score(text: str, total: float, scorer: str = PLL, n_tokens: int = 2) -> dict[str, Any]:
+    """A score row of `text` after the prompt, as the engine passes them to write_generation."""
+    return {"text": text, "prefix": PROMPT, "scorer": scorer, "total": total,
+            "n_tokens": n_tokens, "per_token": None}  # fmt: skip
 
 
 def stats(best: float = 0.0) -> dict[str, Any]:
@@ -108,6 +120,18 @@ def count(store: LogStore, table: str) -> int:
 def store(tmp_path: Path):
     with LogStore(tmp_path / "sub" / "runs.db") as s:
         yield s
+
+
+@pytest.fixture(params=["file", "memory", "injected"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """A store on a file, on ":memory:", or on an injected in-memory sqlite-utils Database."""
+    if request.param == "injected":
+        with Database(memory=True) as db, LogStore(db) as s:
+            yield s
+    else:
+        where = tmp_path / "runs.db" if request.param == "file" else ":memory:"
+        with LogStore(where) as s:
+            yield s
 
 
 # -- opening and migrations ----------------------------------------------------------------------
@@ -228,7 +252,8 @@ def test_run_records_and_status(store: LogStore) -> None:
         store.set_status(99, "failed")
 
 
-def test_write_generation_round_trip(store: LogStore) -> None:
+def test_write_generation_round_trip(any_store: LogStore) -> None:
+    store = any_store
     run = new_run(store)
     ids = store.write_generation(
         run,
@@ -241,13 +266,15 @@ def test_write_generation_round_trip(store: LogStore) -> None:
         stats(-10.0),
         "rng-blob",
         {"best_so_far": -10.0, "stall": 0},
+        scores=[score(" yellow", -20.0), score(" white", -24.0), score(" yellow", -20.0)],
     )
     assert ids == sorted(ids) and len(set(ids)) == 3
-    assert count(store, "texts") == 2  # " yellow" is stored once
+    assert count(store, "texts") == 3  # " yellow" is stored once, and the prompt
     pop = store.population(run, 0)
     assert [r["id"] for r in pop] == ids
     assert pop[0]["token_ids"] == [ord(c) for c in " yel"] and pop[0]["text"] == " yellow"
-    assert pop[0]["scores"] == {"pll": -10.0} and pop[0]["op"] == "init"
+    assert pop[0]["scores"] == {PLL: {"total": -20.0, "n_tokens": 2, "mean": -10.0}}
+    assert pop[0]["op"] == "init"
     last = store.last_generation(run)
     assert last["generation"] == 0 and last["rng_state"] == "rng-blob"
     assert last["state"] == {"best_so_far": -10.0, "stall": 0}
@@ -257,12 +284,17 @@ def test_write_generation_round_trip(store: LogStore) -> None:
     assert store.last_generation(new_run(store)) is None
     with pytest.raises(StoreError, match="generation 0 of run 1 is already written"):
         store.write_generation(run, 0, [ind(" x", 1.0)], stats(), "r", {})
+    with pytest.raises(ValueError, match="pass them as scores="):  # scores are not row keys
+        store.write_generation(run, 1, [{**ind(" x", 1.0), "scores": {"pll": 1.0}}], stats(), "r", {})
 
 
-def test_write_generation_is_atomic(store: LogStore) -> None:
+def test_write_generation_is_atomic(any_store: LogStore) -> None:
+    store = any_store
     run = new_run(store)
-    (a,) = store.write_generation(run, 0, [ind(" kept", -5.0)], stats(-5.0), "rng0", {"g": 0})
-    tables = ("individuals", "parents", "generations", "texts")
+    (a,) = store.write_generation(
+        run, 0, [ind(" kept", -5.0)], stats(-5.0), "rng0", {"g": 0}, scores=[score(" kept", -10)]
+    )
+    tables = ("individuals", "parents", "generations", "texts", "scores", "run_texts")
     before = {t: count(store, t) for t in tables}
 
     # The third individual cannot be serialised: two were already inserted by then.
@@ -271,24 +303,33 @@ def test_write_generation_is_atomic(store: LogStore) -> None:
         ind(" new two", -4.5, "mut_span", (a,), position=1),
         ind(" new three", -4.2, "mut_span", (a,), position=2, bad=object()),
     ]
+    new_scores = [score(" new one", -8.0), score(" new two", -9.0, CAUSAL)]
     with pytest.raises(TypeError):
-        store.write_generation(run, 1, broken, stats(-4.0), "rng1", {"g": 1})
+        store.write_generation(run, 1, broken, stats(-4.0), "rng1", {"g": 1}, scores=new_scores)
     # A parent id that does not exist fails the foreign key on the second individual.
     dangling = [ind(" new one", -4.0, "mut_span", (a,)), ind(" new two", -4.5, "cx", (a, 999))]
     with pytest.raises(sqlite3.IntegrityError):
-        store.write_generation(run, 1, dangling, stats(-4.0), "rng1", {"g": 1})
+        store.write_generation(run, 1, dangling, stats(-4.0), "rng1", {"g": 1}, scores=new_scores)
+    # A score row that cannot be stored (no scorer) fails after every individual is in.
+    with pytest.raises(KeyError):
+        store.write_generation(
+            run, 1, broken[:2], stats(-4.0), "rng1", {"g": 1}, scores=[{"text": " new one"}]
+        )
 
     assert {t: count(store, t) for t in tables} == before
     assert store.query("SELECT COUNT(*) FROM texts WHERE text LIKE ' new%'")[1] == [(0,)]
     assert store.last_generation(run)["generation"] == 0
     assert store.run(run)["generations_done"] == 0
     assert [r["text"] for r in store.population(run, 0)] == [" kept"]
+    assert store.scores_for_run(run) == {" kept": {PLL: {"total": -10.0, "n_tokens": 2,
+                                                         "per_token": None}}}  # fmt: skip
     # The store is still usable and generation 1 can be written properly.
-    store.write_generation(run, 1, broken[:2], stats(-4.0), "rng1", {"g": 1})
+    store.write_generation(run, 1, broken[:2], stats(-4.0), "rng1", {"g": 1}, scores=new_scores)
     assert store.run(run)["generations_done"] == 1
+    assert set(store.scores_for_run(run)) == {" kept", " new one", " new two"}
 
 
-def test_stats_best_finish_and_truncate(store: LogStore) -> None:
+def test_stats_best_and_finish(store: LogStore) -> None:
     ids = three_generations(store)
     run = ids["run"]
     assert [s["generation"] for s in store.generation_stats(run)] == [0, 1, 2]
@@ -307,18 +348,12 @@ def test_stats_best_finish_and_truncate(store: LogStore) -> None:
     assert listed["best_fitness"] == -8.5 and listed["n_generations"] == 3
     assert listed["n_individuals"] == 7
 
-    assert store.truncate_after(run, 0) == 4
-    assert store.last_generation(run)["generation"] == 0
-    assert store.run(run)["generations_done"] == 0
-    assert store.run(run)["best_individual_id"] is None  # g is gone
-    assert count(store, "parents") == 0
-    store.write_generation(run, 1, [ind(" again", -1.0, "mut_span", (ids["a"],))], stats(), "r", {})
-
 
 # -- lineage and views -------------------------------------------------------------------------
 
 
-def test_lineage_over_three_generations_with_crossover(store: LogStore) -> None:
+def test_lineage_over_three_generations_with_crossover(any_store: LogStore) -> None:
+    store = any_store
     ids = three_generations(store)
     ancestry = store.lineage(ids["g"])
     by_id = {row["id"]: row for row in ancestry}
@@ -343,7 +378,8 @@ def test_lineage_over_three_generations_with_crossover(store: LogStore) -> None:
         store.lineage(999)
 
 
-def test_edits_and_individual_texts_views(store: LogStore) -> None:
+def test_edits_and_individual_texts_views(any_store: LogStore) -> None:
+    store = any_store
     ids = three_generations(store)
     cols, rows = store.query("SELECT * FROM edits ORDER BY child_id")
     edits = {r[cols.index("child_id")]: dict(zip(cols, r, strict=True)) for r in rows}
@@ -362,7 +398,8 @@ def test_edits_and_individual_texts_views(store: LogStore) -> None:
 # -- scores, baselines, experiments ----------------------------------------------------------
 
 
-def test_scores_are_kept_per_text_prefix_and_scorer(store: LogStore) -> None:
+def test_scores_are_kept_per_text_prefix_and_scorer(any_store: LogStore) -> None:
+    store = any_store
     store.put_scores(
         [
             {"text": " a", "prefix": "", "scorer": "pll/original/tiny-bert", "total": -3.0,
@@ -517,3 +554,214 @@ def test_two_processes_write_runs_concurrently(tmp_path: Path) -> None:
         assert sorted(int(out) for out, _ in outputs) == [1, 2]
         assert [len(s.generation_stats(r)) for r in (1, 2)] == [15, 15]
         assert {r["seed"] for r in s.runs()} == {1, 2}
+
+
+# -- one record of model scores ---------------------------------------------------------------
+
+
+def test_individuals_carry_their_scores_from_the_scores_table(any_store: LogStore) -> None:
+    store = any_store
+    run = new_run(store)
+    (a, b) = store.write_generation(
+        run,
+        0,
+        [ind(" yellow", -5.0), ind("", -1e9, position=1)],
+        stats(-5.0),
+        "rng0",
+        {},
+        scores=[score(" yellow", -10.0), score(" yellow", -7.5, CAUSAL, 3), score("", 0.0, n_tokens=0)],
+    )
+    (c,) = store.write_generation(
+        run, 1, [ind(" yellow", -5.0, "elite", (a,))], stats(-5.0), "rng1", {}
+    )
+    # The same text after another prompt or under another scorer name is another score.
+    store.put_scores([{**score(" yellow", -99.0), "prefix": "Brie is"},
+                      score(" yellow", -98.0, "pll/word_l2r/tiny-bert")])  # fmt: skip
+    yellow = {PLL: {"total": -10.0, "n_tokens": 2, "mean": -5.0},
+              CAUSAL: {"total": -7.5, "n_tokens": 3, "mean": -2.5},
+              "pll/word_l2r/tiny-bert": {"total": -98.0, "n_tokens": 2, "mean": -49.0}}  # fmt: skip
+    assert [r["scores"] for r in store.population(run, 0)] == [
+        yellow,
+        {PLL: {"total": 0.0, "n_tokens": 0, "mean": None}},  # an empty text has no mean
+    ]
+    assert store.population(run, 1)[0]["scores"] == yellow  # the elite copy: same text
+    assert store.individual(c)["scores"] == yellow
+    assert store.best(run, 1)[0]["scores"] == yellow
+    assert [r["scores"] for r in store.lineage(c)] == [yellow, yellow]
+    assert [r["id"] for r in store.individuals(run)] == [a, b, c]
+    assert store.individuals(run)[2]["parents"] == [a]
+    _, rows = store.query(
+        "SELECT individual_id, generation, scorer, total, n_tokens, mean FROM individual_scores "
+        "WHERE run_id = ? ORDER BY individual_id, scorer",
+        (run,),
+    )
+    assert rows[:3] == [(a, 0, CAUSAL, -7.5, 3, -2.5), (a, 0, PLL, -10.0, 2, -5.0),
+                        (a, 0, "pll/word_l2r/tiny-bert", -98.0, 2, -49.0)]  # fmt: skip
+    assert rows[3] == (b, 0, PLL, 0.0, 0, None) and len(rows) == 7
+
+
+def test_scores_are_written_once_and_found_for_their_run(any_store: LogStore) -> None:
+    store = any_store
+    run, other = new_run(store), new_run(store, seed=2)
+    store.write_generation(
+        run,
+        0,
+        [ind(" kept", -1.0)],
+        stats(),
+        "rng",
+        {},
+        # " undone" was scored but is no individual (a rejected Metropolis-Hastings move).
+        scores=[score(" kept", -2.0), score(" undone", -6.0), score(" undone", -3.0, CAUSAL, 1)],
+    )
+    # Another run scoring the same text later (another batch) keeps the first score.
+    store.write_generation(other, 0, [ind(" kept", -1.0)], stats(), "rng", {},
+                           scores=[score(" kept", -2.0000001), score(" other", -4.0)])  # fmt: skip
+    assert store.scores_for_run(run) == {
+        " kept": {PLL: {"total": -2.0, "n_tokens": 2, "per_token": None}},
+        " undone": {
+            PLL: {"total": -6.0, "n_tokens": 2, "per_token": None},
+            CAUSAL: {"total": -3.0, "n_tokens": 1, "per_token": None},
+        },
+    }
+    assert set(store.scores_for_run(other)) == {" kept", " other"}
+    assert store.scores_for_run(other)[" kept"][PLL]["total"] == -2.0
+    assert store.get_scores([" undone"], PROMPT, CAUSAL)[" undone"]["per_token"] is None
+    with pytest.raises(StoreError, match="no run 9"):
+        store.scores_for_run(9)
+
+
+@pytest.mark.parametrize("kind", ["memory", "injected"])
+def test_in_memory_query_is_read_only_too(kind: str) -> None:
+    db = Database(memory=True) if kind == "injected" else None
+    with LogStore(db if db is not None else ":memory:") as s:
+        assert s.path is None
+        three_generations(s)
+        before = {t: count(s, t) for t in ("runs", "individuals", "parents", "texts")}
+        for statement in WRITES:
+            with pytest.raises(StoreError, match="^read-only: "):
+                s.query(statement)
+        assert {t: count(s, t) for t in before} == before
+        assert {"lineage", "individual_scores"} <= set(s.db.view_names())
+        assert s.query("SELECT name FROM pragma_table_info('texts')")[1] == [("id",), ("text",)]
+        with pytest.raises(StoreError, match="SQL error: no such table"):
+            s.query("SELECT * FROM nowhere")
+        new_run(s)  # writing works again after a query
+        assert count(s, "runs") == before["runs"] + 1
+    if db is not None:  # the injected Database is the caller's: still open
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (2,)
+        db.close()
+
+
+def test_injected_file_database(tmp_path: Path) -> None:
+    path = tmp_path / "injected.db"
+    with Database(path) as db:
+        with LogStore(db) as s:
+            assert s.path == path
+            assert s.db is db and s.schema_version() == SCHEMA_VERSION
+            assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            run = new_run(s)
+            with pytest.raises(StoreError, match="^read-only: "):
+                s.query("DELETE FROM runs")  # on a mode=ro connection of its own
+        assert db["runs"].count == 1
+    with LogStore(path) as s:
+        assert s.run(run)["prompt"] == PROMPT
+    with pytest.raises(StoreError, match="in-memory database cannot be opened read-only"):
+        LogStore(":memory:", readonly=True)
+
+
+# -- migration 4: scores out of the individuals JSON into the scores table ----------------------
+
+
+def _old_database(path: Path) -> None:
+    """A database as mlm-evolve wrote it with migrations 1-3: scores as JSON per individual,
+    in MH-rejected details and in dropped-offspring states."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE _migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+        "applied_at TEXT NOT NULL)"
+    )
+
+    class _Db:  # what a migration uses of sqlite_utils.Database
+        def __init__(self, c: sqlite3.Connection) -> None:
+            self.conn = c
+
+    for number, fn in enumerate(MIGRATIONS[:3], start=1):
+        fn(_Db(conn))  # type: ignore[arg-type]
+        conn.execute("INSERT INTO _migrations VALUES (?, ?, 'then')", (number, fn.__name__))
+    sum_config = json.dumps({"fitness": {"objective": "sum", "variant": "word_l2r", "bf16": True}})
+    conn.executemany(
+        "INSERT INTO runs (id, created_at, status, prompt, seed, mlm, causal, config) "
+        "VALUES (?, 'then', 'finished', ?, 1, 'tiny-bert', ?, ?)",
+        [(1, PROMPT, "smollm2-135m", sum_config), (2, "Brie is", None, "{}")],
+    )
+    texts = {t: text_id(t) for t in (" a", " b", " c")}
+    conn.executemany("INSERT INTO texts VALUES (?, ?)", [(v, k) for k, v in texts.items()])
+    both = {"pll": -4.0, "pll_mean": -2.0, "n_tokens": 2, "causal": -6.0, "causal_mean": -2.0,
+            "causal_n_tokens": 3}  # fmt: skip
+    rejected_b = {"rejected_ids": [2], "rejected_scores": {**both, "pll": -8.0, "causal": -9.0}}
+    rejected_unknown = {"rejected_ids": [77], "rejected_scores": both}  # no individual has [77]
+    rows = [  # run, generation, position, text, token ids, scores, op, detail
+        (1, 0, 0, " a", [1], both, "init", {}),
+        (1, 0, 1, " a", [1], both, "mh_reject", rejected_unknown),
+        (1, 1, 0, " a", [1], both, "mh_reject", rejected_b),
+        (1, 2, 0, " b", [2], {**both, "pll": -1.0}, "mut_span", {}),  # kept: first wins
+        (2, 0, 0, " a", [1], {"pll": -3.0, "n_tokens": 1}, "init", {}),
+        (2, 0, 1, " b", [2], {}, "mh_reject", {"rejected_ids": [3], "rejected_pll": -5.0,
+                                               "rejected_n_tokens": 1}),
+        (2, 1, 0, " c", [3], {"pll": -5.5, "n_tokens": 1}, "mut_span", {}),
+    ]  # fmt: skip
+    for run, gen, pos, text, ids, scores, op, detail in rows:
+        conn.execute(
+            "INSERT INTO individuals (run_id, generation, position, text_id, token_ids, n_tokens, "
+            "fitness, scores, op, detail, created_at) VALUES (?, ?, ?, ?, ?, ?, -1, ?, ?, ?, 'x')",
+            (run, gen, pos, texts[text], json.dumps(ids), len(ids), json.dumps(scores), op,
+             json.dumps(detail)),
+        )  # fmt: skip
+    dropped = {"dropped_scores": [[[3], {"pll": -7.0, "n_tokens": 1}]]}  # ids of " c" in run 2
+    for run, gen, state in [(1, 0, {}), (1, 1, {}), (1, 2, {}), (2, 0, dropped), (2, 1, {})]:
+        conn.execute(
+            "INSERT INTO generations (run_id, generation, rng_state, state, created_at) "
+            "VALUES (?, ?, 'rng', ?, 'then')",
+            (run, gen, json.dumps(state)),
+        )
+    conn.close()
+
+
+def test_migration_4_moves_old_scores_into_the_scores_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_database(path)
+    with LogStore(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 4
+        columns = {c[1] for c in s.query("PRAGMA table_info(individuals)")[1]}
+        assert "scores" not in columns and "objectives" in columns
+        assert s.query("PRAGMA foreign_key_check")[1] == []
+        pll, causal = "pll/word_l2r/tiny-bert/bf16", "causal/smollm2-135m"
+        a = {pll: {"total": -4.0, "n_tokens": 2, "mean": -2.0},
+             causal: {"total": -6.0, "n_tokens": 3, "mean": -2.0}}  # fmt: skip
+        assert [r["scores"] for r in s.population(1, 0)] == [a, a]
+        # " b" was first scored as the text an MH step rejected in generation 1.
+        b = {pll: {"total": -8.0, "n_tokens": 2, "mean": -4.0},
+             causal: {"total": -9.0, "n_tokens": 3, "mean": -3.0}}  # fmt: skip
+        assert s.population(1, 2)[0]["scores"] == b
+        assert set(s.scores_for_run(1)) == {" a", " b"}
+        # Run 2: config without fitness (variant original), PLL only, the oldest keys.
+        assert s.population(2, 0)[0]["scores"] == {
+            "pll/original/tiny-bert": {"total": -3.0, "n_tokens": 1, "mean": -3.0}
+        }
+        assert s.population(2, 0)[1]["scores"] == {}  # its own JSON was empty ...
+        # ... " c" came first as the text rejected in generation 0 (rejected_pll).
+        assert s.scores_for_run(2)[" c"] == {
+            "pll/original/tiny-bert": {"total": -5.0, "n_tokens": 1, "per_token": None}
+        }
+        _, rows = s.query("SELECT run_id, text_id, generation FROM run_texts ORDER BY run_id, generation")
+        assert rows == [(1, text_id(" a"), 0), (1, text_id(" b"), 1), (2, text_id(" a"), 0),
+                        (2, text_id(" c"), 0)]  # fmt: skip
+        # The rejected text no individual has stays where it was: its text is unknown.
+        (unknown,) = [r for r in s.individuals(1) if r["detail"].get("rejected_ids") == [77]]
+        assert unknown["detail"]["rejected_scores"]["pll"] == -4.0
+        assert s.query("SELECT COUNT(*) FROM scores")[1] == [(6,)]  # 2 texts x 2 + 2 x 1
+        assert s.run(1)["prompt_id"] == text_id(PROMPT)
+        _, rows = s.query("SELECT COUNT(*) FROM individual_scores WHERE run_id = 1")
+        assert rows == [(8,)]
+        # The prompt is in `texts`, as compare's SQL needs it.
+        assert s.query("SELECT COUNT(*) FROM texts WHERE text = ?", ("Brie is",))[1] == [(1,)]

@@ -13,9 +13,9 @@ length) beside both. The rows of a run:
 
 Every model score is a row of the store's ``scores`` table, keyed by (text, prompt, scorer)
 with scorer names ``pll/original/<mlm>``, ``pll/word_l2r/<mlm>`` and ``causal/<causal LM>``.
-Scores already stored are read back, only missing ones are computed (models load only
-then), so a second comparison costs no model time and any text can later be judged by
-another model. The model-score columns of the table are means over each row's texts and
+Scores already stored are read back (`evolve.store.ScoreBook`), among them every score the
+run computed while evolving; only missing ones are computed (models load only then), so a
+second comparison costs no model time and any text can later be judged by another model. The model-score columns of the table are means over each row's texts and
 can be recomputed with plain SQL (`COMPARE_SQL`); the word statistics are cheap pure
 functions of the texts (`scoring.metrics`) and are recomputed each time.
 """
@@ -24,31 +24,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from evolve.experiments.baselines import settings_label
-from evolve.store import LogStore
+from evolve.store import LogStore, ScoreBook, ScorerFactory, TextScorer
 from scoring import metrics
 from scoring.errors import UserError
 
 PLL_VARIANTS = ("original", "word_l2r")
-
-
-class ScoreLike(Protocol):
-    total: float
-    n_tokens: int
-    token_logprobs: tuple[float, ...]
-
-
-class TextScorer(Protocol):
-    """What the comparison needs of a scorer: `PLLScorer` and `CausalScorer` both fit."""
-
-    def score(self, texts: Sequence[str], prefix: str = "") -> Sequence[ScoreLike]: ...
-
-
-ScorerFactory = Callable[[str], TextScorer]
 
 
 def pll_scorer_name(variant: str, mlm: str) -> str:
@@ -176,47 +161,6 @@ class Comparison:
             "computed": self.computed,
             "notes": list(self.notes),
         }
-
-
-class ScoreBook:
-    """Scores of texts after one prompt: read from the store, computed and stored if missing.
-
-    Scorers are made by `factory` only when a text lacks a stored score, so a comparison
-    whose scores are all stored loads no model.
-    """
-
-    def __init__(self, store: LogStore, prefix: str, factory: ScorerFactory) -> None:
-        self.store = store
-        self.prefix = prefix
-        self.factory = factory
-        self.computed: dict[str, int] = {}
-        self._scorers: dict[str, TextScorer] = {}
-
-    def get(self, scorer: str, texts: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """{text: stored score row (total, n_tokens, per_token)} for every text given."""
-        unique = list(dict.fromkeys(texts))
-        found = self.store.get_scores(unique, self.prefix, scorer)
-        missing = [t for t in unique if t not in found]
-        self.computed[scorer] = self.computed.get(scorer, 0) + len(missing)
-        if missing:
-            if scorer not in self._scorers:
-                self._scorers[scorer] = self.factory(scorer)
-            results = self._scorers[scorer].score(missing, self.prefix)
-            self.store.put_scores(
-                [
-                    {
-                        "text": text,
-                        "prefix": self.prefix,
-                        "scorer": scorer,
-                        "total": float(r.total),
-                        "n_tokens": int(r.n_tokens),
-                        "per_token": list(r.token_logprobs),
-                    }
-                    for text, r in zip(missing, results, strict=True)
-                ]
-            )
-            found = self.store.get_scores(unique, self.prefix, scorer)
-        return found
 
 
 def normalise_reference(prompt: str, reference: str) -> str:

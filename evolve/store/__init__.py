@@ -1,6 +1,27 @@
-"""The only SQLite code: the run log (`LogStore`), its schema and migrations."""
+"""The only SQLite code: the run log (`LogStore`), split by aggregate.
 
-from evolve.store.logstore import *  # noqa: F403
-from evolve.store.logstore import LogStore, StoreError
+`db` (LogStore: opening, the facade), `schema` (DDL and migrations), `runs` (runs, generations,
+individuals), `scores` (model scores, `ScoreBook`), `experiments` (baselines, experiments),
+`sql` (read-only queries), `process` (which process runs a run), `core` (shared plumbing).
+"""
 
-__all__ = ["LogStore", "StoreError"]
+from evolve.store.core import StoreError, text_id
+from evolve.store.db import LogStore
+from evolve.store.process import ProcessState, process_state, process_token, run_process_state
+from evolve.store.schema import MIGRATIONS, SCHEMA_VERSION
+from evolve.store.scores import ScoreBook, ScorerFactory, TextScorer
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "LogStore",
+    "ProcessState",
+    "ScoreBook",
+    "ScorerFactory",
+    "StoreError",
+    "TextScorer",
+    "process_state",
+    "process_token",
+    "run_process_state",
+    "text_id",
+]

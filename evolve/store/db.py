@@ -1,0 +1,111 @@
+"""`LogStore`: the one place that reads and writes the SQLite record of runs.
+
+It puts the aggregates together (`runs`, `scores`, `experiments`, read-only `sql`) over one
+connection, and owns opening: a path (created with its folder if needed), ``":memory:"``, or an
+injected `sqlite_utils.Database` (as simonw/llm's LogStore takes one), migrated on open
+(`evolve.store.schema`). A file is refused untouched unless it is SQLite, and opened in WAL
+mode with a 30 s busy timeout, so several processes can log runs into one file.
+
+A LogStore holds one connection; use one instance per thread or process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from evolve.store.core import BUSY_TIMEOUT_MS, StoreError, check_sqlite_file
+from evolve.store.experiments import ExperimentsMixin
+from evolve.store.runs import RunsMixin
+from evolve.store.schema import applied_migrations, check_schema_version, migrate
+from evolve.store.scores import ScoresMixin
+from evolve.store.sql import QueryMixin, open_read_only
+
+MEMORY = ":memory:"
+
+
+class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
+    """The SQLite record of runs, individuals, scores, baselines and experiments."""
+
+    def __init__(self, db: Database | str | Path, readonly: bool = False) -> None:
+        """Open and migrate `db`: a path, ``":memory:"`` or a `sqlite_utils.Database`.
+
+        `readonly=True` opens an existing file with SQLite's `mode=ro`: no migration, every
+        write refused. That is how `evolve sql` reads a database it must not change. An
+        injected Database stays the caller's: `close` leaves its connection open.
+        """
+        self.readonly = readonly
+        self._query_conn = None
+        self._owns_connection = not isinstance(db, Database)
+        if isinstance(db, Database):
+            self.db = db
+            (file,) = [row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"]
+            self._path = Path(file) if file else None
+        elif str(db) == MEMORY:
+            if readonly:
+                raise StoreError("an in-memory database cannot be opened read-only: it is empty")
+            self._path = None
+            self.db = self._wrap(sqlite3.connect(MEMORY, isolation_level=None))
+        else:
+            self._path = Path(db)
+            self.db = self._wrap(self._connect(self._path, readonly))
+        conn = self.db.conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not readonly:
+                check_schema_version(conn, self._where)
+                if self._path is not None and not conn.in_transaction:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                migrate(self.db, self._where, self._transaction)
+        except sqlite3.OperationalError as exc:
+            self._close_connection()
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_CANTOPEN":
+                raise StoreError(f"cannot open {self._where}: {exc}") from exc
+            raise
+        except BaseException:
+            self._close_connection()
+            raise
+
+    @staticmethod
+    def _wrap(conn: sqlite3.Connection) -> Database:
+        return Database(conn, recursive_triggers=False, execute_plugins=False)
+
+    @staticmethod
+    def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+        """A connection to the file at `path`, refused untouched unless it is SQLite."""
+        check_sqlite_file(path)
+        if readonly:
+            if not path.exists():
+                raise StoreError(f"no database at {path}")
+            return open_read_only(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from exc
+        # isolation_level=None: no implicit transactions; every write opens its own.
+        try:
+            return sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.OperationalError as exc:  # e.g. a folder where files cannot be made
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+
+    def schema_version(self) -> int:
+        """The highest migration recorded in the database (0 for none)."""
+        return max(applied_migrations(self.db.conn, self._where).values(), default=0)
+
+    def close(self) -> None:
+        """Close the connections (an injected Database's stays open); unusable afterwards."""
+        self._close_query_connection()
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._owns_connection:
+            self.db.close()
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

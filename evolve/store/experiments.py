@@ -1,0 +1,125 @@
+"""Baselines and experiments: the outputs of `evolve.experiments` kept beside the runs.
+
+A baseline is a continuation made by a decoding method (greedy, beam search, sampling) of a
+prompt, optionally tied to a run; an experiment (a comparison, an amplification sweep) is a
+config, a summary and ordered JSON rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evolve.store.core import StoreCore, StoreError, dumps, loads, now, put_texts, text_id
+
+
+class ExperimentsMixin(StoreCore):
+    """The `baselines` and `experiments` aggregates of `LogStore` (see module doc)."""
+
+    # -- baselines -----------------------------------------------------------------------------
+
+    def add_baseline(
+        self,
+        prompt: str,
+        method: str,
+        model: str,
+        params: dict[str, Any],
+        seed: int | None,
+        text: str,
+        run_id: int | None = None,
+    ) -> int:
+        """Record a continuation made by a baseline method (sampling, beam, ...); its id."""
+        with self._transaction():
+            if run_id is not None:
+                self._require_run(run_id)
+            prompt_id, tid = put_texts(self.db, [prompt, text])
+            table = self.db["baselines"].insert(
+                {
+                    "run_id": run_id,
+                    "prompt_id": prompt_id,
+                    "method": method,
+                    "model": model,
+                    "params": dumps(params),
+                    "seed": seed,
+                    "text_id": tid,
+                    "created_at": now(),
+                }
+            )
+        assert table.last_rowid is not None
+        return int(table.last_rowid)
+
+    def baselines(self, run_id: int | None = None, prompt: str | None = None) -> list[dict]:
+        """Baselines, oldest first, optionally only those of a run and/or a prompt."""
+        where, params = ["1"], []
+        if run_id is not None:
+            where.append("b.run_id = ?")
+            params.append(run_id)
+        if prompt is not None:
+            where.append("b.prompt_id = ?")
+            params.append(text_id(prompt))
+        rows = self._rows(
+            "SELECT b.id, b.run_id, p.text AS prompt, b.method, b.model, b.params, b.seed, "
+            "t.text, b.created_at FROM baselines b JOIN texts p ON p.id = b.prompt_id "
+            f"JOIN texts t ON t.id = b.text_id WHERE {' AND '.join(where)} ORDER BY b.id",
+            params,
+        )
+        for row in rows:
+            row["params"] = loads(row["params"], {})
+        return rows
+
+    # -- experiments ---------------------------------------------------------------------------
+
+    def add_experiment(
+        self,
+        kind: str,
+        config: dict[str, Any],
+        summary: dict[str, Any],
+        rows: list[dict[str, Any]],
+        status: str = "finished",
+    ) -> int:
+        """Record an experiment (comparison, amplification sweep, ...) and its rows; its id."""
+        with self._transaction():
+            table = self.db["experiments"].insert(
+                {
+                    "kind": kind,
+                    "created_at": now(),
+                    "status": status,
+                    "config": dumps(config),
+                    "summary": dumps(summary),
+                }
+            )
+            assert table.last_rowid is not None
+            experiment_id = int(table.last_rowid)
+            if rows:
+                self.db["experiment_rows"].insert_all(
+                    {"experiment_id": experiment_id, "idx": i, "data": dumps(row)}
+                    for i, row in enumerate(rows)
+                )
+        return experiment_id
+
+    def experiment(self, experiment_id: int) -> dict[str, Any]:
+        """One experiment with config, summary and rows decoded; StoreError if unknown."""
+        row = self._one("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
+        if row is None:
+            raise StoreError(f"no experiment {experiment_id} in {self._where}")
+        row["config"] = loads(row["config"], {})
+        row["summary"] = loads(row["summary"], {})
+        row["rows"] = [
+            loads(data, {})
+            for (data,) in self.db.conn.execute(
+                "SELECT data FROM experiment_rows WHERE experiment_id = ? ORDER BY idx",
+                (experiment_id,),
+            )
+        ]
+        return row
+
+    def experiments(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Experiments newest first (without rows; n_rows counts them)."""
+        rows = self._rows(
+            "SELECT e.*, (SELECT COUNT(*) FROM experiment_rows WHERE experiment_id = e.id) "
+            "AS n_rows FROM experiments e WHERE ? IS NULL OR kind = ? ORDER BY e.id DESC",
+            (kind, kind),
+        )
+        for row in rows:
+            row["config"] = loads(row["config"], {})
+            row["summary"] = loads(row["summary"], {})
+        return rows
