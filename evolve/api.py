@@ -116,7 +116,7 @@ class Run:
         """Every individual of the run as a flat dict (DataFrame-ready), in generation and
         population order: id, generation, position, text, fitness, op, span, parents, and
         one ``<scorer>`` column (total) and ``<scorer>/mean`` per scorer."""
-        rows = self.store.records(self.id)
+        rows = self.store.individuals(self.id)
         out = []
         for row in rows:
             flat = {k: v for k, v in row.items() if k != "scores"}
@@ -133,7 +133,7 @@ class Run:
     def rescore(self, scorer: Scorer) -> dict[str, dict[str, Any]]:
         """Score every text of the run under `scorer` (only texts without a stored score
         under its name are computed); returns {text: stored score}."""
-        texts = sorted({r["text"] for r in self.store.records(self.id)})
+        texts = sorted({r["text"] for r in self.store.individuals(self.id)})
         book = ScoreBook(self.store, self.store.run(self.id)["prompt"], lambda _name: scorer)
         return book.get(scorer.name, texts)
 
@@ -218,7 +218,6 @@ def start_run(
         check_kind(cfg.causal, "causal")
     engine = Engine.build(cfg)
     recorder = Recorder.create(store, cfg, engine.fitness_label)
-    engine.evaluator.source = recorder.scores
     engine.start_texts = baseline_starts(store, recorder.run_id, cfg, engine)
     extra = [*hooks, *([_progress_hook(recorder.run_id, cfg, progress)] if progress else [])]
     with rng_scope(cfg.seed):
@@ -238,7 +237,7 @@ def resume_run(
         raise UserError(f"run {run_id} already finished; nothing to resume")
     cfg = Recorder.config_of(store, run_id)
     recorder = Recorder(store, run_id)
-    engine = Engine.build(cfg, source=recorder.scores)
+    engine = Engine.build(cfg)
     engine.start_texts = baseline_starts(store, run_id, cfg, engine)
     recorder.claim()  # refused while another live process runs it
     extra = [*hooks, *([_progress_hook(run_id, cfg, progress)] if progress else [])]
@@ -253,6 +252,7 @@ def resume_run(
                 point.best_so_far,
                 point.stall,
                 point.rng_state,
+                point.scores,
                 recorder,
                 extra,
             )

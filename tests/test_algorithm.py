@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from evolve.ga.config import ConfigError, MutationConfig, RunConfig
 from evolve.api import RunInterrupted, resume_run, start_run
+from evolve.ga.config import ConfigError, MutationConfig, RunConfig
 from evolve.store import LogStore
 from scoring.errors import UserError
 

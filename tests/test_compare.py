@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from cli import baseline_cmds
 from cli.common import ErrorTranslatingGroup
+from evolve.api import start_run
 from evolve.experiments.baselines import BaselineConfig, generate_baselines
 from evolve.experiments.compare import (
     COLUMNS,
@@ -29,7 +30,6 @@ from evolve.experiments.compare import (
     normalise_reference,
 )
 from evolve.experiments.plots import plot_run
-from evolve.api import start_run
 from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
 from evolve.store import LogStore
 from scoring.errors import UserError

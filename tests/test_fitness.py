@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from evolve.ga.config import ConfigError, FitnessConfig, MutationConfig, RunConfig
 from evolve.api import RunInterrupted, resume_run, start_run
+from evolve.ga.config import ConfigError, FitnessConfig, MutationConfig, RunConfig
 from evolve.ga.evaluate import Evaluator
 from evolve.ga.individual import Individual
+from evolve.ga.objectives import build_objective
 from evolve.ga.representation import Representation
 from evolve.store import LogStore
 from scoring.causal import CausalScorer
@@ -71,30 +72,54 @@ def final_population(store: LogStore, run_id: int) -> list[tuple[tuple[int, ...]
 # -- the evaluator -------------------------------------------------------------------------
 
 
+def named(scorer, name):  # MERGE: scorers carry their own names after the scoring redesign
+    scorer.name = name
+    return scorer
+
+
+def evaluator(cfg: FitnessConfig, rep: Representation, bert=None, gpt2=None) -> Evaluator:
+    scorers = []
+    pll = causal = None
+    if cfg.uses_pll:
+        scorers.append(
+            named(PLLScorer(bert, variant=cfg.variant), f"pll/{cfg.variant}/{bert.name}")
+        )
+        pll = scorers[-1].name
+    if cfg.uses_causal:
+        scorers.append(named(CausalScorer(gpt2), f"causal/{gpt2.name}"))
+        causal = scorers[-1].name
+    return Evaluator(build_objective(cfg, pll, causal), rep, scorers)
+
+
 @pytest.mark.parametrize("normalise, bonus", [("total", 0.0), ("total", 0.5), ("mean", 0.0)])
 def test_causal_fitness_is_the_causal_log_prob(gpt2, normalise, bonus):
     rep = Representation.build(gpt2, PROMPT)
     cfg = FitnessConfig(objective="causal", normalise=normalise, length_bonus=bonus)
-    ev = Evaluator(cfg, rep, causal=gpt2)
+    ev = evaluator(cfg, rep, gpt2=gpt2)
     pop = individuals(rep)
     stats = ev.evaluate(pop)
     assert stats.n_evaluated == 3
     expected = CausalScorer(gpt2).score_ids([list(i) for i in pop], rep.prompt_ids)
+    name = f"causal/{gpt2.name}"
     for ind, res in zip(pop, expected, strict=True):
         want = res.mean if normalise == "mean" else res.total + bonus * res.n_tokens
         assert ind.fitness.values[0] == pytest.approx(want, abs=1e-4)
-        assert ind.scores["causal"] == pytest.approx(res.total, abs=1e-4)
-        assert ind.scores["causal_n_tokens"] == res.n_tokens == len(ind)
+        assert ind.scores[name].total == pytest.approx(res.total, abs=1e-4)
+        assert ind.scores[name].n_tokens == res.n_tokens == len(ind)
     # The same ids tokenised from text give the same score (the prompt is tokenised alone).
     texts = [rep.text_of(ind) for ind in pop]
     by_text = CausalScorer(gpt2).score(texts, PROMPT)
     assert [r.total for r in by_text] == pytest.approx([r.total for r in expected], abs=1e-4)
-    assert ev.scorer_name.startswith(f"causal/{gpt2.name}/")
+    assert ev.objective.label.startswith(f"causal/{gpt2.name}/")
+    # Every computed score is handed out once, for the record of the run.
+    fresh = ev.take_fresh()
+    assert {(f.scorer, f.text) for f in fresh} == {(name, t) for t in texts}
+    assert ev.take_fresh() == []
 
 
 def test_causal_fitness_of_mlm_tokens_goes_through_text(gpt2, bert):
     rep = Representation.build(bert, PROMPT)
-    ev = Evaluator(FitnessConfig(objective="causal", normalise="total"), rep, bert, gpt2)
+    ev = evaluator(FitnessConfig(objective="causal", normalise="total"), rep, bert, gpt2)
     pop = individuals(rep)
     ev.evaluate(pop)
     expected = CausalScorer(gpt2).score([rep.text_of(ind) for ind in pop], PROMPT)
@@ -106,16 +131,16 @@ def test_causal_fitness_of_mlm_tokens_goes_through_text(gpt2, bert):
 def test_sum_weights_the_two_per_token_scores(gpt2, bert):
     rep = Representation.build(bert, PROMPT)
     cfg = FitnessConfig(objective="sum", pll_weight=2.0, causal_weight=0.5)
-    ev = Evaluator(cfg, rep, bert, gpt2)
+    ev = evaluator(cfg, rep, bert, gpt2)
     pop = individuals(rep)
     ev.evaluate(pop)
     pll = PLLScorer(bert).score_ids([list(i) for i in pop], rep.prompt_ids)
     clm = CausalScorer(gpt2).score([rep.text_of(i) for i in pop], PROMPT)
     for ind, p, c in zip(pop, pll, clm, strict=True):
-        assert ind.scores["pll_mean"] == pytest.approx(p.mean, abs=1e-4)
-        assert ind.scores["causal_mean"] == pytest.approx(c.mean, abs=1e-4)
+        assert ind.scores[f"pll/original/{bert.name}"].mean == pytest.approx(p.mean, abs=1e-4)
+        assert ind.scores[f"causal/{gpt2.name}"].mean == pytest.approx(c.mean, abs=1e-4)
         assert ind.fitness.values[0] == pytest.approx(2.0 * p.mean + 0.5 * c.mean, abs=1e-4)
-    only_pll = Evaluator(dataclasses.replace(cfg, causal_weight=0.0), rep, bert, gpt2)
+    only_pll = evaluator(dataclasses.replace(cfg, causal_weight=0.0), rep, bert, gpt2)
     again = individuals(rep)
     only_pll.evaluate(again)
     assert [i.fitness.values[0] for i in again] == pytest.approx(
@@ -126,14 +151,18 @@ def test_sum_weights_the_two_per_token_scores(gpt2, bert):
 def test_warm_caches_answer_without_the_models(gpt2, bert):
     rep = Representation.build(bert, PROMPT)
     cfg = FitnessConfig(objective="sum")
-    first = Evaluator(cfg, rep, bert, gpt2)
+    first = evaluator(cfg, rep, bert, gpt2)
     pop = individuals(rep)
     first.evaluate(pop)
-    second = Evaluator(cfg, rep, bert, gpt2)
-    second.warm([(list(ind), ind.scores) for ind in pop])
+    second = evaluator(cfg, rep, bert, gpt2)
+    stored: dict = {}
+    for new in first.take_fresh():
+        stored.setdefault(new.text, {})[new.scorer] = new.score
+    second.warm(stored)
     again = individuals(rep)
     stats = second.evaluate(again)
     assert (stats.n_evaluated, stats.n_cache_hits) == (0, 3)
+    assert second.take_fresh() == []
     assert [i.fitness.values for i in again] == [i.fitness.values for i in pop]
     assert [i.scores for i in again] == [i.scores for i in pop]
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
 from evolve.api import RunInterrupted, resume_run, start_run
+from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
 from evolve.ga.pareto import (
     ParetoIndividual,
     crowded_tournament,

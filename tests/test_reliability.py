@@ -38,8 +38,8 @@ from helpers_proc import (
 )
 
 from cli.main import cli
-from evolve.ga.config import MutationConfig, RunConfig
 from evolve.api import start_run
+from evolve.ga.config import MutationConfig, RunConfig
 from evolve.store import (
     MIGRATIONS,
     SCHEMA_VERSION,

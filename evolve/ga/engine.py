@@ -22,11 +22,11 @@ their state at its end, which is what makes a resumed run continue exactly.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from evolve.ga.config import BASELINE_INITS, RunConfig
-from evolve.ga.evaluate import EvalStats, Evaluator, ScoreSource
+from evolve.ga.evaluate import EvalStats, Evaluator, NewScore
 from evolve.ga.individual import Individual
 from evolve.ga.objectives import build_objective
 from evolve.ga.operators import OperatorContext
@@ -40,6 +40,7 @@ from scoring.causal import CausalScorer
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_causal, load_mlm
 from scoring.pll import PLLScorer
+from scoring.results import TokenScores
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Generation:
     stall: int  # generations without improvement of best_so_far
     stopped: bool  # patience ran out: the loop ends after this generation
     rng_state: str  # the generators' state at the end of this generation
+    new_scores: list[NewScore]  # model scores computed in this generation (all texts tried)
 
     @property
     def best(self) -> float:
@@ -110,7 +112,6 @@ class Engine:
         cfg: RunConfig,
         models: Models,
         *,
-        source: ScoreSource | None = None,
         start_texts: StartTexts | None = None,
     ) -> None:
         cfg.validate()
@@ -154,7 +155,7 @@ class Engine:
             scorers.append(clm)
             causal_name = clm.name
         self.objective = build_objective(f, pll_name, causal_name)
-        self.evaluator = Evaluator(self.objective, self.rep, scorers, source)
+        self.evaluator = Evaluator(self.objective, self.rep, scorers)
         self.multi = f.objective == "nsga2"
         self.parts = Parts(cfg, self.ctx, self.evaluator, self.make)
         self.step = step_for(cfg)
@@ -167,11 +168,10 @@ class Engine:
         cls,
         cfg: RunConfig,
         *,
-        source: ScoreSource | None = None,
         start_texts: StartTexts | None = None,
     ) -> Engine:
         """Load the models the config asks for and wire the engine."""
-        return cls(cfg.validate(), Models.load(cfg), source=source, start_texts=start_texts)
+        return cls(cfg.validate(), Models.load(cfg), start_texts=start_texts)
 
     def _proposer(self, lm: LoadedModel) -> Proposer:
         m = self.cfg.mutation
@@ -230,12 +230,15 @@ class Engine:
         best_so_far: float,
         stall: int,
         rng_state: str,
+        stored_scores: Mapping[str, Mapping[str, TokenScores]],
         record: Record | None = None,
         hooks: Sequence[Hook] = (),
     ) -> Iterator[Generation]:
-        """Continue after stored generation `number` (its population, early-stopping state
-        and random state), exactly as the uninterrupted run would have."""
+        """Continue after stored generation `number` (its population, early-stopping state,
+        random state and every score the run computed), exactly as the uninterrupted run
+        would have."""
         self.best_so_far, self.stall = best_so_far, stall
+        self.evaluator.warm(stored_scores)
         self._next_id = max((ind.db_id or 0 for ind in pop), default=-1) + 1
         set_rng_state(rng_state)
         if self.cfg.patience and stall >= self.cfg.patience:
@@ -280,6 +283,7 @@ class Engine:
             stall=self.stall,
             stopped=bool(self.cfg.patience and self.stall >= self.cfg.patience),
             rng_state=get_rng_state(),
+            new_scores=self.evaluator.take_fresh(),
         )
         if record is not None:
             ids = list(record(gen))

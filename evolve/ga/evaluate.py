@@ -5,19 +5,18 @@ masked LM, `scoring.pll.PLLScorer`; log p(continuation | prompt) under the causa
 `scoring.causal.CausalScorer`), which an `Objective` (`evolve.ga.objectives`) turns into
 fitness values. Scores are `scoring.results.TokenScores`, keyed by scorer name.
 
-A text's score under a scorer is computed once. The evaluator asks, in this order: its own
-run cache; then the injected `ScoreSource` (the run database's `scores` table when a store
-records the run: every score there was computed once and is read by resume, compare and
-rescoring alike); only the texts still unknown go to the model, all of a generation in one
-call per scorer, and their scores are handed back to the source at once. Identical
-continuations (common after crossover of relatives) are scored once.
+A text's score under a scorer is computed once per run: the evaluator keeps every score it
+has computed or been given in its run cache, sends only the texts still unknown to the model
+(all of a generation in one call per scorer; identical continuations once), and keeps the new
+ones in `fresh` until the loop hands them, with their generation, to whoever records the run
+(the store writes them in the generation's transaction: the one record of model scores).
 
-This is also what keeps resuming exact: batched scores differ in the last float bits
-(~1e-6) with the company a text keeps in its batch, so a resumed run must never rescore a
-text in another batch. Because every computed score is stored the moment it is computed, a
-resumed run reads exactly the values the interrupted one used. (Texts another run in the
-same database scored first are read too, so a run in a shared database can differ from the
-same seed in a fresh one by such last-bit differences, and saves their model time.)
+This is also what keeps resuming exact: batched scores differ in the last float bits (~1e-6)
+with the company a text keeps in its batch, so a resumed run must never rescore a text in
+another batch. `warm` refills the cache with every score the run stored, which leaves the same
+texts to score as before the interruption. (The store keeps the first score of a text under a
+scorer: if another run in the same database scored one of this run's texts first, a resume
+reads that score, equal within ~1e-6.)
 
 Individuals are ids of the run's representation (`evolve.ga.representation`). A scorer
 whose tokenizer is the representation's scores those ids as they are, with the prompt ids as
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from evolve.ga.individual import Individual
 from evolve.ga.objectives import Objective
@@ -37,23 +35,20 @@ from scoring.base import Scorer
 from scoring.results import TokenScores
 
 
-class ScoreSource(Protocol):
-    """Where computed scores live beyond one run's memory (the run database)."""
+@dataclass(frozen=True)
+class NewScore:
+    """A score computed in this generation: what the record of the run must keep."""
 
-    def get(self, scorer: str, prefix: str, texts: Sequence[str]) -> dict[str, TokenScores]:
-        """Stored scores of `texts` after `prefix`; unknown texts are absent."""
-        ...
-
-    def put(self, scorer: str, prefix: str, scores: Mapping[str, TokenScores]) -> None:
-        """Store newly computed scores (an already stored text keeps its first score)."""
-        ...
+    scorer: str
+    text: str
+    score: TokenScores
 
 
 @dataclass(frozen=True)
 class EvalStats:
     n_invalid: int  # individuals that needed a fitness
     n_evaluated: int  # distinct texts sent through at least one model
-    n_cache_hits: int  # distinct texts answered from the run's caches or the store alone
+    n_cache_hits: int  # distinct texts answered from the run's cache alone
 
 
 class _Channel:
@@ -95,11 +90,10 @@ class Evaluator:
         objective: Objective,
         rep: Representation,
         scorers: Sequence[Scorer],
-        source: ScoreSource | None = None,
     ) -> None:
         self.objective = objective
         self.rep = rep
-        self.source = source
+        self.fresh: list[NewScore] = []  # computed since the last `take_fresh`
         self.channels = {s.name: _Channel(s, rep) for s in scorers}
         missing = set(objective.scorers) - set(self.channels)
         if missing:
@@ -113,6 +107,19 @@ class Evaluator:
         """Metropolis-Hastings energy of an evaluated individual."""
         return self.objective.energy(ind.scores)
 
+    def warm(self, stored: Mapping[str, Mapping[str, TokenScores]]) -> None:
+        """Prime the cache with scores the run stored earlier ({text: {scorer: score}})."""
+        for text, by_scorer in stored.items():
+            for name, score in by_scorer.items():
+                channel = self.channels.get(name)
+                if channel is not None:
+                    channel.known.setdefault(text, score)
+
+    def take_fresh(self) -> list[NewScore]:
+        """The scores computed since the last call (and forget them)."""
+        fresh, self.fresh = self.fresh, []
+        return fresh
+
     def evaluate(self, population: Sequence[Individual]) -> EvalStats:
         """Set fitness and scores of every invalid individual; one scorer call per model."""
         invalid = [ind for ind in population if not ind.fitness.valid]
@@ -121,16 +128,11 @@ class Evaluator:
         for text, ind in zip(texts, invalid, strict=True):
             ids_of.setdefault(text, ind)
         sent: set[str] = set()
-        prompt = self.rep.prompt
         for channel in self.channels.values():
             unknown = [t for t in ids_of if t not in channel.known]
-            if unknown and self.source is not None:
-                channel.known.update(self.source.get(channel.name, prompt, unknown))
-                unknown = [t for t in unknown if t not in channel.known]
             if unknown:
                 made = channel.score({t: ids_of[t] for t in unknown})
-                if self.source is not None:
-                    self.source.put(channel.name, prompt, made)
+                self.fresh.extend(NewScore(channel.name, t, s) for t, s in made.items())
                 sent.update(unknown)
         for text, ind in zip(texts, invalid, strict=True):
             ind.scores = {name: ch.known[text] for name, ch in self.channels.items()}

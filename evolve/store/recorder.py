@@ -1,22 +1,22 @@
 """The recorder: the one piece of a run that talks to the store.
 
 The GA (`evolve.ga.engine`) knows nothing of SQLite; a `Recorder` plugs into it as its
-`record` hook and as its `ScoreSource`:
+`record` hook:
 
 - it creates the run row (config, models, fitness label) and owns the run's status:
   ``running`` while a process works on it, then ``finished``, ``interrupted`` or ``failed``;
 - it writes each generation in one transaction (individuals, parents, operator and span,
-  statistics, the random state and the loop state) and hands the engine the new row ids;
-- it reads and writes model scores through the `scores` table, the one record of every
-  score of every text under every scorer (`evolve.ga.evaluate` says why that keeps resume
-  exact);
-- it reads back what a resume needs: the last population, its loop and random state.
+  statistics, the random state, the loop state, and every model score computed in that
+  generation into the `scores` table, the one record of model scores) and hands the engine
+  the new row ids;
+- it reads back what a resume needs: the last population, its loop and random state, and
+  every score the run stored (`evolve.ga.evaluate` says why that keeps resume exact).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,33 +26,6 @@ from evolve.ga.individual import Individual
 from evolve.store import LogStore
 from scoring.errors import UserError
 from scoring.results import TokenScores
-
-
-class StoreScores:
-    """A `ScoreSource` over the store's `scores` table."""
-
-    def __init__(self, store: LogStore) -> None:
-        self.store = store
-
-    def get(self, scorer: str, prefix: str, texts: Sequence[str]) -> dict[str, TokenScores]:
-        found = self.store.get_scores(list(texts), prefix, scorer)
-        return {text: to_token_scores(row) for text, row in found.items()}
-
-    def put(self, scorer: str, prefix: str, scores: Mapping[str, TokenScores]) -> None:
-        if scores:
-            self.store.put_scores(
-                [
-                    {
-                        "text": text,
-                        "prefix": prefix,
-                        "scorer": scorer,
-                        "total": s.total,
-                        "n_tokens": s.n_tokens,
-                        "per_token": list(s.token_logprobs),
-                    }
-                    for text, s in scores.items()
-                ]
-            )
 
 
 def to_token_scores(row: Mapping[str, Any]) -> TokenScores:
@@ -73,6 +46,7 @@ class ResumePoint:
     best_so_far: float
     stall: int
     rng_state: str
+    scores: dict[str, dict[str, TokenScores]]  # every score the run stored, by text and scorer
 
 
 class Recorder:
@@ -81,7 +55,7 @@ class Recorder:
     def __init__(self, store: LogStore, run_id: int) -> None:
         self.store = store
         self.run_id = run_id
-        self.scores = StoreScores(store)
+        self.prompt = str(store.run(run_id)["prompt"])
 
     @classmethod
     def create(cls, store: LogStore, cfg: RunConfig, fitness_label: str) -> Recorder:
@@ -137,6 +111,17 @@ class Recorder:
             },
             rng_state=gen.rng_state,
             state={"best_so_far": gen.best_so_far, "stall": gen.stall, "stopped": gen.stopped},
+            scores=[
+                {
+                    "text": new.text,
+                    "prefix": self.prompt,
+                    "scorer": new.scorer,
+                    "total": new.score.total,
+                    "n_tokens": new.score.n_tokens,
+                    "per_token": list(new.score.token_logprobs),
+                }
+                for new in gen.new_scores
+            ],
         )
 
     # -- statuses -------------------------------------------------------------------------
@@ -189,4 +174,8 @@ class Recorder:
             best_so_far=float(state["best_so_far"]),
             stall=int(state["stall"]),
             rng_state=last["rng_state"],
+            scores={
+                text: {name: to_token_scores(row) for name, row in by_scorer.items()}
+                for text, by_scorer in self.store.scores_for_run(self.run_id).items()
+            },
         )
