@@ -56,7 +56,9 @@ def make_db(path: Path) -> dict[str, Any]:
     with LogStore(path) as s:
         run = s.create_run(PROMPT, 7, {"population": 3, "generations": 2}, "tiny-bert", None, "pll")
         fits0 = [-3.0, -3.5, -4.0]
-        a, b, c = write_generation(s, run, 0, [_ind(t, f) for t, f in zip(INIT, fits0, strict=True)])
+        a, b, c = write_generation(
+            s, run, 0, [_ind(t, f) for t, f in zip(INIT, fits0, strict=True)]
+        )
         cross, mutant, elite = write_generation(
             s,
             run,
@@ -83,12 +85,35 @@ def make_db(path: Path) -> dict[str, Any]:
             )
         s.put_scores(
             [
-                {"text": " yellow and white and yellow", "prefix": PROMPT,
-                 "scorer": "causal/smollm2-135m", "total": -12.0, "n_tokens": 6, "per_token": []},
-                {"text": BEST, "prefix": PROMPT, "scorer": "causal/smollm2-135m",
-                 "total": -9.0, "n_tokens": 6, "per_token": []},
+                {
+                    "text": " yellow and white and yellow",
+                    "prefix": PROMPT,
+                    "scorer": "causal/smollm2-135m",
+                    "total": -12.0,
+                    "n_tokens": 6,
+                    "per_token": [],
+                },
+                {
+                    "text": BEST,
+                    "prefix": PROMPT,
+                    "scorer": "causal/smollm2-135m",
+                    "total": -9.0,
+                    "n_tokens": 6,
+                    "per_token": [],
+                },
             ]
         )
         other = s.create_run(PROMPT, 8, {"population": 3}, "tiny-bert", None, "pll")
-    return {"path": path, "run": run, "other": other, "a": a, "b": b, "c": c, "cross": cross,
-            "mutant": mutant, "elite": elite, "best": best, "kept": kept}
+    return {
+        "path": path,
+        "run": run,
+        "other": other,
+        "a": a,
+        "b": b,
+        "c": c,
+        "cross": cross,
+        "mutant": mutant,
+        "elite": elite,
+        "best": best,
+        "kept": kept,
+    }

@@ -89,9 +89,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise UserError(
-                f"port {port} on {host} is in use; choose another with --port"
-            ) from exc
+            raise UserError(f"port {port} on {host} is in use; choose another with --port") from exc
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     return sock
 

@@ -37,7 +37,9 @@ def _label(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def fitness_svg(stats: Sequence[Mapping[str, Any]], title: str = "Fitness per generation") -> Markup:
+def fitness_svg(
+    stats: Sequence[Mapping[str, Any]], title: str = "Fitness per generation"
+) -> Markup:
     """best/mean/min fitness of each generation (rows of `generations`) as an SVG line chart."""
     points = [s for s in stats if s.get("best") is not None]
     if not points:

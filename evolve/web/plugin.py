@@ -58,8 +58,10 @@ def _links(datasette: Datasette, db: Database) -> dict[str, Any]:
         "static": lambda path: datasette.urls.static_plugins(STATIC, path),
         "run": lambda run_id: datasette.urls.path(f"/-/evolve/runs/{run_id}"),
         "individual": lambda ind_id: datasette.urls.path(f"/-/evolve/individuals/{ind_id}"),
-        "table": lambda table, **args: datasette.urls.table(db.name, table)
-        + ("?" + "&".join(f"{k}={v}" for k, v in args.items()) if args else ""),
+        "table": lambda table, **args: (
+            datasette.urls.table(db.name, table)
+            + ("?" + "&".join(f"{k}={v}" for k, v in args.items()) if args else "")
+        ),
         "queries": [
             (name, q["title"], datasette.urls.table(db.name, name)) for name, q in QUERIES.items()
         ],
@@ -148,3 +150,41 @@ def register_routes() -> list[tuple[str, Callable[..., Awaitable[Response]]]]:
 @hookimpl
 def menu_links(datasette: Datasette) -> list[dict[str, str]]:
     return [{"href": datasette.urls.path("/"), "label": "mlm-evolve runs"}]
+
+
+READ_METHODS = ("GET", "HEAD")
+
+
+@hookimpl
+def asgi_wrapper(datasette: Datasette) -> Callable[[Any], Any]:
+    """Answer every request but GET and HEAD with 405: the browser only reads.
+
+    Datasette 0.65 has no write API, but POST reaches views (canned queries, messages), and
+    a POST to a read-only canned query crashes with a 500 in 0.65.5; refusing other methods
+    up front keeps the server plainly read-only.
+    """
+
+    def wrap(app: Any) -> Any:
+        if not (datasette.plugin_config(PLUGIN) or {}).get("database"):
+            return app  # a Datasette that is not `evolve serve`: leave it alone
+
+        async def read_only(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["method"] not in READ_METHODS:
+                body = b"read-only: evolve serve answers GET requests only\n"
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 405,
+                        "headers": [
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"allow", b"GET, HEAD"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+            await app(scope, receive, send)
+
+        return read_only
+
+    return wrap

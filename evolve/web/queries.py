@@ -23,7 +23,9 @@ N_BEST = 10  # distinct best texts on a run page: a screenful
 MAX_ANCESTORS = 3000  # ancestry rows read for one tree; a 100 x 30 run fits whole
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict]:
+def _rows(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> list[dict]:
     cursor = conn.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -131,8 +133,15 @@ def _comparison(conn: sqlite3.Connection, run_row: Mapping[str, Any]) -> dict[st
     )
     if best:
         texts.append(
-            {"label": "evolved best", "individual_id": best[0]["id"], "text": best[0]["text"],
-             "text_id": best[0]["text_id"], "prefix_id": prompt_id, "seed": None, "params": ""}
+            {
+                "label": "evolved best",
+                "individual_id": best[0]["id"],
+                "text": best[0]["text"],
+                "text_id": best[0]["text_id"],
+                "prefix_id": prompt_id,
+                "seed": None,
+                "params": "",
+            }
         )
     for b in _rows(
         conn,
@@ -141,9 +150,16 @@ def _comparison(conn: sqlite3.Connection, run_row: Mapping[str, Any]) -> dict[st
         (run_row["id"],),
     ):
         texts.append(
-            {"label": f"{b['method']} ({b['model'] or '?'})", "individual_id": None,
-             "text": b["text"], "text_id": b["text_id"], "prefix_id": b["prompt_id"],
-             "seed": b["seed"], "params": b["params"] or "", "baseline_id": b["id"]}
+            {
+                "label": f"{b['method']} ({b['model'] or '?'})",
+                "individual_id": None,
+                "text": b["text"],
+                "text_id": b["text_id"],
+                "prefix_id": b["prompt_id"],
+                "seed": b["seed"],
+                "params": b["params"] or "",
+                "baseline_id": b["id"],
+            }
         )
     scorers: list[str] = []
     for entry in texts:
@@ -203,7 +219,9 @@ class Ancestry:
     truncated: bool
 
 
-def _origin(ind_id: int, inds: Mapping[int, dict], parents: Mapping[int, list[int]]) -> tuple[int, list[dict]]:
+def _origin(
+    ind_id: int, inds: Mapping[int, dict], parents: Mapping[int, list[int]]
+) -> tuple[int, list[dict]]:
     """Follow unchanged single-parent copies back to the individual that made the text."""
     kept: list[dict] = []
     current = ind_id

@@ -45,11 +45,11 @@ def _header(node: Node, link: str) -> str:
     o = node.origin
     span = ""
     if o.get("span_start") is not None:
-        span = f' · tokens [{o["span_start"]}, {o["span_end"]})'
+        span = f" · tokens [{o['span_start']}, {o['span_end']})"
     return (
         f'<div class="node-head"><a class="node-link" href="{link}{o["id"]}">#{o["id"]}</a> '
         f'gen {o["generation"]} · <span class="op">{escape(o["op"])}</span> · fitness '
-        f'{fmt(o["fitness"])}{_gain_html(node.gain)}{span}</div>'
+        f"{fmt(o['fitness'])}{_gain_html(node.gain)}{span}</div>"
     )
 
 
@@ -63,7 +63,7 @@ def tree_html(tree: Ancestry, link: str) -> Markup:
             o = node.origin
             out.append(
                 f'<li class="node ref{role_cls}"><a href="#node-{node_id}">#{node_id}</a> '
-                f'(gen {o["generation"]}, {escape(o["op"])}): shown above</li>'
+                f"(gen {o['generation']}, {escape(o['op'])}): shown above</li>"
             )
         elif event == "open":
             out.append(f'<li class="node kind-{node.kind}{role_cls}" id="node-{node_id}">')
