@@ -32,9 +32,10 @@ from markupsafe import Markup, escape
 _PIECE = re.compile(r"\s*(?:\w+|[^\w\s])|\s+$", re.UNICODE)
 
 Kind = Literal["same", "insert", "delete", "parent0", "parent1"]
-# Switching the attributed parent costs less than one unexplained word, more than nothing:
-# a lone common word ("the") inside parent 1's part stays with parent 1.
-_SWITCH_COST = 0.6
+# A switch of source costs less than half an unexplained word, so a lone word of a parent
+# between refilled words is still credited to that parent, and more than nothing, so a common
+# word ("the") that both parents have stays with the part around it.
+_SWITCH_COST = 0.3
 
 
 @dataclass(frozen=True)
