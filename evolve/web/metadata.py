@@ -203,12 +203,14 @@ QUERIES: dict[str, dict[str, Any]] = {
         "title": "Best texts of a run",
         "description": "The fittest distinct continuations of a run, with where they were made.",
         "sql": """
-SELECT i.id, i.generation, i.op, i.fitness, t.text
-FROM individuals i JOIN texts t ON t.id = i.text_id
-WHERE i.run_id = :run AND i.fitness IS NOT NULL
-  AND i.id = (SELECT j.id FROM individuals j WHERE j.run_id = i.run_id
-              AND j.text_id = i.text_id ORDER BY j.fitness DESC, j.id LIMIT 1)
-ORDER BY i.fitness DESC, i.id
+SELECT b.id, b.generation, b.op, b.fitness, t.text
+FROM (
+  SELECT id, generation, op, fitness, text_id,
+         ROW_NUMBER() OVER (PARTITION BY text_id ORDER BY fitness DESC, id) AS rank
+  FROM individuals WHERE run_id = :run AND fitness IS NOT NULL
+) b JOIN texts t ON t.id = b.text_id
+WHERE b.rank = 1
+ORDER BY b.fitness DESC, b.id
 LIMIT 20""",
     },
     "fitness_per_generation": {

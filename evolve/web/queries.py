@@ -84,6 +84,21 @@ def runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 # -- run page ----------------------------------------------------------------------------------
 
+# The fittest individual of each distinct text (a window per text: a correlated subquery per
+# text took 7 s on a 30 x 100 run, this takes milliseconds).
+BEST_TEXTS_SQL = """
+SELECT b.id, b.generation, b.op, b.fitness, t.text
+FROM (
+    SELECT id, generation, op, fitness, text_id,
+           ROW_NUMBER() OVER (PARTITION BY text_id ORDER BY fitness DESC, id) AS rank
+    FROM individuals WHERE run_id = ? AND fitness IS NOT NULL
+) b
+JOIN texts t ON t.id = b.text_id
+WHERE b.rank = 1
+ORDER BY b.fitness DESC, b.id
+LIMIT ?
+"""
+
 
 def run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any] | None:
     """One run with config, generation statistics, best texts and baselines; None if absent."""
@@ -102,16 +117,8 @@ def run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any] | None:
     # Best distinct texts: an elite copied for 20 generations is one text, not 20 rows.
     row["best"] = _rows(
         conn,
-        """
-        SELECT i.id, i.generation, i.op, i.fitness, t.text FROM individuals i
-        JOIN texts t ON t.id = i.text_id
-        WHERE i.id IN (
-            SELECT (SELECT id FROM individuals j WHERE j.run_id = ? AND j.text_id = x.text_id
-                    ORDER BY j.fitness DESC, j.id LIMIT 1)
-            FROM (SELECT DISTINCT text_id FROM individuals WHERE run_id = ? AND fitness IS NOT NULL) x)
-        ORDER BY i.fitness DESC, i.id LIMIT ?
-        """,
-        (run_id, run_id, N_BEST),
+        BEST_TEXTS_SQL,
+        (run_id, N_BEST),
     )
     row["comparison"] = _comparison(conn, row)
     return row
