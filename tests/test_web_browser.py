@@ -1,6 +1,6 @@
 """The pages of `evolve serve` in a real headless Chromium, on a small real run.
 
-A tiny random BERT evolves for three generations; the server runs in this process on a free
+A tiny random BERT evolves for two generations; the server runs in this process on a free
 port; Chromium (Debian package `chromium`, driven by its command line) loads a run page and
 an individual page, its DOM after scripts ran is checked for the chart and the marked
 edits, and screenshots are saved under the test's tmp dir. Skipped where no Chromium is
@@ -31,11 +31,11 @@ WINDOW = "1200,1400"
 
 
 def make_real_run(path: Path, mlm: str) -> int:
-    """A three-generation run of the tiny BERT, crossover on every pair; returns its id."""
+    """A two-generation run of the tiny BERT, crossover on every pair; returns its id."""
     config = RunConfig(
         prompt=PROMPT,
-        population=6,
-        generations=3,
+        population=4,
+        generations=2,
         init_len=6,
         min_len=3,
         max_len=10,
@@ -91,7 +91,7 @@ def test_run_page_in_chromium(served: dict, tmp_path: Path) -> None:
     url = f"{served['url']}/-/evolve/runs/{served['run']}"
     dom = chromium("--dump-dom", url)
     assert 'id="fitness-chart"' in dom and 'id="series-best"' in dom and 'id="series-mean"' in dom
-    assert dom.count("<circle") >= 3 * 4  # three series, four generations
+    assert dom.count("<circle") == 3 * 3  # three series, three generations (0-2)
     shot = tmp_path / "run.png"
     chromium(f"--screenshot={shot}", url)
     assert shot.stat().st_size > 10_000  # a real picture, not an empty page
