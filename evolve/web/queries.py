@@ -12,6 +12,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from markupsafe import Markup
@@ -77,7 +78,9 @@ def runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         row["status"] = status_of(row)
         for key in ("pid", "host", "process"):
             row.pop(key)
-        row["name"] = f"run {row['id']} · {row['mlm'] or '?'} · {row['fitness'] or '?'}"
+        # A model given as a folder is named by its last part: the path is on the run page.
+        model = PurePath(row["mlm"]).name if row["mlm"] else ""
+        row["name"] = f"run {row['id']} · {model}" if model else f"run {row['id']}"
         out.append(row)
     return out
 
