@@ -112,6 +112,7 @@ def test_home_lists_runs_and_polls(ds, db) -> None:
     runs = get(ds, "/-/evolve/runs.json").json()["runs"]
     assert [x["id"] for x in runs] == [db["other"], db["run"]]
     assert runs[1]["best_text"] == BEST and runs[1]["status"] == "finished"
+    assert runs[1]["name"] == "run 1 · tiny-bert" and runs[1]["generations_planned"] == 2
     assert runs[0]["status"] == "running" and runs[0]["best_id"] is None
 
 
