@@ -330,6 +330,18 @@ def test_serve_refuses_what_is_not_ours(tmp_path: Path) -> None:
     assert digest(foreign) == before  # looked at, not migrated
 
 
+def test_serve_refuses_a_newer_schema(db) -> None:
+    conn = sqlite3.connect(db["path"])
+    with conn:
+        conn.execute(
+            "INSERT INTO _migrations (version, name, applied_at) VALUES (999, '_m999_future', '')"
+        )
+    conn.close()  # the last connection to close folds the WAL into the file digested below
+    before = digest(db["path"])
+    assert_one_line_error(invoke("serve", "--db", str(db["path"])), "newer than this mlm-evolve")
+    assert digest(db["path"]) == before
+
+
 def test_serve_refuses_a_port_in_use(db) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
