@@ -1,0 +1,11 @@
+"""`evolve serve`: run history in the browser, on Datasette with our plugin.
+
+This package *is* the Datasette plugin (its hooks are re-exported here, and Datasette finds
+the `templates/` and `static/` folders next to this file), registered from code by
+`evolve.web.app.build_datasette`, so no separate install step is needed. It is a consumer
+of the store like `evolve.experiments`: it reads run databases with SQL and never writes.
+"""
+
+from evolve.web.plugin import asgi_wrapper, menu_links, register_routes
+
+__all__ = ["asgi_wrapper", "menu_links", "register_routes"]

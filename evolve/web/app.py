@@ -1,0 +1,117 @@
+"""Build and serve the Datasette app for one run database.
+
+`check_database` refuses what is not ours with the store's one-line errors before any server
+starts; `build_datasette` registers our plugin from code and opens the file as a *mutable*
+Datasette database, which Datasette reads through `mode=ro` connections: SQLite refuses
+writes on them, yet each query sees the latest commit, so pages follow a running `evolve
+run` (an `immutable` database would be read as a frozen snapshot and could read torn
+pages while a run writes). Datasette 0.65 has no write API; the only way it writes is a
+canned query marked `write: true`, and ours are all SELECTs.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sqlite3
+import webbrowser
+from collections.abc import Callable
+from pathlib import Path
+
+from datasette.app import Datasette
+from datasette.plugins import pm
+
+import evolve.web
+from evolve.store import SCHEMA_VERSION, LogStore, StoreError
+from evolve.web.metadata import metadata
+from evolve.web.plugin import PLUGIN
+from scoring.errors import UserError
+
+SETTINGS = {
+    # Recursive ancestry queries over a long run take more than Datasette's 1 s default.
+    "sql_time_limit_ms": 5000,
+}
+_OURS = ("runs", "individuals", "parents", "generations", "texts")
+
+
+def check_database(path: Path) -> None:
+    """Raise StoreError (one line) unless `path` is an mlm-evolve database this code reads.
+
+    A database of an older schema is migrated first, as every other command does; one of a
+    newer schema is refused with the store's message.
+    """
+    if not path.exists():
+        raise StoreError(f"no database at {path}; `evolve run` creates one")
+    try:
+        with LogStore(path, readonly=True) as store:  # refuses folders and non-SQLite files
+            _, rows = store.query("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+            version = store.schema_version()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a usable mlm-evolve database: {exc}") from exc
+    names = {row[0] for row in rows}
+    missing = [name for name in _OURS if name not in names]
+    if missing or version == 0:
+        what = f"no {missing[0]} table" if missing else "no schema version"
+        raise StoreError(f"{path} is not an mlm-evolve database ({what})")
+    if version != SCHEMA_VERSION:
+        LogStore(path).close()  # migrates an older schema; refuses a newer one
+
+
+def register_plugin() -> None:
+    """Register this package with Datasette's plugin manager (once per process)."""
+    if pm.get_plugin(PLUGIN) is None:
+        pm.register(evolve.web, name=PLUGIN)
+
+
+def build_datasette(path: Path) -> Datasette:
+    """A Datasette on the run database at `path`, with our metadata, pages and assets."""
+    register_plugin()
+    name = path.stem
+    ds = Datasette(files=[str(path)], metadata=metadata(name), settings=SETTINGS)
+    served = [db.name for db in ds.databases.values() if db.path == str(path)]
+    if served != [name]:  # Datasette renamed it (a clash with its own names): follow it
+        ds._metadata_local = metadata(served[0])
+    return ds
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; UserError (one line) if that cannot be had."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not blocked by TIME_WAIT
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is in use; choose another with --port") from exc
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def serve(
+    path: Path,
+    host: str,
+    port: int,
+    open_browser: bool = False,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the database at `path` until Ctrl-C; bad input raises UserError first."""
+    import uvicorn  # a Datasette dependency; imported here so the checks above stay fast
+
+    check_database(path)
+    ds = build_datasette(path)
+    sock = listen(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{sock.getsockname()[1]}/"
+    if on_ready is not None:
+        on_ready(url)
+    if open_browser:
+        webbrowser.open(url)  # the socket already listens: the browser's request waits for us
+    server = uvicorn.Server(uvicorn.Config(ds.app(), log_level="warning", lifespan="on"))
+    server.run(sockets=[sock])

@@ -1,0 +1,317 @@
+"""Datasette metadata for a run database: what every table, view and column means, and
+canned queries for the questions people ask of a run.
+
+Datasette shows a table's `description` above it and a column's in the column header
+menu; canned queries appear on the database page as forms with one field per `:parameter`.
+A parameter left empty matches every run where the query says so (`:run = ''`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LICENSE_NOTE = "Written by mlm-evolve; every individual of every generation of every run."
+
+TABLES: dict[str, tuple[str, dict[str, str]]] = {
+    "runs": (
+        "One row per evolution run: its prompt, models, full config and progress.",
+        {
+            "id": "Run id (`evolve show ID`).",
+            "created_at": "When the run started (UTC, ISO 8601).",
+            "finished_at": "When it ended (UTC); empty while running.",
+            "status": "running, finished, interrupted or failed.",
+            "prompt": "The text every continuation follows.",
+            "seed": "The one seed that drives every random number of the run.",
+            "mlm": "Masked LM that proposes span refills (hub name, folder or preset).",
+            "causal": "Causal LM used as judge and for baselines.",
+            "fitness": "Name of the fitness (objective) the run maximises.",
+            "config": "The full run config as JSON (every option, defaults included).",
+            "generations_done": "Last generation written.",
+            "best_individual_id": "Fittest individual, set when the run ends.",
+            "versions": "Library versions the run used (JSON).",
+            "error": "One-line error of a failed run.",
+            "pid": "Process id of the process running it.",
+            "host": "Host name of that process.",
+            "process": "Token naming that process instance (boot id/pid namespace/start time).",
+        },
+    ),
+    "texts": (
+        "Every distinct text (continuations, prompts, baselines), stored once.",
+        {
+            "id": "First 32 hex digits of the SHA-256 of the text's UTF-8 bytes.",
+            "text": "The text itself.",
+        },
+    ),
+    "individuals": (
+        "Every individual of every generation: its text, fitness, and the edit that made it.",
+        {
+            "id": "Individual id (`evolve lineage ID`).",
+            "run_id": "The run it belongs to.",
+            "generation": "Generation it was written in (0 = initial population).",
+            "position": "Its place in that generation's population.",
+            "text_id": "Its continuation (key into texts).",
+            "token_ids": "The continuation as token ids of the run's representation model (JSON).",
+            "n_tokens": "Number of those tokens.",
+            "fitness": "Scalar fitness (higher is better).",
+            "scores": "Per-scorer values as JSON (older databases; the scores table is the record).",
+            "op": "Operator that made it: init, seed, elite, copy, mut_*, cx_*_point, mh_reject; "
+            "'a+b' when two edits were applied in one generation.",
+            "span_start": "First token of the edited span in the continuation (inclusive).",
+            "span_end": "End of the edited span (exclusive).",
+            "detail": "Operator details as JSON (crossover cut points, proposer, MH decision).",
+            "created_at": "When it was written (UTC).",
+            "objectives": "Objective values of a multi-objective (nsga2) run, JSON list.",
+            "pareto_rank": "Non-dominated rank in its generation (0 = Pareto front; nsga2 only).",
+        },
+    ),
+    "parents": (
+        "Who came from whom: one row per (child, parent) pair.",
+        {
+            "child_id": "The child individual.",
+            "parent_id": "One of its parents (an individual of an earlier generation).",
+            "position": "0 for the first parent, 1 for the second parent of a crossover.",
+        },
+    ),
+    "generations": (
+        "Per-generation statistics, and the state an exact resume needs.",
+        {
+            "run_id": "The run.",
+            "generation": "Generation number.",
+            "best": "Best fitness in the generation.",
+            "mean": "Mean fitness.",
+            "std": "Standard deviation of fitness.",
+            "worst": "Lowest fitness.",
+            "n_evaluated": "Individuals scored by a model in this generation.",
+            "n_cache_hits": "Individuals whose score came from the cache.",
+            "n_unique": "Distinct texts in the population.",
+            "best_individual_id": "The fittest individual of the generation.",
+            "seconds": "Wall time the generation took.",
+            "rng_state": "Random number generator state after the generation (for resume).",
+            "state": "Engine state after the generation (JSON, for resume).",
+            "created_at": "When it was written (UTC).",
+        },
+    ),
+    "scores": (
+        "Model scores of texts, keyed by (text, prompt, scorer): the one record of scores.",
+        {
+            "text_id": "The scored text.",
+            "prefix_id": "The prompt it was scored after ('' for none).",
+            "scorer": "Scorer name, e.g. pll/original/<mlm> or causal/<causal LM>.",
+            "total": "Total log-likelihood (nats) of the text's tokens.",
+            "n_tokens": "Tokens scored, in the scorer's tokenizer.",
+            "per_token": "Log-likelihood of each token (JSON list).",
+            "created_at": "When it was scored (UTC).",
+        },
+    ),
+    "baselines": (
+        "Continuations written by ordinary decoding (greedy, beam, sampling) for comparison.",
+        {
+            "id": "Baseline id.",
+            "run_id": "The run it was made for (empty for a standalone baseline).",
+            "prompt_id": "The prompt (key into texts).",
+            "method": "greedy, beam, sample or amplified.",
+            "model": "The causal LM that wrote it.",
+            "params": "Decoding parameters (JSON).",
+            "seed": "Seed of a sampled text.",
+            "text_id": "The continuation (key into texts).",
+            "created_at": "When it was made (UTC).",
+        },
+    ),
+    "experiments": (
+        "Experiments over runs (comparisons, sweeps), with their config and summary.",
+        {
+            "id": "Experiment id.",
+            "kind": "What kind of experiment.",
+            "created_at": "When it started (UTC).",
+            "status": "Its status.",
+            "config": "Its config (JSON).",
+            "summary": "Its summary (JSON).",
+        },
+    ),
+    "experiment_rows": (
+        "The result rows of each experiment, in order.",
+        {
+            "experiment_id": "The experiment.",
+            "idx": "Row number.",
+            "data": "The row (JSON).",
+        },
+    ),
+    "_migrations": (
+        "Schema migrations applied to this database, in order.",
+        {
+            "version": "Migration number.",
+            "name": "Migration function name.",
+            "applied_at": "When it was applied (UTC).",
+        },
+    ),
+    "individual_texts": (
+        "View: individuals with their continuation and the full text (prompt + continuation).",
+        {
+            "run_id": "The run.",
+            "generation": "Generation.",
+            "position": "Place in the population.",
+            "id": "Individual id.",
+            "fitness": "Fitness.",
+            "op": "Operator that made it.",
+            "span_start": "First edited token.",
+            "span_end": "End of the edited span (exclusive).",
+            "text": "The continuation.",
+            "full_text": "Prompt followed by the continuation.",
+        },
+    ),
+    "lineage": (
+        "View: every (individual, ancestor, depth) pair; depth 0 is the individual itself.",
+        {
+            "individual_id": "The individual.",
+            "ancestor_id": "One of its ancestors (or itself at depth 0).",
+            "depth": "Generations of descent between them.",
+        },
+    ),
+    "edits": (
+        "View: each child with its operator, edited span and gain over its best parent.",
+        {
+            "child_id": "The child individual.",
+            "run_id": "The run.",
+            "generation": "Generation of the child.",
+            "op": "Operator.",
+            "span_start": "First edited token.",
+            "span_end": "End of the edited span (exclusive).",
+            "child_fitness": "The child's fitness.",
+            "best_parent_fitness": "Fitness of its fittest parent.",
+            "gain": "child_fitness - best_parent_fitness.",
+            "n_parents": "1 for a mutation or copy, 2 for a crossover.",
+        },
+    ),
+    "individual_scores": (
+        "View: each individual's model scores from the scores table, one row per scorer.",
+        {
+            "individual_id": "The individual.",
+            "run_id": "The run.",
+            "generation": "Generation.",
+            "scorer": "Scorer name.",
+            "total": "Total log-likelihood (nats).",
+            "n_tokens": "Tokens scored.",
+            "mean": "total / n_tokens.",
+        },
+    ),
+}
+
+# Canned queries. Parameters arrive as text; SQLite compares them with integer columns
+# numerically, and `:run = ''` lets an empty field mean "every run".
+QUERIES: dict[str, dict[str, Any]] = {
+    "best_texts": {
+        "title": "Best texts of a run",
+        "description": "The fittest distinct continuations of a run, with where they were made.",
+        "sql": """
+SELECT b.id, b.generation, b.op, b.fitness, t.text
+FROM (
+  SELECT id, generation, op, fitness, text_id,
+         ROW_NUMBER() OVER (PARTITION BY text_id ORDER BY fitness DESC, id) AS rank
+  FROM individuals WHERE run_id = :run AND fitness IS NOT NULL
+) b JOIN texts t ON t.id = b.text_id
+WHERE b.rank = 1
+ORDER BY b.fitness DESC, b.id
+LIMIT 20""",
+    },
+    "fitness_per_generation": {
+        "title": "Fitness per generation",
+        "description": "Best, mean, spread and lowest fitness of each generation of a run.",
+        "sql": """
+SELECT generation, best, mean, std, worst, n_evaluated, n_cache_hits, n_unique,
+       best_individual_id, seconds
+FROM generations WHERE run_id = :run ORDER BY generation""",
+    },
+    "operator_gains": {
+        "title": "Which operators improve",
+        "description": "Per operator: children made, how many beat their best parent, the "
+        "rate, and mean and best gain. Leave run empty for every run.",
+        "sql": """
+WITH e AS (
+  SELECT c.id, c.op, c.fitness - MAX(p.fitness) AS gain
+  FROM individuals c
+  JOIN parents pr ON pr.child_id = c.id
+  JOIN individuals p ON p.id = pr.parent_id
+  WHERE (:run = '' OR c.run_id = :run) AND c.fitness IS NOT NULL
+  GROUP BY c.id
+)
+SELECT op, COUNT(*) AS children, SUM(gain > 0) AS improved,
+       ROUND(1.0 * SUM(gain > 0) / COUNT(*), 3) AS improve_rate,
+       ROUND(AVG(gain), 4) AS mean_gain, ROUND(MAX(gain), 4) AS best_gain
+FROM e GROUP BY op ORDER BY improve_rate DESC, children DESC""",
+    },
+    "ancestry": {
+        "title": "Ancestry of an individual",
+        "description": "Every ancestor of an individual with its depth, operator, fitness and "
+        "text (the page /-/evolve/individuals/ID draws it as a tree).",
+        "sql": """
+WITH RECURSIVE anc(id, depth) AS (
+  SELECT CAST(:individual AS INTEGER), 0
+  UNION
+  SELECT p.parent_id, anc.depth + 1 FROM anc JOIN parents p ON p.child_id = anc.id
+)
+SELECT MIN(anc.depth) AS depth, i.id, i.generation, i.op, i.fitness, i.span_start, i.span_end,
+       (SELECT group_concat(parent_id) FROM parents WHERE child_id = i.id) AS parents,
+       t.text
+FROM anc JOIN individuals i ON i.id = anc.id JOIN texts t ON t.id = i.text_id
+GROUP BY i.id
+ORDER BY depth, i.generation DESC, i.id""",
+    },
+    "runs_same_prompt": {
+        "title": "Runs compared side by side (same prompt)",
+        "description": "Every run with the same prompt as the given run: settings, progress "
+        "and best text.",
+        "sql": """
+SELECT r.id AS run, r.status, r.mlm, r.fitness, r.seed, r.generations_done,
+       json_extract(r.config, '$.population') AS population,
+       b.fitness AS best_fitness, t.text AS best_text
+FROM runs r
+LEFT JOIN individuals b ON b.id = (SELECT id FROM individuals WHERE run_id = r.id
+                                   AND fitness IS NOT NULL ORDER BY fitness DESC, id LIMIT 1)
+LEFT JOIN texts t ON t.id = b.text_id
+WHERE r.prompt = (SELECT prompt FROM runs WHERE id = :run)
+ORDER BY best_fitness DESC""",
+    },
+    "baselines_vs_evolved": {
+        "title": "Baselines vs evolved for a run",
+        "description": "The run's best evolved text and its baselines, with every stored "
+        "score (mean = total / n_tokens, per scorer).",
+        "sql": """
+WITH run AS (SELECT r.id, p.id AS prompt_id FROM runs r
+             LEFT JOIN texts p ON p.text = r.prompt WHERE r.id = :run),
+best AS (SELECT i.text_id FROM individuals i, run WHERE i.run_id = run.id
+         AND i.fitness IS NOT NULL ORDER BY i.fitness DESC, i.id LIMIT 1),
+entries AS (
+  SELECT 'evolved best' AS source, NULL AS model, best.text_id, run.prompt_id
+  FROM best, run
+  UNION ALL
+  SELECT b.method, b.model, b.text_id, b.prompt_id FROM baselines b, run
+  WHERE b.run_id = run.id
+)
+SELECT e.source, e.model, s.scorer, ROUND(s.total, 4) AS total, s.n_tokens,
+       ROUND(s.total / s.n_tokens, 4) AS mean, t.text
+FROM entries e JOIN texts t ON t.id = e.text_id
+LEFT JOIN scores s ON s.text_id = e.text_id AND s.prefix_id = e.prompt_id
+ORDER BY s.scorer, mean DESC""",
+    },
+}
+
+
+def metadata(database: str) -> dict[str, Any]:
+    """Datasette metadata for the run database Datasette calls `database`."""
+    tables = {
+        name: {"description": desc, "columns": dict(columns)}
+        for name, (desc, columns) in TABLES.items()
+    }
+    return {
+        "title": "mlm-evolve runs",
+        "description": "Runs of mlm-evolve: every individual, its lineage and scores. "
+        "Our pages: / (runs), /-/evolve/runs/ID, /-/evolve/individuals/ID.",
+        "databases": {
+            database: {
+                "description": LICENSE_NOTE,
+                "tables": tables,
+                "queries": {name: dict(q, sql=q["sql"].strip()) for name, q in QUERIES.items()},
+            }
+        },
+        "plugins": {"mlm-evolve": {"database": database}},
+    }

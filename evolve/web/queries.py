@@ -1,0 +1,339 @@
+"""What the pages show, read with plain SQL from a read-only connection to a run database.
+
+Each function takes a `sqlite3.Connection` (Datasette hands its own read-only ones to
+`Database.execute_fn`) and returns plain dicts, so the pages can be tested without a server
+and the SQL is the schema's (docs/DESIGN.md), not a second model of it. Nothing here reads
+`individuals.scores`: model scores come from the `scores` table.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+from markupsafe import Markup
+
+from evolve.store import run_process_state, text_id
+from evolve.web.highlight import edit_pieces, to_html
+
+N_BEST = 10  # distinct best texts on a run page: a screenful
+MAX_ANCESTORS = 3000  # ancestry rows read for one tree; a 100 x 30 run fits whole
+
+
+def _rows(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> list[dict]:
+    cursor = conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _json(value: str | None, default: Any) -> Any:
+    try:
+        return json.loads(value) if value else default
+    except ValueError:  # a hand-edited row must not take the page down
+        return default
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested config as (dotted key, value) pairs, in the stored order."""
+    out: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.extend(flatten(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def status_of(run: Mapping[str, Any]) -> str:
+    """The run's status, with 'running' told apart from a run whose process has died."""
+    return "dead" if run_process_state(run) == "dead" else str(run["status"])
+
+
+# -- home --------------------------------------------------------------------------------------
+
+RUNS_SQL = """
+SELECT r.id, r.created_at, r.finished_at, r.status, r.prompt, r.mlm, r.fitness, r.seed,
+       r.generations_done, json_extract(r.config, '$.generations') AS generations_planned,
+       r.pid, r.host, r.process,
+       b.id AS best_id, b.fitness AS best_fitness, t.text AS best_text
+FROM runs r
+LEFT JOIN individuals b ON b.id = (
+    SELECT id FROM individuals WHERE run_id = r.id AND fitness IS NOT NULL
+    ORDER BY fitness DESC, id LIMIT 1)
+LEFT JOIN texts t ON t.id = b.text_id
+ORDER BY r.id DESC
+"""
+
+
+def runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every run, newest first: name, prompt, status, progress and best text so far."""
+    out = []
+    for row in _rows(conn, RUNS_SQL):
+        row["status"] = status_of(row)
+        for key in ("pid", "host", "process"):
+            row.pop(key)
+        # A model given as a folder is named by its last part: the path is on the run page.
+        model = PurePath(row["mlm"]).name if row["mlm"] else ""
+        row["name"] = f"run {row['id']} · {model}" if model else f"run {row['id']}"
+        out.append(row)
+    return out
+
+
+# -- run page ----------------------------------------------------------------------------------
+
+# The fittest individual of each distinct text (a window per text: a correlated subquery per
+# text took 7 s on a 30 x 100 run, this takes milliseconds).
+BEST_TEXTS_SQL = """
+SELECT b.id, b.generation, b.op, b.fitness, t.text
+FROM (
+    SELECT id, generation, op, fitness, text_id,
+           ROW_NUMBER() OVER (PARTITION BY text_id ORDER BY fitness DESC, id) AS rank
+    FROM individuals WHERE run_id = ? AND fitness IS NOT NULL
+) b
+JOIN texts t ON t.id = b.text_id
+WHERE b.rank = 1
+ORDER BY b.fitness DESC, b.id
+LIMIT ?
+"""
+
+
+def run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any] | None:
+    """One run with config, generation statistics, best texts and baselines; None if absent."""
+    found = _rows(conn, "SELECT * FROM runs WHERE id = ?", (run_id,))
+    if not found:
+        return None
+    row = found[0]
+    row["status"] = status_of(row)
+    row["config_items"] = flatten(_json(row["config"], {}))
+    row["generations"] = _rows(
+        conn,
+        "SELECT generation, best, mean, std, worst, n_evaluated, n_cache_hits, n_unique, "
+        "best_individual_id, seconds FROM generations WHERE run_id = ? ORDER BY generation",
+        (run_id,),
+    )
+    # Best distinct texts: an elite copied for 20 generations is one text, not 20 rows.
+    row["best"] = _rows(
+        conn,
+        BEST_TEXTS_SQL,
+        (run_id, N_BEST),
+    )
+    row["comparison"] = _comparison(conn, row)
+    return row
+
+
+def _comparison(conn: sqlite3.Connection, run_row: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's best text and its baselines with their stored scores, one column per scorer.
+
+    Scores are read from `scores` keyed by (text, prompt, scorer); a cell is the mean per
+    token (total / n_tokens), the number the comparison table of `evolve compare` shows.
+    """
+    prompt_id = text_id(run_row["prompt"])
+    texts: list[dict[str, Any]] = []
+    best = _rows(
+        conn,
+        "SELECT i.id, i.text_id, t.text FROM individuals i JOIN texts t ON t.id = i.text_id "
+        "WHERE i.run_id = ? AND i.fitness IS NOT NULL ORDER BY i.fitness DESC, i.id LIMIT 1",
+        (run_row["id"],),
+    )
+    if best:
+        texts.append(
+            {
+                "label": "evolved best",
+                "individual_id": best[0]["id"],
+                "text": best[0]["text"],
+                "text_id": best[0]["text_id"],
+                "prefix_id": prompt_id,
+                "seed": None,
+                "params": "",
+            }
+        )
+    for b in _rows(
+        conn,
+        "SELECT b.id, b.method, b.model, b.params, b.seed, b.text_id, b.prompt_id, t.text "
+        "FROM baselines b JOIN texts t ON t.id = b.text_id WHERE b.run_id = ? ORDER BY b.id",
+        (run_row["id"],),
+    ):
+        texts.append(
+            {
+                "label": f"{b['method']} ({b['model'] or '?'})",
+                "individual_id": None,
+                "text": b["text"],
+                "text_id": b["text_id"],
+                "prefix_id": b["prompt_id"],
+                "seed": b["seed"],
+                "params": b["params"] or "",
+                "baseline_id": b["id"],
+            }
+        )
+    scorers: list[str] = []
+    for entry in texts:
+        entry["scores"] = {}
+        for s in _rows(
+            conn,
+            "SELECT scorer, total, n_tokens FROM scores WHERE text_id = ? AND prefix_id = ? "
+            "ORDER BY scorer",
+            (entry["text_id"], entry["prefix_id"]),
+        ):
+            mean = s["total"] / s["n_tokens"] if s["total"] is not None and s["n_tokens"] else None
+            entry["scores"][s["scorer"]] = {**s, "mean": mean}
+            if s["scorer"] not in scorers:
+                scorers.append(s["scorer"])
+    return {"rows": texts, "scorers": sorted(scorers), "n_baselines": len(texts) - len(best)}
+
+
+# -- individual page: the ancestry tree ----------------------------------------------------------
+
+ANCESTRY_SQL = """
+WITH RECURSIVE anc(id) AS (
+    SELECT ?
+    UNION
+    SELECT p.parent_id FROM anc JOIN parents p ON p.child_id = anc.id
+)
+SELECT i.id, i.run_id, i.generation, i.position, i.op, i.fitness, i.span_start, i.span_end,
+       i.detail, i.n_tokens, t.text
+FROM (SELECT id FROM anc LIMIT ?) a
+JOIN individuals i ON i.id = a.id
+JOIN texts t ON t.id = i.text_id
+"""
+
+
+@dataclass
+class Node:
+    """One text in the tree: the individual that made it, and the copies that kept it."""
+
+    origin: dict[str, Any]  # the individual whose edit produced the text
+    kept_as: list[dict[str, Any]]  # later unchanged copies (elite, copy, mh_reject), newest first
+    parents: list[int]  # origin's parents, in order (crossover: parent 0, parent 1)
+    gain: float | None  # origin's fitness minus its best parent's
+    html: Markup  # the text with its edit marked
+    kind: str  # "initial", "mutation", "crossover"
+    missing_parents: int = 0  # parents beyond MAX_ANCESTORS, not read
+    parent_roles: dict[int, str] = field(default_factory=dict)  # parent id -> "p0" / "p1"
+
+
+@dataclass
+class Ancestry:
+    """The individual, its run's prompt, and its ancestry folded into Nodes."""
+
+    individual: dict[str, Any]
+    prompt: str
+    root: int  # origin id of the root node
+    nodes: dict[int, Node]
+    shown_as: dict[int, int]  # every individual read -> the node (origin id) it is shown in
+    truncated: bool
+
+
+def _origin(
+    ind_id: int, inds: Mapping[int, dict], parents: Mapping[int, list[int]]
+) -> tuple[int, list[dict]]:
+    """Follow unchanged single-parent copies back to the individual that made the text."""
+    kept: list[dict] = []
+    current = ind_id
+    while True:
+        ps = parents.get(current, [])
+        if len(ps) != 1 or ps[0] not in inds or inds[ps[0]]["text"] != inds[current]["text"]:
+            return current, kept
+        kept.append(inds[current])
+        current = ps[0]
+
+
+def ancestry(conn: sqlite3.Connection, individual_id: int) -> Ancestry | None:
+    """The ancestry of one individual as a tree of Nodes (None if there is no such id).
+
+    Ancestors reached along several paths (crossover of relatives) appear once in `nodes`;
+    chains of unchanged copies are folded into the node of the text's origin.
+    """
+    rows = _rows(conn, ANCESTRY_SQL, (individual_id, MAX_ANCESTORS))
+    inds = {r["id"]: r for r in rows}
+    if individual_id not in inds:
+        return None
+    parents: dict[int, list[int]] = {}
+    ids = list(inds)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for child, parent in conn.execute(
+            f"SELECT child_id, parent_id FROM parents WHERE child_id IN ({marks}) "
+            "ORDER BY child_id, position",
+            chunk,
+        ):
+            parents.setdefault(child, []).append(parent)
+    nodes: dict[int, Node] = {}
+    shown_as: dict[int, int] = {}
+    todo = [individual_id]
+    root: int | None = None
+    while todo:
+        current = todo.pop()
+        if current in shown_as:
+            continue
+        origin_id, kept = _origin(current, inds, parents)
+        shown_as[current] = origin_id
+        for copy in kept:
+            shown_as[copy["id"]] = origin_id
+        if root is None:
+            root = origin_id
+        if origin_id in nodes:
+            listed = {k["id"] for k in nodes[origin_id].kept_as}
+            nodes[origin_id].kept_as.extend(k for k in kept if k["id"] not in listed)
+            nodes[origin_id].kept_as.sort(key=lambda k: (-k["generation"], -k["id"]))
+            continue
+        origin = inds[origin_id]
+        origin["detail"] = _json(origin.get("detail"), {})
+        ps = parents.get(origin_id, [])
+        known = [p for p in ps if p in inds]
+        parent_texts = [inds[p]["text"] for p in known]
+        fits = [inds[p]["fitness"] for p in known if inds[p]["fitness"] is not None]
+        gain = origin["fitness"] - max(fits) if fits and origin["fitness"] is not None else None
+        kind = "initial" if not ps else ("mutation" if len(ps) == 1 else "crossover")
+        nodes[origin_id] = Node(
+            origin=origin,
+            kept_as=kept,
+            parents=known,
+            gain=gain,
+            html=to_html(edit_pieces(origin["text"], parent_texts)),
+            kind=kind,
+            missing_parents=len(ps) - len(known),
+            parent_roles={p: f"p{i}" for i, p in enumerate(known)} if kind == "crossover" else {},
+        )
+        todo.extend(reversed(known))
+    assert root is not None
+    prompt = conn.execute(
+        "SELECT prompt FROM runs WHERE id = ?", (inds[individual_id]["run_id"],)
+    ).fetchone()
+    return Ancestry(
+        individual=inds[individual_id],
+        prompt=prompt[0] if prompt else "",
+        root=root,
+        nodes=nodes,
+        shown_as=shown_as,
+        truncated=len(rows) >= MAX_ANCESTORS,
+    )
+
+
+def walk(tree: Ancestry) -> Iterator[tuple[str, int, int, str]]:
+    """Depth-first events over the tree without recursion (trees can be hundreds deep):
+    ("open", node id, depth, role) the first time a node is met, ("ref", ...) when it is met
+    again, ("close", ...) after its parents."""
+    seen: set[int] = set()
+    stack: list[tuple[str, int, int, str]] = [("visit", tree.root, 0, "")]
+    while stack:
+        action, node_id, depth, role = stack.pop()
+        if action == "close":
+            yield ("close", node_id, depth, role)
+            continue
+        if node_id in seen:
+            yield ("ref", node_id, depth, role)
+            continue
+        seen.add(node_id)
+        yield ("open", node_id, depth, role)
+        node = tree.nodes[node_id]
+        stack.append(("close", node_id, depth, role))
+        for parent in reversed(node.parents):
+            target = tree.shown_as.get(parent, parent)
+            stack.append(("visit", target, depth + 1, node.parent_roles.get(parent, "")))
