@@ -45,9 +45,9 @@ from typing import Any
 
 import torch
 
+from evolve.api import start_run
 from evolve.experiments.baselines import BaselineConfig, generate_baselines
 from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
-from evolve.api import start_run
 from evolve.store import LogStore
 from scoring.causal import CausalScorer
 from scoring.metrics import rep_n

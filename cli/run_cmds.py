@@ -12,7 +12,6 @@ import click
 
 from cli.common import db_option, resolve_db, unescape
 from cli.options import ConfigOptions
-from evolve.ga.config import RunConfig
 from evolve.api import (
     GenerationReport,
     Progress,
@@ -21,6 +20,7 @@ from evolve.api import (
     resume_run,
     start_run,
 )
+from evolve.ga.config import RunConfig
 from evolve.store import LogStore
 from scoring.errors import UserError
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from evolve.api import start_run
 from evolve.ga.config import MutationConfig, RunConfig
-from evolve.ga.engine import start_run
 from evolve.store import LogStore
 from evolve.web import app as web_app
 

@@ -33,6 +33,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "pid": "Process id of the process running it.",
             "host": "Host name of that process.",
             "process": "Token naming that process instance (boot id/pid namespace/start time).",
+            "prompt_id": "The prompt's text id: the prefix_id of the run's scores.",
         },
     ),
     "texts": (
@@ -89,6 +90,15 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "rng_state": "Random number generator state after the generation (for resume).",
             "state": "Engine state after the generation (JSON, for resume).",
             "created_at": "When it was written (UTC).",
+        },
+    ),
+    "run_texts": (
+        "Every text a run scored (its individuals, texts undone by Metropolis-Hastings, "
+        "offspring dropped by survivor selection), with the generation that first did.",
+        {
+            "run_id": "The run (runs.id).",
+            "text_id": "The scored continuation (texts.id).",
+            "generation": "The generation that scored it first.",
         },
     ),
     "scores": (
