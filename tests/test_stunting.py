@@ -139,7 +139,8 @@ def test_skip_mask_is_where_amplified_beats_naive(lm: LoadedModel) -> None:
     assert torch.equal(amp.toward, expect)
     assert 0 < int(expect.sum()) < expect.numel()  # both kinds present, so the test bites
     # The skip loss is the mean cross-entropy over exactly the other positions.
-    logits = lm.model(input_ids=windows[:, :-1]).logits
+    with torch.no_grad():
+        logits = lm.model(input_ids=windows[:, :-1]).logits
     loss, numbers = stunt_loss(logits, windows[:, 1:], amp, "skip")
     nll = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")
     assert float(loss.detach()) == pytest.approx(float(nll[~expect].mean()), abs=1e-6)
@@ -169,7 +170,7 @@ def test_penalty_term_matches_its_definition_and_is_bounded(lm: LoadedModel) -> 
             q.index_add_(0, amp.first[r, t], amp.weight[r, t])
             term += float((q * logp[r, t].clamp(min=floor)).sum())
     nll = F.cross_entropy(logits.detach().transpose(1, 2), windows[:, 1:])
-    assert float(loss) == pytest.approx(float(nll) + 0.7 * term / 16, abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(nll) + 0.7 * term / 16, abs=1e-5)
     assert -0.7 * math.log(300) <= 0.7 * term / 16 <= 0
     # Below the floor a beam token is no longer pushed: the term stops changing.
     v = int(amp.first[0, 0, 0])
@@ -206,7 +207,8 @@ def test_balance_weights_equalise_toward_and_away() -> None:
 def test_balance_loss_uses_the_weights(lm: LoadedModel) -> None:
     windows = training_windows(lm, _docs(TRAIN), 8)[:2]
     amp = amplify_windows(lm, windows, 3, 2)
-    logits = lm.model(input_ids=windows[:, :-1]).logits
+    with torch.no_grad():
+        logits = lm.model(input_ids=windows[:, :-1]).logits
     loss, _ = stunt_loss(logits, windows[:, 1:], amp, "balance", cap=10.0)
     w = balance_weights(amp.toward, (amp.q_x - amp.logp_x.exp()).abs(), 10.0)
     nll = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")
@@ -215,14 +217,16 @@ def test_balance_loss_uses_the_weights(lm: LoadedModel) -> None:
 
 @pytest.mark.parametrize("variant", ["skip", "penalty", "balance"])
 def test_same_seed_same_run(lm: LoadedModel, variant: str) -> None:
-    config = StuntConfig(variant=variant, steps=2, eval_every=1, lr=1e-3, seed=7, **FAST)
+    config = StuntConfig(variant=variant, steps=2, eval_every=2, lr=1e-3, seed=7, **FAST)
     a = run_stunt(lm, _docs(TRAIN), _docs(DEV), config)
     b = run_stunt(lm, _docs(TRAIN), _docs(DEV), config)
     assert a.rows == b.rows
     for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(x, y)
-    assert [e["step"] for e in a.evals] == [0, 1, 2]
-    assert a.summary["steps_done"] == 2 and a.summary["evaluations"] == 3
+    assert [e["step"] for e in a.evals] == [0, 2]
+    assert a.summary["steps_done"] == 2 and a.summary["evaluations"] == 2
+    if variant != "skip":
+        return
     other = run_stunt(lm, _docs(TRAIN), _docs(DEV), StuntConfig(**{**config.to_dict(), "seed": 8}))
     assert [s["windows"] for s in other.steps] != [s["windows"] for s in a.steps]
 
@@ -314,7 +318,7 @@ def test_cli_runs_stores_and_compares(tiny_gpt2_dir: Path, tmp_path: Path) -> No
     db = tmp_path / "s.db"
     ids = []
     for variant in ("none", "skip", "penalty", "balance"):
-        extra = ["--variant", variant, "--steps", "2", "--eval-every", "1", "--json"]
+        extra = ["--variant", variant, "--steps", "1", "--json"]
         result = _invoke([*_args(tiny_gpt2_dir, train, dev, db), *extra])
         assert result.exit_code == 0, result.output
         payload = json.loads(result.stdout)
@@ -325,7 +329,7 @@ def test_cli_runs_stores_and_compares(tiny_gpt2_dir: Path, tmp_path: Path) -> No
     assert exp["kind"] == "stunt" and exp["status"] == "finished"
     assert exp["config"]["variant"] == "skip" and exp["config"]["train"] == str(train)
     kinds = [r["kind"] for r in exp["rows"]]
-    assert kinds == ["eval", "step", "eval", "step", "eval"]
+    assert kinds == ["eval", "step", "eval"]
     text = _invoke([*_args(tiny_gpt2_dir, train, dev, db), "--steps", "1"])
     assert text.exit_code == 0 and "dev LL" in text.stdout and "cost:" in text.stdout
     png = tmp_path / "cmp.png"
