@@ -18,9 +18,10 @@ from cli.common import INTERRUPTED_EXIT, db_option, open_existing, resolve_db
 from cli.tables import format_table
 from evolve.experiments.amplify import load_documents
 from evolve.experiments.stunting import (
-    COMPARE_COLUMNS,
     DEFAULT_STEPS,
+    DEV_COLUMNS,
     KIND,
+    TRAIN_COLUMNS,
     VARIANTS,
     StuntConfig,
     StuntResult,
@@ -268,6 +269,13 @@ def _num(x: float | None, fmt: str = ".4f") -> str:
     return "" if x is None else format(x, fmt)
 
 
+def _pm(s: dict[str, Any], key: str) -> str:
+    change, se = s.get(f"{key}_change"), s.get(f"{key}_change_se")
+    if change is None:
+        return "n/a"
+    return f"{change:+.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+
 def render(exp_id: int, result: StuntResult) -> str:
     """The run as text: header, one line per dev evaluation, training numbers, cost."""
     s = result.summary
@@ -297,6 +305,13 @@ def render(exp_id: int, result: StuntResult) -> str:
         for e in result.evals
     ]
     lines.append(format_table(headers, rows, digits=4))
+    if s.get("dev_ll_change") is not None:
+        lines.append("")
+        lines.append(
+            f"change from step 0 to step {s['end_step']} (paired over the same dev positions): "
+            f"dev LL {_pm(s, 'dev_ll')}, gain λ=.1 {_pm(s, 'gain_0.1')}, "
+            f"gain λ=.01 {_pm(s, 'gain_0.01')}, slope {_pm(s, 'slope_at_0')}"
+        )
     cost = s["cost"]
     lines.append("")
     lines.append(
@@ -323,9 +338,14 @@ def _compare(ids: list[int] | None, png: Path | None, as_json: bool, db_path: Pa
     if as_json:
         click.echo(json.dumps({"png": str(path), "rows": rows}, indent=2))
         return
-    headers = [label for _, label in COMPARE_COLUMNS] + ["status"]
-    table = [[r[key] for key, _ in COMPARE_COLUMNS] + [r["status"]] for r in rows]
-    click.echo(format_table(headers, table, digits=4))
+    for title, columns in (
+        ("training", TRAIN_COLUMNS),
+        ("dev text (paired changes from step 0)", DEV_COLUMNS),
+    ):
+        click.echo(f"{title}:")
+        headers = [label for _, label in columns]
+        click.echo(format_table(headers, [[r[k] for k, _ in columns] for r in rows], digits=4))
+        click.echo("")
     click.echo(f"picture: {path}")
 
 

@@ -240,6 +240,22 @@ def test_first_evaluation_is_amplify_on_the_loaded_weights(lm: LoadedModel) -> N
     assert first["slope_at_0"] == ref["arith"]["slope_at_0"]
     assert first["gain_0.1"] == ref["arith"]["by_lambda"][2]["gain"]
     assert result.evals[-1]["dev_ll"] != first["dev_ll"]  # the weights moved
+    # The paired change is the mean of per-position differences, and it matches the means.
+    s = result.summary
+    assert s["dev_ll_change"] == pytest.approx(s["dev_ll_end"] - s["dev_ll_start"], abs=1e-9)
+    assert s["gain_0.1_change"] == pytest.approx(s["gain_0.1_end"] - s["gain_0.1_start"], abs=1e-9)
+    assert s["slope_at_0_change"] == pytest.approx(
+        s["slope_at_0_end"] - s["slope_at_0_start"], abs=1e-9
+    )
+    diffs = [
+        b - a
+        for a, b in zip(
+            first["per_position"]["logp"], result.evals[-1]["per_position"]["logp"], strict=True
+        )
+    ]
+    mean = sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    assert s["dev_ll_change_se"] == pytest.approx(se)
 
 
 def test_epochs_and_interrupt(lm: LoadedModel) -> None:
@@ -337,9 +353,11 @@ def test_cli_runs_stores_and_compares(tiny_gpt2_dir: Path, tmp_path: Path) -> No
     assert cmp.exit_code == 0, cmp.output
     assert png.stat().st_size > 1000
     lines = cmp.stdout.splitlines()
-    assert "dev LL end" in lines[0]
-    assert [line.split()[1] for line in lines[2:6]] == ["none", "skip", "penalty", "balance"]
-    assert lines[2].split()[0] == str(ids[-1] + 1)  # the newest "none" run
+    assert lines[0] == "training:" and "train NLL first" in lines[1]
+    assert [line.split()[1] for line in lines[3:7]] == ["none", "skip", "penalty", "balance"]
+    assert lines[3].split()[0] == str(ids[-1] + 1)  # the newest "none" run
+    dev_at = lines.index("dev text (paired changes from step 0):")
+    assert "Δ gain .1" in lines[dev_at + 1] and len(lines[dev_at + 3 : dev_at + 7]) == 4
     chosen = _invoke(["--compare", "--db", str(db), "--png", str(png), "--experiments",
                       f"{ids[0]},{ids[2]}", "--json"])  # fmt: skip
     assert [r["id"] for r in json.loads(chosen.stdout)["rows"]] == [ids[0], ids[2]]

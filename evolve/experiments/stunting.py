@@ -342,12 +342,17 @@ class StuntResult:
 
 
 def evaluate_dev(lm: LoadedModel, dev: Sequence[Document], config: StuntConfig) -> dict[str, Any]:
-    """One dev evaluation with `run_amplify` on the current weights: LL, gains, slope."""
+    """One dev evaluation with `run_amplify` on the current weights: LL, gains, slope.
+
+    Also keeps, per dev position, log p, log a(0.01), log a(0.1) and q/p at the real token, so
+    that changes between evaluations (always the same positions) get paired standard errors.
+    """
     result = run_amplify(lm, dev, config.amplify_config())
     if result.interrupted:
         raise KeyboardInterrupt  # a partial evaluation is not comparable with the others
     s = result.summary
     by_lam = {row["lambda"]: row for row in s["arith"]["by_lambda"]}
+    at = {lam: EVAL_LAMBDAS.index(lam) for lam in (0.01, 0.1)}
     return {
         "positions": s["positions"],
         "dev_ll": s["naive_mean_ll"],
@@ -359,7 +364,53 @@ def evaluate_dev(lm: LoadedModel, dev: Sequence[Document], config: StuntConfig) 
         "slope_se": s["arith"]["slope_se"],
         "beam_coverage": s["beam_coverage"],
         "helped": by_lam[0.1]["helped"],
+        "per_position": {
+            "logp": [r["logp"] for r in result.rows],
+            "log_a_0.01": [r["log_arith"][at[0.01]] for r in result.rows],
+            "log_a_0.1": [r["log_arith"][at[0.1]] for r in result.rows],
+            "q_over_p": [
+                0.0 if r["logq"] is None else math.exp(r["logq"] - r["logp"]) for r in result.rows
+            ],
+        },
     }
+
+
+def paired_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """Change of dev LL, gains and slope between two evaluations, with paired standard errors.
+
+    Both evaluations score the same dev positions, so the per-position differences give the
+    standard error of the change (much smaller than that of either mean when positions vary
+    more than the change does). None where undefined (one position, or a gain of -inf).
+    """
+    a, b = first["per_position"], last["per_position"]
+
+    def per_position(key: str) -> list[float] | None:
+        if key == "dev_ll":
+            return [y - x for x, y in zip(a["logp"], b["logp"], strict=True)]
+        if key == "slope_at_0":
+            return [y - x for x, y in zip(a["q_over_p"], b["q_over_p"], strict=True)]
+        lam = key.removeprefix("gain_")
+        diffs = []
+        for pa, aa, pb, ab in zip(
+            a["logp"], a[f"log_a_{lam}"], b["logp"], b[f"log_a_{lam}"], strict=True
+        ):
+            if aa is None or ab is None:
+                return None
+            diffs.append((ab - pb) - (aa - pa))
+        return diffs
+
+    out: dict[str, Any] = {}
+    for key in ("dev_ll", "gain_0.01", "gain_0.1", "slope_at_0"):
+        d = per_position(key)
+        n = len(d) if d else 0
+        mean = math.fsum(d) / n if d else None
+        se = None
+        if d and n > 1:
+            var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
+            se = math.sqrt(var / n)
+        out[f"{key}_change"] = mean
+        out[f"{key}_change_se"] = se
+    return out
 
 
 def run_stunt(
@@ -466,6 +517,7 @@ def summarise(
         return math.fsum(vals) / len(vals) if vals else None
 
     first, last = (evals[0], evals[-1]) if evals else ({}, {})
+    changes = paired_change(first, last) if len(evals) > 1 else {}
     tail = steps[-max(1, len(steps) // 4) :] if steps else []
     return {
         "variant": config.variant,
@@ -484,28 +536,40 @@ def summarise(
         **{f"{k}_start": first.get(k) for k in ("dev_ll", "gain_0.01", "gain_0.1", "slope_at_0")},
         **{f"{k}_end": last.get(k) for k in ("dev_ll", "gain_0.01", "gain_0.1", "slope_at_0")},
         "end_step": last.get("step"),
+        **changes,
     }
 
 
 # -- comparing stored runs ---------------------------------------------------------------------
 
 
-COMPARE_COLUMNS = (
+TRAIN_COLUMNS = (
     ("id", "id"),
     ("variant", "variant"),
     ("alpha", "alpha"),
     ("steps_done", "steps"),
+    ("updates", "updates"),
     ("train_nll_first", "train NLL first"),
     ("train_nll_last_quarter", "train NLL last 1/4"),
-    ("affected_share", "affected"),
     ("toward_share", "toward"),
+    ("affected_share", "affected"),
+    ("status", "status"),
+)
+DEV_COLUMNS = (
+    ("id", "id"),
+    ("variant", "variant"),
+    ("end_step", "at step"),
     ("dev_ll_start", "dev LL start"),
-    ("dev_ll_end", "dev LL end"),
-    ("gain_0.01_end", "gain .01 end"),
+    ("dev_ll_change", "Δ dev LL"),
+    ("dev_ll_change_se", "± se"),
     ("gain_0.1_start", "gain .1 start"),
-    ("gain_0.1_end", "gain .1 end"),
+    ("gain_0.1_change", "Δ gain .1"),
+    ("gain_0.1_change_se", "± se"),
+    ("gain_0.01_change", "Δ gain .01"),
+    ("gain_0.01_change_se", "± se"),
     ("slope_at_0_start", "slope start"),
-    ("slope_at_0_end", "slope end"),
+    ("slope_at_0_change", "Δ slope"),
+    ("slope_at_0_change_se", "± se"),
 )
 
 
@@ -516,7 +580,7 @@ def compare_rows(experiments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if exp.get("kind") != KIND:
             raise UserError(f"experiment {exp.get('id')} is a {exp.get('kind')!r}, not a stunt run")
         s = exp["summary"]
-        row = {key: s.get(key) for key, _ in COMPARE_COLUMNS}
+        row = {key: s.get(key) for key, _ in (*TRAIN_COLUMNS, *DEV_COLUMNS)}
         row["id"] = exp["id"]
         row["status"] = exp["status"]
         out.append(row)
