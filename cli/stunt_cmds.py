@@ -48,7 +48,8 @@ class _Bar:
 
             # disable=None: no bar when stderr is not a terminal (pipes, tests, logs).
             self.bar = tqdm(total=total, unit="step", file=sys.stderr, disable=None)
-        self.bar.set_postfix({k: f"{v:.3f}" for k, v in latest.items()}, refresh=False)
+        shown = {k: f"{v:.3f}" for k, v in latest.items() if v is not None}
+        self.bar.set_postfix(shown, refresh=False)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -205,6 +206,8 @@ def stunt(
     if compare:
         _compare(_parse_ids(experiments), png, as_json, db_path)
         return
+    if experiments is not None or png is not None:
+        raise UserError("--experiments and --png go with --compare")
     if train_file is None or dev_file is None:
         raise UserError("give --train FILE and --dev FILE (or --compare)")
     config = StuntConfig(

@@ -411,6 +411,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(
         assert len(result.output.strip().splitlines()[-1]) < 300
         assert not db.exists(), extra
     assert _invoke(["--db", str(db)]).exit_code == 2
+    assert _invoke([*base, "--png", str(tmp_path / "x.png")]).exit_code == 2
     result = _invoke(["--compare", "--db", str(db)])
     assert result.exit_code != 0 and not db.exists()
 

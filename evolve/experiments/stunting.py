@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from evolve.experiments.amplify import (
     AmplifyConfig,
@@ -583,6 +584,8 @@ def compare_rows(experiments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {key: s.get(key) for key, _ in (*TRAIN_COLUMNS, *DEV_COLUMNS)}
         row["id"] = exp["id"]
         row["status"] = exp["status"]
+        if s.get("variant") != "penalty":
+            row["alpha"] = None  # alpha only acts in the penalty variant
         out.append(row)
     return out
 
@@ -612,6 +615,7 @@ def compare_figure(experiments: Sequence[dict[str, Any]]) -> Figure:
     for ax, _, title in panels:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in (axes[0][1], axes[1][0], axes[1][1]):
         ax.axhline(0.0, color="grey", linewidth=0.8)
