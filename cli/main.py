@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import click
 
-from cli import amplify_cmds, baseline_cmds, run_cmds, scoring_cmds, serve_cmds, store_cmds
+from cli import (
+    amplify_cmds,
+    baseline_cmds,
+    run_cmds,
+    scoring_cmds,
+    serve_cmds,
+    store_cmds,
+    stunt_cmds,
+)
 from cli.common import ErrorTranslatingGroup
 
 
@@ -18,6 +26,7 @@ def cli() -> None:
     """Evolve text with a masked language model and log every individual to SQLite."""
 
 
-for _module in (scoring_cmds, run_cmds, store_cmds, baseline_cmds, amplify_cmds, serve_cmds):
+_MODULES = (scoring_cmds, run_cmds, store_cmds, baseline_cmds, amplify_cmds, stunt_cmds, serve_cmds)
+for _module in _MODULES:
     for _command in _module.COMMANDS:
         cli.add_command(_command)

@@ -1,0 +1,355 @@
+"""`evolve stunt`: fine-tune a causal LM with or without stunting, monitoring lookahead gain.
+
+Options in, `StuntConfig` out; the experiment lives in `evolve.experiments.stunting`. A run is
+stored as an experiment of kind "stunt" (summary + one row per step and per dev evaluation);
+`evolve stunt --compare` puts stored runs side by side as a table and a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.common import INTERRUPTED_EXIT, db_option, open_existing, resolve_db
+from cli.tables import format_table
+from evolve.experiments.amplify import load_documents
+from evolve.experiments.stunting import (
+    DEFAULT_STEPS,
+    DEV_COLUMNS,
+    KIND,
+    TRAIN_COLUMNS,
+    VARIANTS,
+    StuntConfig,
+    StuntResult,
+    compare_figure,
+    compare_rows,
+    run_stunt,
+)
+from evolve.store import LogStore
+from scoring.errors import UserError
+from scoring.models import check_kind, load_model
+
+_d = StuntConfig()
+
+
+class _Bar:
+    """A tqdm bar (steps, with ETA and the latest numbers) on stderr, made on the first report."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int, latest: dict[str, Any]) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            # disable=None: no bar when stderr is not a terminal (pipes, tests, logs).
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr, disable=None)
+        shown = {k: f"{v:.3f}" for k, v in latest.items() if v is not None}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _parse_ids(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ids = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError as exc:
+        raise UserError(f"--experiments takes comma-separated ids, got {text!r}") from exc
+    if not ids:
+        raise UserError("--experiments names no experiment")
+    return ids
+
+
+@click.command()
+@click.option(
+    "--train",
+    "train_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="UTF-8 training text (blank lines separate documents).",
+)
+@click.option(
+    "--dev",
+    "dev_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="UTF-8 held-out text for monitoring.",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(VARIANTS),
+    default=_d.variant,
+    show_default=True,
+    help="none: plain; skip: drop positions where lookahead beats p; penalty: push away from "
+    "lookahead; balance: reweight toward/away positions.",
+)
+@click.option(
+    "--alpha", type=float, default=_d.alpha, show_default=True, help="Penalty weight (penalty)."
+)
+@click.option("--steps", type=int, default=None, help=f"Optimiser steps [default {DEFAULT_STEPS}].")
+@click.option(
+    "--epochs", type=float, default=None, help="Passes over the text, instead of --steps."
+)
+@click.option("--lr", type=float, default=_d.lr, show_default=True, help="AdamW learning rate.")
+@click.option(
+    "--seq-len", type=int, default=_d.seq_len, show_default=True, help="Target tokens per window."
+)
+@click.option(
+    "--batch-tokens",
+    type=int,
+    default=_d.batch_tokens,
+    show_default=True,
+    help="Target tokens per step (windows per step = this // seq-len).",
+)
+@click.option("--beams", "-B", type=int, default=_d.beams, show_default=True, help="Beam width.")
+@click.option(
+    "--depth", "-D", type=int, default=_d.depth, show_default=True, help="Lookahead tokens."
+)
+@click.option(
+    "--eval-every",
+    type=int,
+    default=_d.eval_every,
+    show_default=True,
+    help="Steps between dev evaluations (also at step 0 and the last).",
+)
+@click.option(
+    "--dev-positions",
+    type=int,
+    default=_d.dev_positions,
+    show_default=True,
+    help="Dev positions per evaluation.",
+)
+@click.option(
+    "--dev-stride",
+    type=int,
+    default=_d.dev_stride,
+    show_default=True,
+    help="Score every k-th dev token.",
+)
+@click.option(
+    "--balance-cap",
+    type=float,
+    default=_d.balance_cap,
+    show_default=True,
+    help="Largest toward/away weight ratio (balance).",
+)
+@click.option(
+    "--unwrap/--no-unwrap",
+    default=_d.unwrap,
+    show_default=True,
+    help="Join hard-wrapped lines within a paragraph.",
+)
+@click.option("--model", default=_d.model, show_default=True, help="Causal LM preset/folder/id.")
+@click.option("--seed", type=int, default=_d.seed, show_default=True, help="Random seed.")
+@click.option(
+    "--save",
+    "save_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save the fine-tuned weights here (new or empty folder).",
+)
+@click.option("--compare", is_flag=True, help="Compare stored stunt runs instead of training.")
+@click.option(
+    "--experiments",
+    default=None,
+    help="With --compare: comma-separated ids [default: the newest run of each variant].",
+)
+@click.option(
+    "--png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --compare: the picture's path [default: stunt-compare.png beside the database].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or table) as JSON.")
+@db_option
+def stunt(
+    train_file: Path | None,
+    dev_file: Path | None,
+    variant: str,
+    alpha: float,
+    steps: int | None,
+    epochs: float | None,
+    lr: float,
+    seq_len: int,
+    batch_tokens: int,
+    beams: int,
+    depth: int,
+    eval_every: int,
+    dev_positions: int,
+    dev_stride: int,
+    balance_cap: float,
+    unwrap: bool,
+    model: str,
+    seed: int,
+    save_dir: Path | None,
+    compare: bool,
+    experiments: str | None,
+    png: Path | None,
+    as_json: bool,
+    db_path: Path | None,
+) -> None:
+    """Fine-tune a causal LM, optionally refusing updates toward its beam-search lookahead.
+
+    Before each update, beam search (width B, depth D) from every target position gives the
+    lookahead distribution q, as in `evolve amplify`; the variant decides what the update
+    does with positions where q beats p at the real token. The dev text is scored with
+    `evolve amplify`'s numbers (log-likelihood, gain at λ = 0.01 and 0.1, slope at 0) at step
+    0, every --eval-every steps and at the end. Definitions: docs/stunting.md.
+    """
+    if compare:
+        _compare(_parse_ids(experiments), png, as_json, db_path)
+        return
+    if experiments is not None or png is not None:
+        raise UserError("--experiments and --png go with --compare")
+    if train_file is None or dev_file is None:
+        raise UserError("give --train FILE and --dev FILE (or --compare)")
+    config = StuntConfig(
+        variant=variant,
+        alpha=alpha,
+        steps=steps,
+        epochs=epochs,
+        lr=lr,
+        seq_len=seq_len,
+        batch_tokens=batch_tokens,
+        beams=beams,
+        depth=depth,
+        eval_every=eval_every,
+        dev_positions=dev_positions,
+        dev_stride=dev_stride,
+        balance_cap=balance_cap,
+        unwrap=unwrap,
+        model=model,
+        seed=seed,
+    ).validate()
+    train = load_documents(files=[train_file], unwrap=unwrap)
+    dev = load_documents(files=[dev_file], unwrap=unwrap)
+    if save_dir is not None and save_dir.exists() and any(save_dir.iterdir()):
+        raise UserError(f"--save folder {save_dir} is not empty")
+    db = resolve_db(db_path)
+    if db.is_dir():
+        raise UserError(f"--db {db} is a folder")
+    if db.exists():
+        with LogStore(db):  # fail on a bad database before minutes of training
+            pass
+    check_kind(config.model, "causal")  # a masked LM is refused before it is loaded
+    lm = load_model(config.model, "causal", config.device)
+    bar = _Bar()
+    try:
+        result = run_stunt(lm, train, dev, config, progress=bar)
+    finally:
+        bar.close()
+    stored = config.to_dict() | {"train": str(train_file), "dev": str(dev_file)}
+    if save_dir is not None:
+        result.model.save_pretrained(save_dir)
+        lm.tokenizer.save_pretrained(save_dir)
+        stored["saved_to"] = str(save_dir)
+    with LogStore(db) as store:
+        exp_id = store.add_experiment(
+            kind=KIND,
+            config=stored,
+            summary=result.summary,
+            rows=result.rows,
+            status=result.status,
+        )
+    if as_json:
+        payload = {"experiment_id": exp_id, "status": result.status, "config": stored}
+        click.echo(json.dumps(payload | {"summary": result.summary}, indent=2))
+    else:
+        click.echo(render(exp_id, result))
+    if result.interrupted:
+        click.echo(f"interrupted: {len(result.steps)} steps kept", err=True)
+        raise click.exceptions.Exit(INTERRUPTED_EXIT)
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "" if x is None else format(x, fmt)
+
+
+def _pm(s: dict[str, Any], key: str) -> str:
+    change, se = s.get(f"{key}_change"), s.get(f"{key}_change_se")
+    if change is None:
+        return "n/a"
+    return f"{change:+.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+
+def render(exp_id: int, result: StuntResult) -> str:
+    """The run as text: header, one line per dev evaluation, training numbers, cost."""
+    s = result.summary
+    c = result.config
+    lines = [
+        f"stunt experiment {exp_id} ({result.status}): variant {c.variant}"
+        + (f" alpha={c.alpha:g}" if c.variant == "penalty" else "")
+        + f", model {s['model']}, {s['steps_done']}/{s['steps_planned']} steps of "
+        f"{c.rows_per_step}x{c.seq_len} tokens ({s['updates']} updates), B={c.beams} D={c.depth}",
+        f"training NLL: first step {_num(s['train_nll_first'])}, last quarter "
+        f"{_num(s['train_nll_last_quarter'])} nats/token; toward positions (q > p at the real "
+        f"token) {_num(s['toward_share'], '.1%')}, affected by the variant "
+        f"{_num(s['affected_share'], '.1%')}",
+        "",
+    ]
+    headers = ["step", "dev LL", "gain λ=.01", "gain λ=.1", "slope at 0", "± se", "coverage"]
+    rows = [
+        [
+            e["step"],
+            e["dev_ll"],
+            e["gain_0.01"],
+            e["gain_0.1"],
+            e["slope_at_0"],
+            e["slope_se"],
+            e["beam_coverage"],
+        ]
+        for e in result.evals
+    ]
+    lines.append(format_table(headers, rows, digits=4))
+    if s.get("dev_ll_change") is not None:
+        lines.append("")
+        lines.append(
+            f"change from step 0 to step {s['end_step']} (paired over the same dev positions): "
+            f"dev LL {_pm(s, 'dev_ll')}, gain λ=.1 {_pm(s, 'gain_0.1')}, "
+            f"gain λ=.01 {_pm(s, 'gain_0.01')}, slope {_pm(s, 'slope_at_0')}"
+        )
+    cost = s["cost"]
+    lines.append("")
+    lines.append(
+        f"cost: {cost['seconds']:.1f} s in all: lookahead {cost['lookahead_seconds']:.1f} s, "
+        f"updates {cost['update_seconds']:.1f} s, dev evaluations {cost['eval_seconds']:.1f} s"
+    )
+    return "\n".join(lines)
+
+
+def _compare(ids: list[int] | None, png: Path | None, as_json: bool, db_path: Path | None) -> None:
+    with open_existing(db_path) as store:
+        if ids is None:
+            newest: dict[str, int] = {}
+            for exp in store.experiments(kind=KIND):  # newest first
+                newest.setdefault(str(exp["summary"].get("variant")), exp["id"])
+            ids = [newest[v] for v in VARIANTS if v in newest]
+            if not ids:
+                raise UserError(f"no stunt experiments in {store.path}; run `evolve stunt` first")
+        exps = [store.experiment(i) for i in ids]
+        path = png if png is not None else store.path.parent / "stunt-compare.png"
+    rows = compare_rows(exps)
+    fig = compare_figure(exps)
+    fig.savefig(path)
+    if as_json:
+        click.echo(json.dumps({"png": str(path), "rows": rows}, indent=2))
+        return
+    for title, columns in (
+        ("training", TRAIN_COLUMNS),
+        ("dev text (paired changes from step 0)", DEV_COLUMNS),
+    ):
+        click.echo(f"{title}:")
+        headers = [label for _, label in columns]
+        click.echo(format_table(headers, [[r[k] for k, _ in columns] for r in rows], digits=4))
+        click.echo("")
+    click.echo(f"picture: {path}")
+
+
+COMMANDS: list[click.Command] = [stunt]
