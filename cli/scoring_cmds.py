@@ -13,7 +13,8 @@ import click
 from cli.tables import format_table
 from scoring.errors import UserError
 from scoring.models import DEFAULT_MLM, load_mlm, preset_status
-from scoring.pll import VARIANTS, PLLScorer
+from scoring.names import PLL_VARIANTS
+from scoring.pll import PLLScorer
 
 TEXT_WIDTH = 50  # score table: enough of each text to recognise it
 
@@ -40,7 +41,7 @@ def _join(prefix: str, text: str) -> str:
 )
 @click.option(
     "--variant",
-    type=click.Choice(VARIANTS),
+    type=click.Choice(PLL_VARIANTS),
     default="original",
     show_default=True,
     help="PLL variant: original (Salazar et al. 2020) or word_l2r (Kauf & Ivanova 2023).",

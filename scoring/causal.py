@@ -18,36 +18,34 @@ in the tests to 1e-4). Logits are computed only from the prefix's last position 
 from __future__ import annotations
 
 import inspect
-import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from scoring.base import CachedScorer, ScorerStats
 from scoring.errors import UserError
 from scoring.models import LoadedModel
-from scoring.results import TokenScores
+from scoring.names import causal_scorer_name
 
 START_TOKEN = "<|endoftext|>"
 
 
-CausalResult = TokenScores  # log p(continuation | prefix): total and per-token log-probabilities
-
-
 @dataclass
-class CausalStats:
-    """Counters since the scorer was made."""
+class CausalStats(ScorerStats):
+    """Counters since the scorer was made (or since ``reset``)."""
 
-    texts: int = 0  # continuations requested
-    cache_hits: int = 0  # answered from the cache (or a duplicate in the same call)
     forward_rows: int = 0  # sequences run through the model
     forward_passes: int = 0  # model forward calls
 
 
 def start_token_id(tokenizer: Any) -> int:
-    """The token that conditions the first token when the prefix is empty (module docstring)."""
+    """The token that conditions the first token when the prefix is empty (module docstring).
+
+    The one rule for every causal-LM consumer (`CausalScorer`, the amplify lookahead), so
+    they score the first token of a text alike.
+    """
     vocab_id = tokenizer.get_vocab().get(START_TOKEN)
     if vocab_id is not None:
         return int(vocab_id)
@@ -58,7 +56,7 @@ def start_token_id(tokenizer: Any) -> int:
     raise UserError("the causal LM's tokenizer has no BOS or EOS token to start a text with")
 
 
-class CausalScorer:
+class CausalScorer(CachedScorer):
     """Batched, cached log p(continuation | prefix) under a causal LM."""
 
     def __init__(
@@ -66,75 +64,33 @@ class CausalScorer:
     ) -> None:
         if tokens_per_batch < 1:
             raise UserError(f"tokens_per_batch must be at least 1, got {tokens_per_batch}")
-        self.lm = lm
+        super().__init__(lm, cache_size)
+        self.name = causal_scorer_name(lm.name)
         self.tokens_per_batch = tokens_per_batch
-        self.cache_size = cache_size
-        self.stats = CausalStats()
+        self.stats: CausalStats = CausalStats()
         self._start_id = start_token_id(lm.tokenizer)
         pad = getattr(lm.tokenizer, "pad_token_id", None)
         self._pad_id = int(pad) if pad is not None else self._start_id
         params = inspect.signature(lm.model.forward).parameters
         self._keep_arg = "logits_to_keep" in params
-        self._cache: OrderedDict[tuple[tuple[int, ...], tuple[int, ...]], CausalResult] = (
-            OrderedDict()
-        )
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
+    def _context(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
+        return prefix if prefix else (self._start_id,)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without special tokens, as ``score`` tokenises it."""
-        return list(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def score(self, continuations: Sequence[str], prefix: str = "") -> list[CausalResult]:
-        """log p(text | prefix) for each text; prefix and texts are tokenised separately."""
-        if isinstance(continuations, str):
-            continuations = [continuations]
-        if not continuations:
-            return []
-        prefix_ids = self.encode(prefix) if prefix else []
-        conts = self.lm.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
-        return self.score_ids(conts, prefix_ids)
-
-    def score_ids(
-        self, cont_ids_list: Sequence[Sequence[int]], prefix_ids: Sequence[int] = ()
-    ) -> list[CausalResult]:
-        """log p(continuation | prefix) for token id lists (no special tokens)."""
-        prefix = tuple(int(i) for i in prefix_ids)
-        context = prefix if prefix else (self._start_id,)
-        keys = [(prefix, tuple(int(i) for i in c)) for c in cont_ids_list]
+    def _check_lengths(self, prefix: tuple[int, ...], conts: list[tuple[int, ...]]) -> None:
+        context = self._context(prefix)
         limit = self.lm.max_length
-        for i, (_, cont) in enumerate(keys):
+        for i, cont in enumerate(conts):
             if len(context) + len(cont) > limit:
                 raise UserError(
                     f"text {i + 1} is {len(context) + len(cont)} tokens long with its prefix "
                     f"({len(context)} + {len(cont)}); {self.lm.name} takes at most {limit}"
                 )
-        self.stats.texts += len(keys)
-        found: dict[tuple[tuple[int, ...], tuple[int, ...]], CausalResult] = {}
-        todo: list[tuple[int, ...]] = []
-        for key in keys:
-            if key in found:
-                self.stats.cache_hits += 1
-                continue
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                self.stats.cache_hits += 1
-                found[key] = hit
-            elif not key[1]:
-                found[key] = CausalResult(0.0, (), 0)
-            else:
-                found[key] = CausalResult(0.0, (), 0)  # placeholder; dedupes repeats
-                todo.append(key[1])
-        for cont, lps in zip(todo, self._run(context, todo), strict=True):
-            result = CausalResult(float(math.fsum(lps)), lps, len(lps))
-            found[(prefix, cont)] = result
-            if self.cache_size > 0:
-                self._cache[(prefix, cont)] = result
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        return [found[k] for k in keys]
+
+    def _compute(
+        self, prefix: tuple[int, ...], conts: list[tuple[int, ...]]
+    ) -> list[Sequence[float]]:
+        return list(self._run(self._context(prefix), conts))
 
     def _run(
         self, context: tuple[int, ...], conts: list[tuple[int, ...]]

@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """Bad input from the user: an unusable model, option, prompt, run id or file."""
+
+
+class ModelLoadError(UserError):
+    """A model name or folder that cannot be loaded as the requested kind."""

@@ -20,144 +20,32 @@ matmul units, but approximate (PLL off by ~0.05-0.5 nats per text); fp32 is the 
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from scoring.base import CachedScorer, Key, ScorerStats
 from scoring.errors import UserError
+from scoring.heads import logits_at, mlm_logits, pad_id, split_model
 from scoring.models import LoadedModel
+from scoring.names import PLL_VARIANTS, PLLVariant, pll_scorer_name
 from scoring.results import TokenScores
+from scoring.template import special_template
 from scoring.words import word_starts
 
-Variant = Literal["original", "word_l2r"]
 DType = Literal["fp32", "bf16"]
-VARIANTS: tuple[Variant, ...] = ("original", "word_l2r")
 DTYPES: tuple[DType, ...] = ("fp32", "bf16")
-
-Head = Callable[[torch.Tensor], torch.Tensor]
-Key = tuple[tuple[int, ...], tuple[int, ...]]  # (prefix ids, continuation ids)
-
-
-PLLResult = TokenScores  # PLL of one continuation: total and per-token log-probabilities
 
 
 @dataclass
-class PLLStats:
+class PLLStats(ScorerStats):
     """Counters since the scorer was made (or since ``reset``)."""
 
-    texts: int = 0  # continuations requested
-    cache_hits: int = 0  # answered from the cache (or a duplicate in the same call)
     forward_rows: int = 0  # masked copies run through the model
     forward_passes: int = 0  # model forward calls
     forward_tokens: int = 0  # rows x padded length, summed over passes
-
-    def reset(self) -> None:
-        self.texts = self.cache_hits = self.forward_rows = 0
-        self.forward_passes = self.forward_tokens = 0
-
-
-def special_template(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The special ids the tokenizer puts before and after a single sequence.
-
-    transformers 5 fast tokenizers lack ``build_inputs_with_special_tokens``, so the template
-    is read off by encoding a probe text with and without special tokens.
-    """
-    probe = "hello world"
-    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-    n = len(plain)
-    for start in range(len(full) - n + 1):
-        if full[start : start + n] == plain:
-            return tuple(full[:start]), tuple(full[start + n :])
-    cls = getattr(tokenizer, "cls_token_id", None)
-    sep = getattr(tokenizer, "sep_token_id", None)
-    return ((cls,) if cls is not None else ()), ((sep,) if sep is not None else ())
-
-
-def _pad_id(lm: LoadedModel) -> int:
-    # RoBERTa derives position ids from the pad id given in its config: pad with exactly that.
-    cfg_pad = getattr(lm.model.config, "pad_token_id", None)
-    if cfg_pad is not None:
-        return int(cfg_pad)
-    tok_pad = getattr(lm.tokenizer, "pad_token_id", None)
-    return int(tok_pad) if tok_pad is not None else 0
-
-
-def mlm_logits(output: Any) -> torch.Tensor:
-    """The vocabulary logits of a masked LM's output (``*ForPreTraining`` names them apart)."""
-    logits = getattr(output, "logits", None)
-    return logits if logits is not None else output.prediction_logits
-
-
-def _head_candidates(model: torch.nn.Module) -> list[Head]:
-    """Known MLM heads that act on each position independently (so they can be gathered)."""
-    out: list[Head] = []
-    cls = getattr(model, "cls", None)
-    if cls is not None and hasattr(cls, "predictions"):  # BERT, MegatronBERT, ...
-        out.append(cls.predictions)
-    if cls is not None and not hasattr(cls, "predictions"):  # DeBERTa-v2 legacy head
-        out.append(cls)
-    lm_head = getattr(model, "lm_head", None)
-    if isinstance(lm_head, torch.nn.Module):  # RoBERTa, XLM-R, CamemBERT, MPNet, ...
-        out.append(lm_head)
-    predictions = getattr(model, "predictions", None)
-    if isinstance(predictions, torch.nn.Module):  # ALBERT
-        out.append(predictions)
-    if all(hasattr(model, a) for a in ("vocab_transform", "vocab_layer_norm", "vocab_projector")):
-        m = model  # DistilBERT
-
-        def distil(h: torch.Tensor) -> torch.Tensor:
-            act = m.activation(m.vocab_transform(h))
-            return m.vocab_projector(m.vocab_layer_norm(act))
-
-        out.append(distil)
-    if hasattr(model, "generator_predictions") and hasattr(model, "generator_lm_head"):
-        m2 = model  # ELECTRA generator
-
-        def electra(h: torch.Tensor) -> torch.Tensor:
-            return m2.generator_lm_head(m2.generator_predictions(h))
-
-        out.append(electra)
-    head, decoder = getattr(model, "head", None), getattr(model, "decoder", None)
-    if isinstance(head, torch.nn.Module) and isinstance(decoder, torch.nn.Module):
-        hd, dec = head, decoder  # ModernBERT
-
-        def modern(h: torch.Tensor) -> torch.Tensor:
-            return dec(hd(h))
-
-        out.append(modern)
-    return out
-
-
-def _split_model(lm: LoadedModel, probe: list[int]) -> tuple[torch.nn.Module, Head] | None:
-    """Find (body, head) with head(body(x)) == model(x).logits, checked on a probe input.
-
-    Returns None for architectures where no candidate reproduces the model's own logits; the
-    scorer then falls back to full logits (exact, only slower).
-    """
-    model = lm.model
-    body = getattr(model, "base_model", None)
-    if body is None or body is model:
-        return None
-    ids = torch.tensor([probe], device=lm.device)
-    with torch.inference_mode():
-        try:
-            want = mlm_logits(model(input_ids=ids))[0]
-            hidden = body(input_ids=ids)[0][0]
-        except (TypeError, ValueError, RuntimeError):
-            return None
-        for head in _head_candidates(model):
-            try:
-                got = head(hidden)
-            except (TypeError, ValueError, RuntimeError):
-                continue
-            if got.shape == want.shape and torch.allclose(got, want, atol=1e-4, rtol=1e-4):
-                return body, head
-    return None
 
 
 @dataclass
@@ -180,25 +68,27 @@ class _Job:
         return int(self.cont.numel())
 
 
-class PLLScorer:
+class PLLScorer(CachedScorer):
     """Batched, cached, exact PLL of continuations (after an optional prefix) under a masked LM.
 
     ``variant``: ``"original"`` (Salazar et al. 2020) or ``"word_l2r"`` (Kauf & Ivanova 2023).
     ``dtype``: ``"fp32"`` (exact) or ``"bf16"`` (autocast; faster, approximate).
     ``tokens_per_batch``: tokens (rows x padded length) per forward pass; 2-4k is fastest on
-    CPU, and it bounds memory for long texts.
+    CPU, and it bounds memory for long texts. ``cache_size``: texts remembered (LRU).
     """
 
     def __init__(
         self,
         lm: LoadedModel,
-        variant: Variant = "original",
+        variant: PLLVariant = "original",
         dtype: DType = "fp32",
         tokens_per_batch: int = 4096,
         cache_size: int = 200_000,
     ) -> None:
-        if variant not in VARIANTS:
-            raise UserError(f"unknown PLL variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        if variant not in PLL_VARIANTS:
+            raise UserError(
+                f"unknown PLL variant {variant!r}; choose from {', '.join(PLL_VARIANTS)}"
+            )
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
         if tokens_per_batch < 1:
@@ -206,18 +96,17 @@ class PLLScorer:
         mask_id = getattr(lm.tokenizer, "mask_token_id", None)
         if mask_id is None:
             raise UserError(f"{lm.name!r} has no mask token, so PLL cannot be computed")
-        self.lm = lm
-        self.variant: Variant = variant
+        super().__init__(lm, cache_size)
+        self.variant: PLLVariant = variant
         self.dtype: DType = dtype
+        self.name = pll_scorer_name(variant, lm.name, bf16=dtype == "bf16")
         self.tokens_per_batch = tokens_per_batch
-        self.cache_size = cache_size
-        self.stats = PLLStats()
+        self.stats: PLLStats = PLLStats()
         self._mask_id = int(mask_id)
-        self._pad_id = _pad_id(lm)
+        self._pad_id = pad_id(lm)
         self._head_ids, self._tail_ids = special_template(lm.tokenizer)
-        self._cache: OrderedDict[Key, PLLResult] = OrderedDict()
         probe = [*self._head_ids, *self.encode("the cat sat on the mat")[:6], self._mask_id]
-        self._split = _split_model(lm, [*probe, *self._tail_ids])
+        self._split = split_model(lm, [*probe, *self._tail_ids])
         vocab = int(getattr(lm.model.config, "vocab_size", 0) or 50_000)
         # Full logits hold rows x L x vocab floats: keep that under ~512 MB when we need them.
         self._fallback_tokens = max(1, min(tokens_per_batch, (1 << 27) // vocab))
@@ -227,38 +116,12 @@ class PLLScorer:
         """True when the vocabulary projection runs only at the masked positions."""
         return self._split is not None
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without special tokens, as ``score`` tokenises it."""
-        return list(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    # -- internals --------------------------------------------------------------------------
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
-    # -- public API -------------------------------------------------------------------------
-
-    def score(self, texts: Sequence[str], prefix: str = "") -> list[PLLResult]:
-        """PLL of each text after ``prefix``; prefix and texts are tokenised separately.
-
-        Each text is tokenised on its own, as given: with byte-level BPE (RoBERTa) a text that
-        continues a prefix with a new word should start with a space.
-        """
-        if isinstance(texts, str):
-            texts = [texts]
-        prefix_ids = self.encode(prefix) if prefix else []
-        if not texts:
-            return []
-        conts = self.lm.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return self.score_ids(conts, prefix_ids)
-
-    def score_ids(
-        self, continuations: Sequence[Sequence[int]], prefix_ids: Sequence[int] = ()
-    ) -> list[PLLResult]:
-        """PLL of each continuation (token ids, no specials) after ``prefix_ids``."""
-        prefix = tuple(int(i) for i in prefix_ids)
-        keys = [(prefix, tuple(int(i) for i in c)) for c in continuations]
+    def _check_lengths(self, prefix: tuple[int, ...], conts: list[tuple[int, ...]]) -> None:
         n_special = len(self._head_ids) + len(self._tail_ids)
         limit = self.lm.max_length
-        for i, (_, cont) in enumerate(keys):
+        for i, cont in enumerate(conts):
             total = n_special + len(prefix) + len(cont)
             if total > limit:
                 raise UserError(
@@ -266,45 +129,17 @@ class PLLScorer:
                     f"({len(prefix)} prefix + {len(cont)} text + {n_special} special); "
                     f"{self.lm.name} takes at most {limit}"
                 )
-        self.stats.texts += len(keys)
-        found: dict[Key, PLLResult] = {}
-        jobs: list[_Job] = []
-        for key in keys:
-            if key in found:
-                self.stats.cache_hits += 1
-                continue
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                self.stats.cache_hits += 1
-                found[key] = hit
-                continue
-            if not key[1]:
-                found[key] = PLLResult(0.0, (), 0)
-                continue
-            job = self._make_job(key)
-            jobs.append(job)
-            found[key] = PLLResult(0.0, (), 0)  # placeholder, also dedupes repeats
-        if jobs:
-            self._run(jobs)
-            for job in jobs:
-                assert job.logprobs is not None
-                lps = tuple(float(x) for x in job.logprobs.tolist())
-                result = PLLResult(
-                    total=float(math.fsum(lps)), token_logprobs=lps, n_tokens=len(lps)
-                )
-                found[job.key] = result
-                self._remember(job.key, result)
-        return [found[k] for k in keys]
 
-    # -- internals --------------------------------------------------------------------------
-
-    def _remember(self, key: Key, result: PLLResult) -> None:
-        if self.cache_size <= 0:
-            return
-        self._cache[key] = result
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+    def _compute(
+        self, prefix: tuple[int, ...], conts: list[tuple[int, ...]]
+    ) -> list[Sequence[float]]:
+        jobs = [self._make_job((prefix, cont)) for cont in conts]
+        self._run(jobs)
+        out: list[Sequence[float]] = []
+        for job in jobs:
+            assert job.logprobs is not None
+            out.append(job.logprobs.tolist())
+        return out
 
     def _make_job(self, key: Key) -> _Job:
         prefix, cont = key
@@ -389,13 +224,7 @@ class PLLScorer:
         """Log-probability of ``targets[i]`` at ``positions[i]`` of row i."""
         rows = torch.arange(ids.shape[0], device=ids.device)
         with torch.inference_mode(), self._autocast():
-            if self._split is not None:
-                body, head = self._split
-                hidden = body(input_ids=ids, attention_mask=attn)[0]
-                logits = head(hidden[rows, positions])
-            else:
-                out = self.lm.model(input_ids=ids, attention_mask=attn)
-                logits = mlm_logits(out)[rows, positions]
+            logits = logits_at(self.lm, self._split, ids, attn, rows, positions)
             logp = torch.log_softmax(logits.float(), dim=-1)
             return logp[rows, targets]
 
@@ -406,7 +235,7 @@ class PLLScorer:
 
 
 def mask_matrix(
-    tokenizer: Any, prefix: Sequence[int], cont: Sequence[int], variant: Variant
+    tokenizer: Any, prefix: Sequence[int], cont: Sequence[int], variant: PLLVariant
 ) -> torch.Tensor:
     """[n, n] bool: scoring continuation token j masks tokens k where result[j, k].
 
@@ -433,8 +262,8 @@ def naive_pll(
     lm: LoadedModel,
     texts_or_ids: Sequence[str] | Sequence[Sequence[int]],
     prefix: str | Sequence[int] = "",
-    variant: Variant = "original",
-) -> list[PLLResult]:
+    variant: PLLVariant = "original",
+) -> list[TokenScores]:
     """Reference PLL: one unpadded forward with full logits per masked position.
 
     Slow and obviously right; for tests and ``bench/pll_speed.py``.
@@ -465,5 +294,5 @@ def naive_pll(
                 logits = mlm_logits(lm.model(input_ids=torch.tensor([ids], device=lm.device)))
             logp = torch.log_softmax(logits[0, offset + j].float(), dim=-1)
             lps.append(float(logp[cont[j]]))
-        results.append(PLLResult(float(math.fsum(lps)), tuple(lps), len(lps)))
+        results.append(TokenScores.from_logprobs(lps))
     return results

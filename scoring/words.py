@@ -165,10 +165,3 @@ def word_starts(tokenizer: Any, ids: Sequence[int]) -> list[bool]:
         starts.append(prev_breaks or marked or (punct and not prev_space))
         prev_breaks, prev_space = punct, space
     return starts
-
-
-def word_spans(tokenizer: Any, ids: Sequence[int]) -> list[tuple[int, int]]:
-    """The words of ``ids`` as half-open ``(start, end)`` token index ranges, in order."""
-    starts = word_starts(tokenizer, ids)
-    bounds = [i for i, s in enumerate(starts) if s] + [len(starts)]
-    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from scoring.causal import CausalResult, CausalScorer, start_token_id
+from scoring.causal import CausalScorer, start_token_id
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_causal, load_model
+from scoring.results import TokenScores
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -40,7 +41,7 @@ def unbatched(lm: LoadedModel, texts: list[str], prefix: str) -> list[list[float
     return out
 
 
-def _assert_same(results: list[CausalResult], ref: list[list[float]], tol: float = 1e-4) -> None:
+def _assert_same(results: list[TokenScores], ref: list[list[float]], tol: float = 1e-4) -> None:
     for r, expected in zip(results, ref, strict=True):
         assert r.n_tokens == len(expected) == len(r.token_logprobs)
         assert r.token_logprobs == pytest.approx(expected, abs=tol)
@@ -109,3 +110,25 @@ def test_smollm2_batched_equals_unbatched_and_prefers_fluent_text():
     with_prefix = CausalScorer(lm).score(texts[1:], "Yesterday I")
     _assert_same(with_prefix, unbatched(lm, texts[1:], "Yesterday I"))
     assert results[0].total > results[2].total + 10  # fluent beats scrambled, same tokens
+
+
+def test_amplify_lookahead_starts_a_text_like_the_scorer(gpt2):
+    """One start-token rule: with a BOS that is not <|endoftext|> (as SmolLM2's <|im_start|>),
+    the amplify lookahead and CausalScorer both condition a text on <|endoftext|>, so they
+    give its first token the same log-probability."""
+    import copy
+
+    from evolve.experiments.amplify import Lookahead
+
+    tok = copy.deepcopy(gpt2.tokenizer)
+    tok.bos_token = tok.convert_ids_to_tokens(7)  # an ordinary token, like a chat marker
+    lm = LoadedModel(gpt2.name, "causal", gpt2.model, tok, gpt2.source)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert tok.bos_token_id == 7 != eot
+    look = Lookahead(lm)
+    assert look.start_id == start_token_id(tok) == eot
+    scorer = CausalScorer(lm)
+    ids = scorer.encode(TEXTS[0])
+    logp = look.extend(look.new_cache(), [look.start_id, *ids], [0])[0]
+    first = scorer.score([TEXTS[0]])[0].token_logprobs[0]
+    assert first == pytest.approx(float(logp[ids[0]]), abs=1e-4)

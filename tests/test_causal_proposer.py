@@ -183,3 +183,19 @@ def test_operators_run_on_causal_tokens(gpt2, rep):
     assert a.origin.detail["proposer"] == "causal"
     for ind in (a, b):
         assert 3 <= len(ind) <= 30 and rep.placeholder_id not in ind
+
+
+def test_samples_with_the_shared_policy_and_an_explicit_generator(gpt2, rep):
+    proposer = CausalProposer(gpt2, candidates=3, top_k=20, banned_ids=[7])
+    assert proposer.policy.top_k == 20 and 7 in proposer.policy.banned_ids
+    assert set(gpt2.tokenizer.all_special_ids) <= proposer.policy.banned_ids
+
+    def run() -> list[list[int]]:
+        gen = torch.Generator().manual_seed(5)
+        return CausalProposer(gpt2, candidates=3, generator=gen).fill(requests_for(rep))
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = run()
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG was not drawn from
+    assert run() == first

@@ -72,21 +72,16 @@ def final_population(store: LogStore, run_id: int) -> list[tuple[tuple[int, ...]
 # -- the evaluator -------------------------------------------------------------------------
 
 
-def named(scorer, name):  # MERGE: scorers carry their own names after the scoring redesign
-    scorer.name = name
-    return scorer
-
-
 def evaluator(cfg: FitnessConfig, rep: Representation, bert=None, gpt2=None) -> Evaluator:
     scorers = []
     pll = causal = None
     if cfg.uses_pll:
         scorers.append(
-            named(PLLScorer(bert, variant=cfg.variant), f"pll/{cfg.variant}/{bert.name}")
+            PLLScorer(bert, variant=cfg.variant)
         )
         pll = scorers[-1].name
     if cfg.uses_causal:
-        scorers.append(named(CausalScorer(gpt2), f"causal/{gpt2.name}"))
+        scorers.append(CausalScorer(gpt2))
         causal = scorers[-1].name
     return Evaluator(build_objective(cfg, pll, causal), rep, scorers)
 

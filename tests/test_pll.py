@@ -12,7 +12,8 @@ import torch
 
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_mlm, load_model
-from scoring.pll import PLLResult, PLLScorer, mask_matrix, naive_pll
+from scoring.pll import PLLScorer, mask_matrix, naive_pll
+from scoring.results import TokenScores
 from scoring.words import word_starts
 
 TEXTS = [
@@ -31,10 +32,10 @@ def lm(request, tiny_bert_dir, tiny_roberta_dir) -> LoadedModel:
     return load_model(str(folder), "mlm")
 
 
-_naive_memo: dict[tuple[str, str, str], list[PLLResult]] = {}
+_naive_memo: dict[tuple[str, str, str], list[TokenScores]] = {}
 
 
-def _naive(lm: LoadedModel, prefix: str, variant: str) -> list[PLLResult]:
+def _naive(lm: LoadedModel, prefix: str, variant: str) -> list[TokenScores]:
     """naive_pll of TEXTS, computed once per model, prefix and variant."""
     key = (lm.source, prefix, variant)
     if key not in _naive_memo:
@@ -42,7 +43,7 @@ def _naive(lm: LoadedModel, prefix: str, variant: str) -> list[PLLResult]:
     return _naive_memo[key]
 
 
-def _assert_same(ours: list[PLLResult], ref: list[PLLResult], tol: float = TOL) -> None:
+def _assert_same(ours: list[TokenScores], ref: list[TokenScores], tol: float = TOL) -> None:
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref, strict=True):
         assert a.n_tokens == b.n_tokens == len(a.token_logprobs)

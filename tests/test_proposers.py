@@ -12,8 +12,8 @@ from evolve.ga.proposers import (
     InputTemplate,
     MLMProposer,
     Proposer,
+    SamplingPolicy,
 )
-from evolve.ga.proposers.base import build_input
 from evolve.ga.seeding import seed_everything
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_model
@@ -42,8 +42,10 @@ def requests_for(lm: LoadedModel) -> list[FillRequest]:
     prompt, cont = encode(lm, PROMPT), encode(lm, CONT)
     mask = lm.tokenizer.mask_token_id
     out = []
+    template = InputTemplate.from_tokenizer(lm.tokenizer)
+    off = template.offset(prompt)
     for cut, spans in ((len(cont), (0, 1, 2)), (5, (1,)), (3, ())):
-        ids, off = build_input(lm.tokenizer, prompt, cont[:cut])
+        ids = template.build(prompt, cont[:cut])
         for s in spans:
             ids[off + s] = mask
         out.append(FillRequest(tuple(ids), tuple(off + s for s in spans)))
@@ -56,8 +58,8 @@ def banned_ids(lm: LoadedModel) -> set[int]:
 
 def test_template_matches_the_tokenizer(lm):
     prompt, cont = encode(lm, PROMPT), encode(lm, CONT)
-    ids, off = build_input(lm.tokenizer, prompt, cont)
     t = InputTemplate.from_tokenizer(lm.tokenizer)
+    ids, off = t.build(prompt, cont), t.offset(prompt)
     full = list(lm.tokenizer(PROMPT)["input_ids"])  # what the tokenizer itself wraps
     assert full == [*t.head, *prompt, *t.tail] and t.head and t.tail
     assert off == len(t.head) + len(prompt)
@@ -206,3 +208,65 @@ def test_bad_settings_and_requests(bert):
         prop.fill([too_long])
     with pytest.raises(ValueError):
         FillRequest((1, 2, 3), (3,))
+
+
+# -- SamplingPolicy --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, message",
+    [
+        (-1.0, 0, "temperature"),
+        (math.nan, 0, "temperature"),
+        (math.inf, 0, "temperature"),
+        (1.0, -1, "top_k"),
+        (1.0, 2.5, "top_k"),
+    ],
+)
+def test_policy_validates_once_for_everyone(temperature, top_k, message):
+    with pytest.raises(UserError, match=message):
+        SamplingPolicy.validate(temperature, top_k)
+    with pytest.raises(UserError, match=message):
+        SamplingPolicy(temperature, top_k)
+
+
+def test_policy_logprobs_are_the_tempered_cut_distribution_without_banned_ids():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    policy = SamplingPolicy(temperature=0.5, top_k=3, banned_ids=frozenset({4, 99}))
+    logp = policy.logprobs(logits)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(2))
+    assert logp[0, 4] == -math.inf and logp[0, 3] == -math.inf  # banned; cut by top-3
+    kept = logits[0, :3] / 0.5
+    assert torch.allclose(logp[0, :3], kept - torch.logsumexp(kept, 0))
+    assert int((logp[1] > -math.inf).sum()) >= 3  # ties at the k-th value are all kept
+    greedy = SamplingPolicy(0.0, banned_ids=frozenset({4})).logprobs(logits)
+    assert greedy[0].tolist() == [0.0] + [-math.inf] * 4  # argmax once 4 is banned
+    assert SamplingPolicy(0.0).sample(greedy).tolist() == [0, 0]
+    assert policy.banning([0]).banned_ids == {0, 4, 99} and policy.banned_count(5) == 1
+
+
+def test_policy_draws_from_an_explicit_generator_or_the_global_rng():
+    logp = SamplingPolicy(1.0).logprobs(torch.randn(6, 50))
+    policy = SamplingPolicy(1.0)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = policy.sample(logp, torch.Generator().manual_seed(7))
+    b = policy.sample(logp, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(3)
+    c = policy.sample(logp)  # the global RNG: what a seeded run uses
+    torch.manual_seed(3)
+    assert torch.equal(c, torch.multinomial(logp.exp(), 1).squeeze(-1))
+    assert torch.equal(SamplingPolicy.logprob_of(logp, c), logp[torch.arange(6), c])
+
+
+def test_proposer_with_its_own_generator_leaves_the_global_rng_alone(bert):
+    def run() -> list[list[int]]:
+        gen = torch.Generator().manual_seed(11)
+        return MLMProposer(bert, top_k=20, generator=gen).fill(requests_for(bert))
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = run()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert run() == first

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scoring.models import load_causal, load_model
-from scoring.words import detect_scheme, word_spans, word_starts
+from scoring.words import detect_scheme, word_starts
 
 PLAIN = "Unbelievably the cheesemongers were reorganising their warehouses yesterday"
 
@@ -15,9 +15,10 @@ def _ids(tok, text: str) -> list[int]:
 
 
 def _words_of(tok, text: str) -> list[str]:
-    """Each word span decoded on its own, spaces stripped."""
+    """Each word (a word start and the tokens up to the next) decoded on its own, stripped."""
     ids = _ids(tok, text)
-    return [tok.decode(ids[a:b]).strip() for a, b in word_spans(tok, ids)]
+    bounds = [i for i, s in enumerate(word_starts(tok, ids)) if s] + [len(ids)]
+    return [tok.decode(ids[a:b]).strip() for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 @pytest.fixture(scope="module")

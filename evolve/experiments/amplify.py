@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scoring.causal import start_token_id
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel
 
@@ -180,10 +181,8 @@ class Lookahead:
         self.model = lm.model
         self.device = lm.device
         tok = lm.tokenizer
-        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        if start is None:
-            raise UserError(f"{lm.name!r} has neither a BOS nor an EOS token to start a text")
-        self.start_id: int = int(start)
+        # The same start token as CausalScorer, so both score a text's first token alike.
+        self.start_id: int = start_token_id(tok)
         self.eos_id: int | None = tok.eos_token_id
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.max_length = lm.max_length
@@ -626,7 +625,7 @@ def sample_amplified(
     mix (arith: (1-λ)p + λq; geo: normalised p^(1-λ) q_eps^λ), then temperature (0 = argmax)
     and a draw from a torch generator seeded with `seed` (global RNGs untouched). Stops at
     EOS. The prompt is tokenised without special tokens; an empty prompt is conditioned on
-    the BOS (or EOS) token, as `CausalScorer` does.
+    the start token `CausalScorer` uses (`scoring.causal.start_token_id`).
     """
     AmplifyConfig(beams=beams, depth=depth, lambdas=(lam,), epsilon=epsilon).validate()
     if mix not in MIXES:

@@ -32,16 +32,7 @@ from evolve.experiments.baselines import settings_label
 from evolve.store import LogStore, ScoreBook, ScorerFactory, TextScorer
 from scoring import metrics
 from scoring.errors import UserError
-
-PLL_VARIANTS = ("original", "word_l2r")
-
-
-def pll_scorer_name(variant: str, mlm: str) -> str:
-    return f"pll/{variant}/{mlm}"
-
-
-def causal_scorer_name(causal: str) -> str:
-    return f"causal/{causal}"
+from scoring.names import PLL_VARIANTS, causal_scorer_name, pll_scorer_name
 
 
 def default_scorer(name: str, device: str = "cpu") -> TextScorer:

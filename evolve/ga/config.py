@@ -21,7 +21,7 @@ from evolve.ga.operators.context import CxPoints
 from evolve.ga.proposers.base import Order
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, DEFAULT_MLM
-from scoring.pll import Variant
+from scoring.names import PLL_VARIANTS, PLLVariant
 
 Algorithm = Literal["simple", "mu_plus_lambda"]
 Normalisation = Literal["mean", "total"]
@@ -33,7 +33,6 @@ Init = Literal["auto", "seed", "mlm", BaselineInit]
 ALGORITHMS: tuple[Algorithm, ...] = get_args(Algorithm)
 FILL_ORDERS: tuple[Order, ...] = get_args(Order)
 CX_POINTS: tuple[CxPoints, ...] = get_args(CxPoints)
-PLL_VARIANTS: tuple[Variant, ...] = get_args(Variant)
 NORMALISATIONS: tuple[Normalisation, ...] = get_args(Normalisation)
 PROPOSERS: tuple[ProposerKind, ...] = get_args(ProposerKind)
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
@@ -114,7 +113,7 @@ class FitnessConfig:
             "causal and diversity)."
         },
     )
-    variant: Variant = field(
+    variant: PLLVariant = field(
         default="original",
         metadata={
             "help": "PLL variant: original, or word_l2r (Kauf & Ivanova 2023), fairer to "

@@ -145,13 +145,11 @@ class Engine:
         if f.uses_pll:
             assert models.mlm is not None
             pll = PLLScorer(models.mlm, variant=f.variant, dtype="bf16" if f.bf16 else "fp32")
-            pll.name = f"pll/{f.variant}/{models.mlm.name}"  # MERGE: scorer names
             scorers.append(pll)
             pll_name = pll.name
         if f.uses_causal:
             assert models.causal is not None
             clm = CausalScorer(models.causal)
-            clm.name = f"causal/{models.causal.name}"  # MERGE: scorer names
             scorers.append(clm)
             causal_name = clm.name
         self.objective = build_objective(f, pll_name, causal_name)

@@ -20,16 +20,17 @@ span's length from the left context, then keeps the candidate whose whole text (
 batched `CausalScorer` call. Spans of one request are filled left to right; a span's
 candidates are judged on the text up to the next span still to fill.
 
-Sampling uses the global torch RNG (``torch.multinomial``), so one seed (`evolve.ga.seeding`)
-reproduces a run; ``temperature=0`` is greedy argmax. Special tokens (CLS, SEP, PAD, MASK,
-UNK, ...), BERT's ``[unusedN]`` placeholders and ids the tokenizer does not know are never
-proposed.
+Both draw tokens through one `evolve.ga.proposers.sampling.SamplingPolicy` (temperature,
+top-k, banned ids; ``temperature=0`` is greedy argmax) from the global torch RNG unless given
+a ``generator``, so one seed (`evolve.ga.seeding`) reproduces a run. Special tokens (CLS,
+SEP, PAD, MASK, UNK, ...), BERT's ``[unusedN]`` placeholders and ids the tokenizer does not
+know are never proposed.
 
 For Metropolis-Hastings acceptance (Goyal et al. 2022) the MLM proposer also reports the
 log-probability of its proposal (``fill(..., return_logq=True)``), and `logprob_of` gives the
 log-probability the same proposal distribution assigns to given tokens (the old ones, for
-the reverse move). Both use the distribution actually sampled from: tempered, top-k cut,
-banned tokens removed, in the same fill order. The causal proposer's best-of-K choice has no
+the reverse move). Both use the distribution actually sampled from (the policy's
+``logprobs``), in the same fill order. The causal proposer's best-of-K choice has no
 tractable proposal probability, so it refuses both (the config refuses --mh with it).
 """
 
@@ -38,9 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, overload, runtime_checkable
-
-from scoring.pll import special_template
+from typing import Literal, Protocol, overload, runtime_checkable
 
 Order = Literal["l2r", "parallel"]
 ORDERS: tuple[Order, ...] = ("l2r", "parallel")
@@ -65,48 +64,6 @@ class FillRequest:
         if pos and (pos[0] < 0 or pos[-1] >= len(self.input_ids)):
             raise ValueError(f"fill positions {pos} outside an input of {len(self.input_ids)}")
         object.__setattr__(self, "positions", pos)
-
-
-@dataclass(frozen=True)
-class InputTemplate:
-    """How a tokenizer wraps one sequence in special tokens: ``head + ids + tail``.
-
-    transformers 5 tokenizers no longer have ``build_inputs_with_special_tokens``, so the
-    template is read off the tokenizer once (see `scoring.pll.special_template`).
-    """
-
-    head: tuple[int, ...]
-    tail: tuple[int, ...]
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> InputTemplate:
-        head, tail = special_template(tokenizer)
-        return cls(tuple(int(i) for i in head), tuple(int(i) for i in tail))
-
-    @property
-    def n_special(self) -> int:
-        return len(self.head) + len(self.tail)
-
-    def build(self, prompt_ids: Sequence[int], cont_ids: Sequence[int]) -> list[int]:
-        """The model input for a prompt and its continuation."""
-        return [*self.head, *prompt_ids, *cont_ids, *self.tail]
-
-    def offset(self, prompt_ids: Sequence[int]) -> int:
-        """Input position of continuation token 0 (continuation index i is at offset + i)."""
-        return len(self.head) + len(prompt_ids)
-
-    def continuation(self, input_ids: Sequence[int], prompt_ids: Sequence[int]) -> list[int]:
-        """The continuation ids back out of a (filled) model input."""
-        end = len(input_ids) - len(self.tail)
-        return [int(i) for i in input_ids[self.offset(prompt_ids) : end]]
-
-
-def build_input(
-    tokenizer: Any, prompt_ids: Sequence[int], cont_ids: Sequence[int]
-) -> tuple[list[int], int]:
-    """``(model input ids, offset)``: continuation index i sits at input position offset + i."""
-    template = InputTemplate.from_tokenizer(tokenizer)
-    return template.build(prompt_ids, cont_ids), template.offset(prompt_ids)
 
 
 @runtime_checkable
@@ -138,5 +95,3 @@ class Proposer(Protocol):
         """Log-probability that `fill` would put ``targets[i]`` at ``requests[i].positions``
         (``-inf`` where it never would)."""
         ...
-
-

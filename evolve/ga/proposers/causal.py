@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -11,6 +10,7 @@ from typing import Any, Literal, overload
 import torch
 
 from evolve.ga.proposers.base import FillRequest
+from evolve.ga.proposers.sampling import SamplingPolicy
 from scoring.errors import UserError
 from scoring.models import LoadedModel
 
@@ -68,10 +68,11 @@ class CausalProposer:
     span, ranking by it is ranking by the log-probability of the whole text. Left context and
     sampled tokens are run once, not once per candidate and again for scoring.
 
-    ``temperature`` and ``top_k`` shape the sampling as in `MLMProposer` (temperature 0: one
-    greedy fill). ``banned_ids``: more ids never to propose, beside the special ones.
-    ``tokens_per_batch``: bounds rows x (right context + 1) per round, hence the memory of
-    the scoring pass's logits.
+    ``temperature``, ``top_k`` and ``banned_ids`` (more ids never to propose, beside the
+    special ones) make up ``policy``, the `SamplingPolicy` `MLMProposer` samples with too
+    (temperature 0: one greedy fill). ``tokens_per_batch``: bounds rows x (right context + 1)
+    per round, hence the memory of the scoring pass's logits. ``generator``: the torch RNG to
+    draw from (None: the global one).
     """
 
     name = "causal"
@@ -84,32 +85,28 @@ class CausalProposer:
         top_k: int = 0,
         banned_ids: Sequence[int] = (),
         tokens_per_batch: int = 1024,
+        generator: torch.Generator | None = None,
     ) -> None:
         if lm.kind != "causal":
             raise UserError(f"the causal proposer needs a causal LM; {lm.name!r} is a {lm.kind}")
         if candidates < 1:
             raise UserError(f"candidates must be at least 1 (got {candidates})")
-        if not (temperature >= 0 and math.isfinite(temperature)):
-            raise UserError(f"temperature must be a finite number >= 0 (got {temperature})")
-        if top_k < 0:
-            raise UserError(f"top_k must be >= 0, 0 meaning the full vocabulary (got {top_k})")
+        SamplingPolicy.validate(temperature, top_k)
         self.lm = lm
         self.candidates = int(candidates) if temperature > 0 else 1  # greedy: one fill
-        self.temperature = float(temperature)
-        self.top_k = int(top_k)
         self.tokens_per_batch = max(1, int(tokens_per_batch))
+        self.generator = generator
         self.stats = CausalProposerStats()
         tok = lm.tokenizer
         self._pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         size = int(getattr(lm.model.config, "vocab_size", 0) or len(tok))
         banned = {int(i) for i in tok.all_special_ids} | {int(i) for i in banned_ids}
         banned |= set(range(len(tok), size))  # model rows with no token behind them
-        self.banned = sorted(i for i in banned if 0 <= i < size)
-        if len(self.banned) >= size:
+        self.policy = SamplingPolicy(
+            temperature, top_k, frozenset(i for i in banned if 0 <= i < size)
+        )
+        if self.policy.banned_count(size) >= size:
             raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
-        mask = torch.zeros(size, dtype=torch.bool)
-        mask[self.banned] = True
-        self._banned_mask = mask.to(lm.device)
         self._keep_arg = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
 
     # -- public API -----------------------------------------------------------------------
@@ -302,13 +299,5 @@ class CausalProposer:
         return (picked * feed_mask[:, 1:]).sum(dim=-1).double()
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """One token per row from tempered, top-k cut logits with banned ids removed (global
-        torch RNG; argmax at temperature 0)."""
-        logits = logits.masked_fill(self._banned_mask[: logits.shape[-1]], -math.inf)
-        if self.temperature == 0:
-            return logits.argmax(dim=-1)
-        logits = logits / self.temperature
-        if 0 < self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
+        """One token per row, drawn by the sampling policy from raw logits."""
+        return self.policy.sample(self.policy.logprobs(logits), self.generator)

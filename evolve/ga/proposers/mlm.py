@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal, overload
 
 import torch
 
-from evolve.ga.proposers.base import _UNUSED, ORDERS, FillRequest, InputTemplate, Order
+from evolve.ga.proposers.base import _UNUSED, ORDERS, FillRequest, Order
+from evolve.ga.proposers.sampling import SamplingPolicy
 from scoring.errors import UserError
+from scoring.heads import logits_at, pad_id, split_model
 from scoring.models import LoadedModel
-from scoring.pll import _pad_id, _split_model
+from scoring.template import InputTemplate
 
 
 class MLMProposer:
@@ -19,8 +20,9 @@ class MLMProposer:
 
     ``temperature``: divides the logits; 0 means greedy argmax. ``top_k``: sample among the
     k likeliest tokens only (0 = the full vocabulary). ``banned_ids``: more ids never to
-    propose, beside the special ones. ``tokens_per_batch``: rows x padded length per forward
-    pass (bounds memory for large calls).
+    propose, beside the special ones. All three make up ``policy`` (`SamplingPolicy`).
+    ``tokens_per_batch``: rows x padded length per forward pass (bounds memory for large
+    calls). ``generator``: the torch RNG to draw from (None: the global one).
     """
 
     name = "mlm"
@@ -33,29 +35,27 @@ class MLMProposer:
         order: Order = "l2r",
         banned_ids: Sequence[int] = (),
         tokens_per_batch: int = 4096,
+        generator: torch.Generator | None = None,
     ) -> None:
-        if not (temperature >= 0 and math.isfinite(temperature)):
-            raise UserError(f"temperature must be a finite number >= 0 (got {temperature})")
-        if top_k < 0:
-            raise UserError(f"top_k must be >= 0, 0 meaning the full vocabulary (got {top_k})")
+        SamplingPolicy.validate(temperature, top_k)
         if order not in ORDERS:
             raise UserError(f"unknown fill order {order!r}; choose from {', '.join(ORDERS)}")
         mask_id = getattr(lm.tokenizer, "mask_token_id", None)
         if mask_id is None:
             raise UserError(f"{lm.name!r} has no mask token, so it cannot fill masked spans")
         self.lm = lm
-        self.temperature = float(temperature)
-        self.top_k = int(top_k)
         self.order: Order = order
         self.tokens_per_batch = max(1, int(tokens_per_batch))
+        self.generator = generator
         self.mask_id = int(mask_id)
         self.template = InputTemplate.from_tokenizer(lm.tokenizer)
-        self._pad_id = _pad_id(lm)
-        self.banned = self._banned_mask(banned_ids)
-        if bool(self.banned.all()):
+        self._pad_id = pad_id(lm)
+        self.vocab_size = self._vocab_size()
+        self.policy = SamplingPolicy(temperature, top_k, self._banned_ids(banned_ids))
+        if self.policy.banned_count(self.vocab_size) >= self.vocab_size:
             raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
         probe = [*self.template.head, *self._some_ids(6), self.mask_id, *self.template.tail]
-        self._split = _split_model(lm, probe)
+        self._split = split_model(lm, probe)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -66,24 +66,21 @@ class MLMProposer:
             return int(weight.shape[0])
         return int(self.lm.model.config.vocab_size)
 
-    def _banned_mask(self, extra: Sequence[int]) -> torch.Tensor:
+    def _banned_ids(self, extra: Sequence[int]) -> frozenset[int]:
+        """Special ids, the mask, ``[unusedN]`` placeholders, ``extra``, and model rows with no
+        token behind them (padded vocabularies)."""
         tok = self.lm.tokenizer
-        size = self._vocab_size()
-        banned = torch.zeros(size, dtype=torch.bool)
+        size = self.vocab_size
         ids = {int(i) for i in tok.all_special_ids} | {self.mask_id} | {int(i) for i in extra}
         for token, i in tok.get_vocab().items():
             if _UNUSED.match(token):
                 ids.add(int(i))
-        for i in ids:
-            if 0 <= i < size:
-                banned[i] = True
-        known = len(tok)
-        if known < size:  # model rows with no token behind them (padded vocabularies)
-            banned[known:] = True
-        return banned.to(self.lm.device)
+        ids |= set(range(len(tok), size))
+        return frozenset(i for i in ids if 0 <= i < size)
 
     def _some_ids(self, n: int) -> list[int]:
-        allowed = (~self.banned).nonzero().flatten().tolist()
+        banned = self.policy.banned_mask(self.vocab_size, self.lm.device)
+        allowed = (~banned).nonzero().flatten().tolist()
         return [int(i) for i in allowed[: max(1, n)]]
 
     @property
@@ -176,7 +173,7 @@ class MLMProposer:
         if not queries:
             return out
         logp = self._logprobs(queries, distinct_rows=distinct or None)
-        lp = self._logq_of(logp, torch.tensor(wanted, device=logp.device))
+        lp = SamplingPolicy.logprob_of(logp, torch.tensor(wanted, device=logp.device))
         for i, v in zip(owner, lp.tolist(), strict=True):
             out[i] += float(v)
         return out
@@ -236,7 +233,7 @@ class MLMProposer:
             )
             for n, q in enumerate(qs):
                 found[q] = logits[n]
-        return self._proposal_logprobs(torch.stack(found))
+        return self.policy.logprobs(torch.stack(found))
 
     def _forward(
         self, inputs: Sequence[list[int]], rows: Sequence[int], positions: Sequence[int]
@@ -254,37 +251,10 @@ class MLMProposer:
         r = torch.tensor(list(rows), dtype=torch.long, device=device)
         p = torch.tensor(list(positions), dtype=torch.long, device=device)
         with torch.inference_mode():
-            if self._split is not None:
-                body, head = self._split
-                hidden = body(input_ids=ids, attention_mask=mask)[0]
-                logits = head(hidden[r, p])
-            else:
-                logits = self.lm.model(input_ids=ids, attention_mask=mask).logits[r, p]
+            logits = logits_at(self.lm, self._split, ids, mask, r, p)
         return logits.float()
 
-    def _proposal_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The distribution sampled from, as log-probabilities (banned ids at -inf)."""
-        logits = logits.masked_fill(self.banned[: logits.shape[-1]], -math.inf)
-        if self.temperature == 0:
-            greedy = logits.argmax(dim=-1, keepdim=True)
-            out = torch.full_like(logits, -math.inf)
-            return out.scatter_(-1, greedy, 0.0)
-        logits = logits / self.temperature
-        if 0 < self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        return torch.log_softmax(logits, dim=-1)
-
     def _sample(self, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token per row (global torch RNG) and its log-probability."""
-        if self.temperature == 0:
-            picked = logp.argmax(dim=-1)
-        else:
-            picked = torch.multinomial(logp.exp(), 1).squeeze(-1)
-        return picked.cpu(), self._logq_of(logp, picked.to(logp.device)).cpu()
-
-    @staticmethod
-    def _logq_of(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return logp.gather(-1, tokens.view(-1, 1)).squeeze(-1)
-
-
+        """One token per row (the policy's draw) and its log-probability."""
+        picked = self.policy.sample(logp, self.generator)
+        return picked.cpu(), SamplingPolicy.logprob_of(logp, picked.to(logp.device)).cpu()

