@@ -208,7 +208,8 @@ def plot(
     db_path: Path | None,
 ) -> None:
     """Draw fitness per generation, the comparison chart and the best's ancestry as PNGs."""
-    from evolve.experiments.plots import plot_run  # matplotlib loads only for this command
+    # matplotlib loads only for this command
+    from evolve.experiments.plots import plot_run, save_figures
 
     with open_existing(db_path) as store:
         cmp = compare_run(
@@ -218,7 +219,8 @@ def plot(
             causal=causal,
             device=device,
         )
-        paths = plot_run(store, run_id, out_dir or PLOTS_DIR / f"run-{run_id}", cmp)
+        figures = plot_run(store, run_id, cmp)
+    paths = save_figures(figures, out_dir or PLOTS_DIR / f"run-{run_id}")
     for path in paths:
         click.echo(str(path))
     for note in cmp.notes:

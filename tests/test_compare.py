@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
+from matplotlib.figure import Figure
 
 from cli import baseline_cmds
 from cli.common import ErrorTranslatingGroup
@@ -29,7 +30,7 @@ from evolve.experiments.compare import (
     default_scorer,
     normalise_reference,
 )
-from evolve.experiments.plots import plot_run
+from evolve.experiments.plots import plot_run, save_figures
 from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
 from evolve.store import LogStore
 from scoring.errors import UserError
@@ -252,7 +253,9 @@ def test_reference_gets_its_leading_space() -> None:
 def test_plot_writes_three_pngs(db: RunDB, tmp_path: Path) -> None:
     with LogStore(db.path) as store:
         cmp = compare_run(store, db.run_id, reference=REFERENCE)
-        paths = plot_run(store, db.run_id, tmp_path / "plots", cmp)
+        figures = plot_run(store, db.run_id, cmp)
+    assert all(isinstance(f, Figure) for f in figures.values())
+    paths = save_figures(figures, tmp_path / "plots")
     assert [p.name for p in paths] == ["fitness.png", "compare.png", "lineage.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

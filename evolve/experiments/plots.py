@@ -1,4 +1,7 @@
-"""PNG pictures of a run: fitness per generation, the comparison chart, the best's ancestry.
+"""Pictures of a run: fitness per generation, the comparison chart, the best's ancestry.
+
+Each function returns a matplotlib `Figure` (a notebook shows it; `save_figures` writes PNGs,
+which is what `evolve plot` does).
 
 Meant to be read without the terminal, so each has a title naming the run, axis labels with
 units and a legend. Figures are built as `matplotlib.figure.Figure` objects on the Agg
@@ -47,7 +50,7 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def plot_fitness(stats: Sequence[dict[str, Any]], path: Path, title: str, ylabel: str) -> Path:
+def plot_fitness(stats: Sequence[dict[str, Any]], title: str, ylabel: str) -> Figure:
     """Best and mean fitness per generation, with the worst..best range and mean ± std bands."""
     if not stats:
         raise UserError("the run has no generations to plot")
@@ -77,11 +80,10 @@ def plot_fitness(stats: Sequence[dict[str, Any]], path: Path, title: str, ylabel
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=4, fontsize=8)
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_comparison(cmp: Comparison, path: Path) -> Path:
+def plot_comparison(cmp: Comparison) -> Figure:
     """Grouped bars per method: PLL per token (both variants) and causal log-prob per token."""
     series = [
         ("pll_tok", f"PLL/token, original ({cmp.mlm})", "tab:blue"),
@@ -112,11 +114,10 @@ def plot_comparison(cmp: Comparison, path: Path) -> Path:
     low = min((getattr(r, key) or 0.0) for r in cmp.rows for key, _, _ in series)
     ax.set_ylim(low * 1.12 if low < 0 else -1.0, 0)  # room below the bars for their labels
     fig.legend(loc="outside lower center", ncols=len(series), fontsize=8)
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_lineage(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+def plot_lineage(rows: Sequence[dict[str, Any]], title: str) -> Figure:
     """The ancestry of one individual: nodes at (generation, position), edges parent → child.
 
     `rows` is `LogStore.lineage(individual_id)` (the individual itself at depth 0). Nodes and
@@ -196,31 +197,36 @@ def plot_lineage(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     ax.invert_yaxis()  # position 0 (the elite slot) on top, as in a printed population
     ax.margins(x=0.08)
     ax.grid(alpha=0.2)
-    fig.savefig(path)
-    return path
+    return fig
 
 
-def plot_run(store: LogStore, run_id: int, out_dir: Path, comparison: Comparison) -> list[Path]:
-    """Write fitness.png, compare.png and lineage.png for a run into `out_dir`; their paths."""
-    run = store.run(run_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def plot_run(store: LogStore, run_id: int, comparison: Comparison) -> dict[str, Figure]:
+    """The three pictures of a run, by file stem: fitness, compare, lineage."""
+    store.run(run_id)  # StoreError if there is no such run
     stats = store.generation_stats(run_id)
     best = store.best(run_id, 1)
     if not best:
         raise UserError(f"run {run_id} has no scored individual yet; nothing to plot")
-    fitness_name = run["fitness"] or "fitness"
+    fitness_name = store.run(run_id)["fitness"] or "fitness"
     ancestry = store.lineage(best[0]["id"])
-    return [
-        plot_fitness(
-            stats,
-            out_dir / "fitness.png",
-            f"Run {run_id}: fitness per generation",
-            f"fitness ({fitness_name})",
+    return {
+        "fitness": plot_fitness(
+            stats, f"Run {run_id}: fitness per generation", f"fitness ({fitness_name})"
         ),
-        plot_comparison(comparison, out_dir / "compare.png"),
-        plot_lineage(
+        "compare": plot_comparison(comparison),
+        "lineage": plot_lineage(
             ancestry,
-            out_dir / "lineage.png",
             f"Run {run_id}: ancestry of the best individual ({len(ancestry)} individuals)",
         ),
-    ]
+    }
+
+
+def save_figures(figures: dict[str, Figure], out_dir: Path) -> list[Path]:
+    """Write each figure as `<name>.png` into `out_dir` (made if missing); their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        path = out_dir / f"{name}.png"
+        fig.savefig(path)
+        paths.append(path)
+    return paths

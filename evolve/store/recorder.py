@@ -149,6 +149,12 @@ class Recorder:
         last = self.store.last_generation(self.run_id)
         if last is None:
             return None
+        if last["rng_state"] is None:
+            raise UserError(
+                f"run {self.run_id} has no usable random state for generation "
+                f"{last['generation']} (an old pickled state that could not be read safely); "
+                "it cannot be resumed exactly"
+            )
         state = last["state"]
         if isinstance(state, str):
             state = json.loads(state)

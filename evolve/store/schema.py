@@ -299,11 +299,31 @@ def _old_scorer_names(mlm: str | None, causal: str | None, config: dict[str, Any
 
 
 # Append only: a released migration is never edited (docs/CONTRIBUTING.md, rule 3).
+def _m005_rng_state_json(db: Database) -> None:
+    """Random states become plain JSON (`evolve.ga.seeding`): earlier versions pickled them,
+    and unpickling a column of a shared database can run code. Each pickled state is
+    converted without `pickle.loads` (`evolve.store.legacy_rng`); one that does not convert
+    becomes NULL (that run then cannot be resumed, and `evolve resume` says so)."""
+    from evolve.store.legacy_rng import convert
+
+    rows = db.conn.execute(
+        "SELECT run_id, generation, rng_state FROM generations WHERE rng_state IS NOT NULL"
+    ).fetchall()
+    for run_id, generation, blob in rows:
+        new = convert(blob)
+        if new != blob:
+            db.conn.execute(
+                "UPDATE generations SET rng_state = ? WHERE run_id = ? AND generation = ?",
+                (new, run_id, generation),
+            )
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _m001_initial,
     _m002_pareto,
     _m003_run_process,
     _m004_one_score_record,
+    _m005_rng_state_json,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
