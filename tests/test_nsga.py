@@ -105,8 +105,11 @@ def test_nsga2_run_stores_its_pareto_front(tmp_path, tiny_bert_dir, tiny_gpt2_di
         assert all(len(o) == 3 for o in objectives)
         for r in rows:  # the stored scalar is pll + causal (weights 1, 1), for tables only
             assert r["fitness"] == pytest.approx(r["objectives"][0] + r["objectives"][1])
-            assert r["objectives"][0] == pytest.approx(r["scores"]["pll_mean"])
-            assert r["objectives"][1] == pytest.approx(r["scores"]["causal_mean"])
+            pll = r["scores"][f"pll/original/{tiny_bert_dir}"]
+            assert r["objectives"][0] == pytest.approx(pll["mean"])
+            assert r["objectives"][1] == pytest.approx(
+                r["scores"][f"causal/{tiny_gpt2_dir}"]["mean"]
+            )
         # Rank 0 is exactly the set of members no other member dominates.
         front = {
             k

@@ -175,9 +175,9 @@ class _Engine:
         self.best_so_far = float("-inf")
         self.stall = 0
         self.progress: Progress | None = None
-        self.dropped: list[list[int]] = []  # ids of scored offspring not kept this generation
         # (ids, scores) of texts scored this generation that are not in the population
-        # (undone by Metropolis-Hastings, dropped by survivor selection): stored with it.
+        # (undone by Metropolis-Hastings, dropped by survivor selection): their scores are
+        # stored with the generation and their ids in its state, for a resume to warm with.
         self.unkept: list[tuple[list[int], dict[str, Any]]] = []
 
     # -- set-up ---------------------------------------------------------------------------
@@ -227,15 +227,12 @@ class _Engine:
 
     def warm_from_store(self) -> None:
         """Refill the score caches with every text the run scored (`Evaluator.warm`), by the
-        ids it scored them as: individuals, MH-undone texts and dropped offspring."""
+        ids it scored them as: individuals, and the unkept texts in each generation's state
+        (undone by MH, or dropped by survivor selection, the undone ones included)."""
         stored = self.store.scores_for_run(self.run_id)
-        seen: list[list[int]] = []
-        for row in self.store.individuals(self.run_id):
-            seen.append(row["token_ids"])
-            if "rejected_ids" in row["detail"]:
-                seen.append(row["detail"]["rejected_ids"])
+        seen = [row["token_ids"] for row in self.store.individuals(self.run_id)]
         for gen in self.store.generation_states(self.run_id):
-            seen.extend(gen["state"].get("dropped_ids", ()))
+            seen.extend(gen["state"].get("unkept_ids", ()))
         self.evaluator.warm(
             (ids, self.engine_scores(stored.get(self.text_of(ids), {}))) for ids in seen
         )
@@ -454,7 +451,6 @@ class _Engine:
         with them too, or it would score them again in other batches."""
         kept = {id(ind) for ind in survivors}
         dropped = {tuple(ind): dict(ind.scores) for ind in offspring if id(ind) not in kept}
-        self.dropped = [list(ids) for ids in dropped]
         self.unkept.extend((list(ids), scores) for ids, scores in dropped.items())
 
     def vary(self, offspring: list[Individual]) -> None:
@@ -557,10 +553,10 @@ class _Engine:
             "best_so_far": self.best_so_far,
             "stall": self.stall,
             "stopped": bool(self.cfg.patience and self.stall >= self.cfg.patience),
-            "dropped_ids": self.dropped,
+            "unkept_ids": [ids for ids, _ in self.unkept],
         }
         scored = [(list(ind), ind.scores) for ind in pop] + self.unkept
-        self.dropped, self.unkept = [], []
+        self.unkept = []
         seconds = time.perf_counter() - started
         ids = self.store.write_generation(
             self.run_id,

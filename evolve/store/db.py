@@ -41,7 +41,9 @@ class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
         self._owns_connection = not isinstance(db, Database)
         if isinstance(db, Database):
             self.db = db
-            (file,) = [row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"]
+            (file,) = [
+                row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"
+            ]
             self._path = Path(file) if file else None
         elif str(db) == MEMORY:
             if readonly:
