@@ -673,6 +673,11 @@ def test_injected_file_database(tmp_path: Path) -> None:
         assert s.run(run)["prompt"] == PROMPT
     with pytest.raises(StoreError, match="in-memory database cannot be opened read-only"):
         LogStore(":memory:", readonly=True)
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n" * 50)
+    with Database(notes) as db, pytest.raises(StoreError, match="not SQLite"):
+        LogStore(db)
+    assert notes.read_text() == "not a database\n" * 50
 
 
 # -- migration 4: scores out of the individuals JSON into the scores table ----------------------

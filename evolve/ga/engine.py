@@ -514,7 +514,8 @@ class _Engine:
             detail["mh_accepted"] = accepted
             if not accepted:
                 undone = self.copy_of(parent, "mh_reject")
-                # The rejected text was scored: keep it so a resumed run can warm its cache.
+                # The lineage keeps what was undone; its scores go to the store with the
+                # generation (`unkept`), so a resumed run can warm its cache with them.
                 undone.origin.detail = dict(
                     detail, rejected_op=ind.origin.op, rejected_ids=list(ind)
                 )

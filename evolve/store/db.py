@@ -45,6 +45,8 @@ class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
                 row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"
             ]
             self._path = Path(file) if file else None
+            if self._path is not None:
+                check_sqlite_file(self._path)
         elif str(db) == MEMORY:
             if readonly:
                 raise StoreError("an in-memory database cannot be opened read-only: it is empty")
