@@ -38,7 +38,7 @@ from helpers_proc import (
 )
 
 from cli.main import cli
-from evolve.api import start_run
+from evolve.api import RunInterrupted, resume_run, start_run
 from evolve.ga.config import MutationConfig, RunConfig
 from evolve.store import (
     MIGRATIONS,
@@ -78,7 +78,9 @@ def run_record(db: Path, run_id: int) -> list[tuple[Any, ...]]:
     generation's statistics, RNG states and loop state (not timings or timestamps)."""
     with LogStore(db, readonly=True) as s:
         _, individuals = s.query(
-            "SELECT i.generation, i.position, i.token_ids, i.fitness, i.scores, i.op, "
+            "SELECT i.generation, i.position, i.token_ids, i.fitness, (SELECT group_concat("
+            "scorer || '=' || total || '/' || n_tokens, ' ') FROM individual_scores "
+            "WHERE individual_id = i.id), i.op, "
             "i.span_start, i.span_end, (SELECT group_concat(parent_id) FROM parents "
             "WHERE child_id = i.id) FROM individuals i WHERE run_id = ? "
             "ORDER BY generation, position",
@@ -236,8 +238,7 @@ _KILL_MID_GENERATION = textwrap.dedent(
 
     def row(text, fitness, parents=()):
         return {"text": text, "token_ids": [1, 2, 3], "fitness": fitness,
-                "scores": {"pll": fitness}, "op": "mut_span", "parents": list(parents),
-                "span": (0, 1), "detail": {}}
+                "op": "mut_span", "parents": list(parents), "span": (0, 1), "detail": {}}
 
     stats = {"best": 0.0, "mean": 0.0, "std": 0.0, "worst": 0.0, "n_evaluated": 2,
              "n_cache_hits": 0, "n_unique": 2, "best_individual_id": None, "seconds": 0.1}
@@ -496,17 +497,25 @@ def test_scores_of_dropped_offspring_warm_the_cache(tmp_path: Path) -> None:
     with LogStore(tmp_path / "d.db") as s:
         run = s.create_run("Cheddar is", 1, {}, "tiny-bert", None, "pll")
         row = {"text": " old", "token_ids": [5, 6], "fitness": -1.0, "op": "init"}
-        row["scores"] = {"pll": -2.0, "n_tokens": 2}
-        dropped = [[[7, 8, 9], {"pll": -9.0, "n_tokens": 3}]]
-        s.write_generation(run, 0, [row], {"best": -1.0}, "rng", {"dropped_scores": dropped})
-        assert ([7, 8, 9], {"pll": -9.0, "n_tokens": 3}) in s.scored_individuals(run)
-        assert ([5, 6], {"pll": -2.0, "n_tokens": 2}) in s.scored_individuals(run)
+        pll = "pll/original/tiny-bert"
+        scores = [
+            {"text": " old", "prefix": "Cheddar is", "scorer": pll, "total": -2.0, "n_tokens": 2},
+            {"text": " gone", "prefix": "Cheddar is", "scorer": pll, "total": -9.0, "n_tokens": 3},
+        ]
+        s.write_generation(
+            run, 0, [row], {"best": -1.0}, "rng", {}, scores=scores
+        )
+        stored = s.scores_for_run(run)
+        assert stored[" gone"][pll] == {"total": -9.0, "n_tokens": 3, "per_token": None}
+        assert stored[" old"][pll]["total"] == -2.0
 
 
 def test_every_text_a_mu_plus_lambda_run_scored_can_warm_a_resume(
     tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from evolve.ga.evaluate import Evaluator
+    from evolve.ga.representation import Representation
+    from scoring.models import load_mlm
 
     evaluated: set[tuple[int, ...]] = set()
     original = Evaluator.evaluate
@@ -534,8 +543,74 @@ def test_every_text_a_mu_plus_lambda_run_scored_can_warm_a_resume(
     )
     with LogStore(tmp_path / "mpl.db") as store:
         run = start_run(cfg, store).run_id
-        stored = {tuple(ids) for ids, _ in store.scored_individuals(run)}
-    assert evaluated - stored == set()  # what resume_run's cache warming can restore
+        stored = store.scores_for_run(run)
+    rep = Representation.build(load_mlm(str(tiny_bert_dir)), PROMPT)
+    # What resume_run's cache warming can restore: every evaluated text has its score.
+    assert {rep.text_of(ids) for ids in evaluated} - set(stored) == set()
+
+
+@pytest.mark.parametrize("algorithm", ["simple", "mu_plus_lambda"])
+def test_resume_with_undone_and_dropped_texts_equals_uninterrupted(
+    tmp_path: Path, tiny_bert_dir: Path, algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts scored but not kept (undone by Metropolis-Hastings, dropped by survivor
+    selection) warm a resume from the scores table: the warmed cache is the one the
+    uninterrupted run ended with, and the resumed run equals it (individuals, scores,
+    statistics, cache hits)."""
+    from evolve.ga.engine import Engine
+    from evolve.ga.evaluate import Evaluator
+    from evolve.store.recorder import Recorder
+
+    evaluators: list[Evaluator] = []
+    original_init = Evaluator.__init__
+
+    def keep(self: Evaluator, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        evaluators.append(self)
+
+    monkeypatch.setattr(Evaluator, "__init__", keep)
+    cfg = RunConfig(
+        prompt=PROMPT,
+        population=6,
+        generations=4,
+        algorithm=algorithm,
+        cxpb=0.0,
+        mutpb=0.9,
+        offspring=8 if algorithm == "mu_plus_lambda" else 0,  # 8 compete for 6 places
+        elites=0,
+        mh=True,
+        init_len=4,
+        min_len=3,
+        max_len=5,
+        mlm=str(tiny_bert_dir),
+        seed=1,  # with the tiny MLM, the simple loop undoes a move in generation 2
+        mutation=MutationConfig(
+            max_span=2, top_k=0, order="parallel", indel_prob=0.0, temperature=3.0
+        ),
+    )
+    with LogStore(tmp_path / "whole.db") as whole:
+        ref = start_run(cfg, whole).run_id
+        (ran,) = evaluators
+        warmed = Engine.build(cfg)
+        point = Recorder(whole, ref).resume_point(warmed)
+        assert point is not None
+        warmed.evaluator.warm(point.scores)
+    (name,) = warmed.objective.scorers
+    assert warmed.evaluator.channels[name].known == ran.channels[name].known
+
+    def stop_after_gen_2(report: Any) -> None:
+        if report.generation == 2:
+            raise KeyboardInterrupt
+
+    with LogStore(tmp_path / "cut.db") as cut:
+        with pytest.raises(RunInterrupted) as info:
+            start_run(cfg, cut, stop_after_gen_2)
+        run = info.value.run_id
+        # What the resume has to warm its cache with, besides the individuals.
+        kept = {r["text"] for r in cut.individuals(run)}
+        assert set(cut.scores_for_run(run)) - kept
+        resume_run(run, cut)
+    assert run_record(tmp_path / "cut.db", run) == run_record(tmp_path / "whole.db", ref)
 
 
 def test_generations_written_helper_reads_without_writing(tmp_path: Path) -> None:

@@ -285,7 +285,9 @@ def test_write_generation_round_trip(any_store: LogStore) -> None:
     with pytest.raises(StoreError, match="generation 0 of run 1 is already written"):
         store.write_generation(run, 0, [ind(" x", 1.0)], stats(), "r", {})
     with pytest.raises(ValueError, match="pass them as scores="):  # scores are not row keys
-        store.write_generation(run, 1, [{**ind(" x", 1.0), "scores": {"pll": 1.0}}], stats(), "r", {})
+        store.write_generation(
+            run, 1, [{**ind(" x", 1.0), "scores": {"pll": 1.0}}], stats(), "r", {}
+        )
 
 
 def test_write_generation_is_atomic(any_store: LogStore) -> None:
@@ -569,7 +571,11 @@ def test_individuals_carry_their_scores_from_the_scores_table(any_store: LogStor
         stats(-5.0),
         "rng0",
         {},
-        scores=[score(" yellow", -10.0), score(" yellow", -7.5, CAUSAL, 3), score("", 0.0, n_tokens=0)],
+        scores=[
+            score(" yellow", -10.0),
+            score(" yellow", -7.5, CAUSAL, 3),
+            score("", 0.0, n_tokens=0),
+        ],
     )
     (c,) = store.write_generation(
         run, 1, [ind(" yellow", -5.0, "elite", (a,))], stats(-5.0), "rng1", {}
@@ -667,6 +673,11 @@ def test_injected_file_database(tmp_path: Path) -> None:
         assert s.run(run)["prompt"] == PROMPT
     with pytest.raises(StoreError, match="in-memory database cannot be opened read-only"):
         LogStore(":memory:", readonly=True)
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n" * 50)
+    with Database(notes) as db, pytest.raises(StoreError, match="not SQLite"):
+        LogStore(db)
+    assert notes.read_text() == "not a database\n" * 50
 
 
 # -- migration 4: scores out of the individuals JSON into the scores table ----------------------
@@ -753,7 +764,9 @@ def test_migration_4_moves_old_scores_into_the_scores_table(tmp_path: Path) -> N
         assert s.scores_for_run(2)[" c"] == {
             "pll/original/tiny-bert": {"total": -5.0, "n_tokens": 1, "per_token": None}
         }
-        _, rows = s.query("SELECT run_id, text_id, generation FROM run_texts ORDER BY run_id, generation")
+        _, rows = s.query(
+            "SELECT run_id, text_id, generation FROM run_texts ORDER BY run_id, generation"
+        )
         assert rows == [(1, text_id(" a"), 0), (1, text_id(" b"), 1), (2, text_id(" a"), 0),
                         (2, text_id(" c"), 0)]  # fmt: skip
         # The rejected text no individual has stays where it was: its text is unknown.

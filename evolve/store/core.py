@@ -88,7 +88,7 @@ def put_texts(db: Database, texts: Sequence[str]) -> list[str]:
     ids = [text_id(t) for t in texts]
     rows = {tid: {"id": tid, "text": t} for tid, t in zip(ids, texts, strict=True)}
     if rows:
-        db["texts"].insert_all(rows.values(), ignore=True)
+        db.table("texts").insert_all(rows.values(), ignore=True)
     return ids
 
 

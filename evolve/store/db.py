@@ -41,8 +41,12 @@ class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
         self._owns_connection = not isinstance(db, Database)
         if isinstance(db, Database):
             self.db = db
-            (file,) = [row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"]
+            (file,) = [
+                row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"
+            ]
             self._path = Path(file) if file else None
+            if self._path is not None:
+                check_sqlite_file(self._path)
         elif str(db) == MEMORY:
             if readonly:
                 raise StoreError("an in-memory database cannot be opened read-only: it is empty")

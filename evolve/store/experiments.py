@@ -32,7 +32,7 @@ class ExperimentsMixin(StoreCore):
             if run_id is not None:
                 self._require_run(run_id)
             prompt_id, tid = put_texts(self.db, [prompt, text])
-            table = self.db["baselines"].insert(
+            table = self.db.table("baselines").insert(
                 {
                     "run_id": run_id,
                     "prompt_id": prompt_id,
@@ -49,7 +49,8 @@ class ExperimentsMixin(StoreCore):
 
     def baselines(self, run_id: int | None = None, prompt: str | None = None) -> list[dict]:
         """Baselines, oldest first, optionally only those of a run and/or a prompt."""
-        where, params = ["1"], []
+        where: list[str] = ["1"]
+        params: list[Any] = []
         if run_id is not None:
             where.append("b.run_id = ?")
             params.append(run_id)
@@ -78,7 +79,7 @@ class ExperimentsMixin(StoreCore):
     ) -> int:
         """Record an experiment (comparison, amplification sweep, ...) and its rows; its id."""
         with self._transaction():
-            table = self.db["experiments"].insert(
+            table = self.db.table("experiments").insert(
                 {
                     "kind": kind,
                     "created_at": now(),
@@ -90,7 +91,7 @@ class ExperimentsMixin(StoreCore):
             assert table.last_rowid is not None
             experiment_id = int(table.last_rowid)
             if rows:
-                self.db["experiment_rows"].insert_all(
+                self.db.table("experiment_rows").insert_all(
                     {"experiment_id": experiment_id, "idx": i, "data": dumps(row)}
                     for i, row in enumerate(rows)
                 )

@@ -51,7 +51,7 @@ class RunsMixin(StoreCore):
         with self._transaction():
             if prompt:
                 put_texts(self.db, [prompt])
-            table = self.db["runs"].insert(
+            table = self.db.table("runs").insert(
                 {
                     "created_at": now(),
                     "status": "running",
@@ -82,7 +82,7 @@ class RunsMixin(StoreCore):
             raise StoreError(f"unknown run status {status!r}; expected one of {RUN_STATUSES}")
         with self._transaction():
             self._require_run(run_id)
-            runs = self.db["runs"]
+            runs = self.db.table("runs")
             if status != "running":
                 runs.update(run_id, {"status": status, "error": error, "finished_at": now()})
                 return
@@ -187,7 +187,8 @@ class RunsMixin(StoreCore):
             # BEGIN IMMEDIATE makes MAX(id) + 1 what SQLite would have chosen.
             (first,) = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM individuals").fetchone()
             ids = list(range(first, first + len(rows)))
-            records, links = [], []
+            records: list[dict[str, Any]] = []
+            links: list[dict[str, int]] = []
             for pos, (new_id, row, tid) in enumerate(zip(ids, rows, text_ids, strict=True)):
                 span = row.get("span")
                 token_ids = [int(t) for t in row["token_ids"]]
@@ -216,9 +217,9 @@ class RunsMixin(StoreCore):
                     for i, p in enumerate(row.get("parents") or ())
                 )
             if records:
-                self.db["individuals"].insert_all(records)
+                self.db.table("individuals").insert_all(records)
             if links:
-                self.db["parents"].insert_all(links)
+                self.db.table("parents").insert_all(links)
             insert_scores(self.db, list(scores), run_id, generation)
             best_id = stats.get("best_individual_id")
             if best_id is None:

@@ -223,7 +223,9 @@ def _m004_one_score_record(db: Database) -> None:
     for run_id, prompt, mlm, causal, config in runs:
         prompt_key = prefix_id(prompt)
         if prompt:
-            conn.execute("INSERT OR IGNORE INTO texts (id, text) VALUES (?, ?)", (prompt_key, prompt))
+            conn.execute(
+                "INSERT OR IGNORE INTO texts (id, text) VALUES (?, ?)", (prompt_key, prompt)
+            )
         conn.execute("UPDATE runs SET prompt_id = ? WHERE id = ?", (prompt_key, run_id))
         names = _old_scorer_names(mlm, causal, loads(config, {}) or {})
         found: list[tuple[int, str, dict[str, Any], str]] = []  # generation, text id, scores, at
@@ -240,7 +242,10 @@ def _m004_one_score_record(db: Database) -> None:
             if "rejected_ids" in detail:
                 rejected = detail.get("rejected_scores")
                 if rejected is None and "rejected_pll" in detail:
-                    rejected = {"pll": detail["rejected_pll"], "n_tokens": detail.get("rejected_n_tokens")}
+                    rejected = {
+                        "pll": detail["rejected_pll"],
+                        "n_tokens": detail.get("rejected_n_tokens"),
+                    }
                 by_ids_only.append((generation, detail["rejected_ids"], rejected or {}, created))
         for generation, state, created in conn.execute(
             "SELECT generation, state, created_at FROM generations WHERE run_id = ? "
@@ -341,7 +346,9 @@ def applied_migrations(conn: sqlite3.Connection, where: str) -> dict[str, int]:
     try:
         rows = conn.execute("SELECT name, version FROM _migrations").fetchall()
     except sqlite3.OperationalError as exc:
-        raise StoreError(f"{where} has a _migrations table that is not mlm-evolve's ({exc})") from exc
+        raise StoreError(
+            f"{where} has a _migrations table that is not mlm-evolve's ({exc})"
+        ) from exc
     return {name: version for name, version in rows}
 
 
@@ -376,7 +383,9 @@ def migrate(
     for version, fn in enumerate(MIGRATIONS, start=1):
         # Re-checked inside the write lock: another process may have migrated meanwhile.
         with transaction():
-            done = conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (fn.__name__,)).fetchone()
+            done = conn.execute(
+                "SELECT 1 FROM _migrations WHERE name = ?", (fn.__name__,)
+            ).fetchone()
             if done:
                 continue
             fn(db)

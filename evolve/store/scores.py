@@ -50,7 +50,7 @@ def insert_scores(
     at = now()
     text_ids = put_texts(db, [r["text"] for r in rows])
     put_texts(db, sorted({r.get("prefix") or "" for r in rows} - {""}))
-    db["scores"].insert_all(
+    db.table("scores").insert_all(
         (
             {
                 "text_id": tid,
@@ -70,7 +70,7 @@ def insert_scores(
         ignore=True,
     )
     if run_id is not None:
-        db["run_texts"].insert_all(
+        db.table("run_texts").insert_all(
             (
                 {"run_id": run_id, "text_id": tid, "generation": generation}
                 for tid in dict.fromkeys(text_ids)
@@ -89,9 +89,7 @@ def score_summary(total: float | None, n_tokens: int | None) -> dict[str, Any]:
     }
 
 
-def scores_of_individuals(
-    db: Database, ids: Iterable[int]
-) -> dict[int, dict[str, dict[str, Any]]]:
+def scores_of_individuals(db: Database, ids: Iterable[int]) -> dict[int, dict[str, dict[str, Any]]]:
     """{individual id: {scorer: score_summary}} under each individual's run prompt."""
     found: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in ids}
     for chunk in chunks(list(found)):
