@@ -10,11 +10,9 @@ older schemas, refusal of foreign or newer files, and telling a dead run from a 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import pickle
 import signal
 import socket
 import sqlite3
@@ -61,16 +59,10 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def rng_states(blob: str) -> tuple[Any, ...]:
-    """The python, numpy and torch generator states in a stored RNG blob, comparable with ==
-    (the pickled bytes themselves may differ between processes for equal states)."""
-    state = pickle.loads(base64.b64decode(blob))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    return (
-        state["python"],
-        (kind, keys.tolist(), pos, has_gauss, gauss),
-        state["torch"].tolist(),
-    )
+def rng_states(blob: str) -> Any:
+    """The python, numpy and torch generator states in a stored RNG state (JSON, data only),
+    comparable with ==."""
+    return json.loads(blob)
 
 
 def run_record(db: Path, run_id: int) -> list[tuple[Any, ...]]:
@@ -321,9 +313,11 @@ def _database_at_version(path: Path, version: int) -> None:
         "VALUES (1, 'then', 'finished', 'Cheddar is', 3, '{}')"
     )
     conn.execute("INSERT INTO texts VALUES ('t1', ' old')")
+    scores = ("scores, ", "'{}', ") if version < 4 else ("", "")  # migration 4 dropped it
     conn.execute(
         "INSERT INTO individuals (run_id, generation, position, text_id, token_ids, n_tokens, "
-        "fitness, scores, op, created_at) VALUES (1, 0, 0, 't1', '[1]', 1, -2.0, '{}', 'init', 'x')"
+        f"fitness, {scores[0]}op, created_at) "
+        f"VALUES (1, 0, 0, 't1', '[1]', 1, -2.0, {scores[1]}'init', 'x')"
     )
     conn.execute(
         "INSERT INTO generations (run_id, generation, best, rng_state, state, created_at) "
