@@ -46,8 +46,11 @@ class Normalise:
 
 
 class Objective(Protocol):
-    scorers: tuple[str, ...]  # scorer names whose scores it reads
-    n_values: int  # length of the DEAP fitness tuple
+    @property
+    def scorers(self) -> tuple[str, ...]: ...  # scorer names whose scores it reads
+
+    @property
+    def n_values(self) -> int: ...  # length of the DEAP fitness tuple
 
     @property
     def label(self) -> str: ...  # what the fitness is, stored as the run's `fitness`

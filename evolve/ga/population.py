@@ -67,7 +67,8 @@ def best_distinct(pop: Sequence[Individual], k: int) -> list[Individual]:
     """The k fittest, preferring distinct texts so survivors do not collapse to clones."""
     ranked = sorted(pop, key=lambda ind: ind.fitness.values[0], reverse=True)
     seen: set[tuple[int, ...]] = set()
-    distinct, repeats = [], []
+    distinct: list[Individual] = []
+    repeats: list[Individual] = []
     for ind in ranked:
         (repeats if tuple(ind) in seen else distinct).append(ind)
         seen.add(tuple(ind))

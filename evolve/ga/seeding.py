@@ -45,7 +45,7 @@ def seed_everything(seed: int) -> None:
 def get_rng_state() -> str:
     """The three generator states as a JSON string (data only)."""
     version, words, gauss = random.getstate()
-    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return json.dumps(
         {
             "format": FORMAT,

@@ -91,7 +91,8 @@ def crossover_pieces(child: str, parents: Sequence[str]) -> list[Piece]:
     cw = words(child)
     if not cw:
         return []
-    labels: list[Kind] = ["parent0", "parent1", "insert"][: len(parents)] + ["insert"]
+    choices: list[Kind] = ["parent0", "parent1", "insert"]
+    labels: list[Kind] = choices[: len(parents)] + ["insert"]
     labels = list(dict.fromkeys(labels))
     matched = [_matched(cw, words(p)) for p in parents[:2]]
 
