@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from evolve.experiments.baselines import settings_label
 from evolve.store import LogStore
 from scoring import metrics
+from scoring.devices import check_device
 from scoring.errors import UserError
 
 PLL_VARIANTS = ("original", "word_l2r")
@@ -297,6 +298,7 @@ def compare_run(
     `causal` overrides the run's judge model; `factory` makes scorers from scorer names
     (default: `default_scorer` on `device`).
     """
+    check_device(device)  # before any scoring: a wrong --device is one line, not a traceback
     run = store.run(run_id)
     prompt: str = run["prompt"]
     judge = causal or run["causal"]
