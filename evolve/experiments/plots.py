@@ -8,6 +8,7 @@ works the same in tests, over ssh and in threads.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -200,10 +201,25 @@ def plot_lineage(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     return path
 
 
+def writable_dir(out_dir: Path) -> Path:
+    """Make `out_dir` (and its parents) and check that a file can be written in it; UserError
+    with one line otherwise. Called before the comparison scores texts, so an unwritable
+    --out costs no model time and leaves nothing half done. The check writes a file rather
+    than asking os.access, which says yes to root and knows nothing of read-only mounts."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot write plots to {out_dir}: {reason}") from None
+    return out_dir
+
+
 def plot_run(store: LogStore, run_id: int, out_dir: Path, comparison: Comparison) -> list[Path]:
     """Write fitness.png, compare.png and lineage.png for a run into `out_dir`; their paths."""
     run = store.run(run_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(out_dir)
     stats = store.generation_stats(run_id)
     best = store.best(run_id, 1)
     if not best:
