@@ -42,8 +42,7 @@ def check_device(name: str) -> str:
         count = 1 if torch.backends.mps.is_available() else 0
     else:
         backend = getattr(torch, kind, None)
-        available = backend is not None and backend.is_available()
-        count = backend.device_count() if available else 0
+        count = backend.device_count() if backend is not None and backend.is_available() else 0
     if count == 0:
         raise DeviceError(f"no {kind} device is available here; use --device cpu")
     if device.index is not None and device.index >= count:
