@@ -471,3 +471,38 @@ def test_sigterm_before_the_run_exists_is_one_line_and_exit_143(tmp_path: Path) 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Terminated (SIGTERM)"), lines
     assert not db.exists() or LogStore(db, readonly=True).runs() == []
+
+
+# Sends SIGTERM to itself while the third position is scored.
+_SIGTERM_DURING_AMPLIFY = """
+import os, signal
+import evolve.experiments.amplify as amplify
+real_score = amplify._score_position
+calls = []
+def score(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_score(*args, **kwargs)
+amplify._score_position = score
+from cli.process import main
+main()
+"""
+
+
+def test_sigterm_during_amplify_keeps_the_positions_scored_and_exits_143(
+    tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    db = tmp_path / "amp.db"
+    text = "Cheddar is a hard cheese from England and it tastes sharp when it is old."
+    done = _child(
+        _SIGTERM_DURING_AMPLIFY,
+        *["amplify", text, "--causal", str(tiny_gpt2_dir), "-B", "2", "-D", "1"],
+        *["--batch-tokens", "2", "--json", "--db", str(db)],
+    )
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "Terminated (SIGTERM): 2 positions kept"
+    with LogStore(db, readonly=True) as s:
+        (exp,) = s.experiments(kind="amplify")
+        assert exp["status"] == "interrupted"
