@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from cli.common import INTERRUPTED_EXIT, db_option, resolve_db
+from cli.common import COUNT, absolute_model, db_option, resolve_db
+from cli.process import interrupted_exit, interruption
 from cli.tables import format_table
 from evolve.experiments.amplify import (
     KIND,
@@ -62,9 +63,9 @@ class _Bar:
     help="UTF-8 text file; blank lines separate documents. Repeatable.",
 )
 @click.option("--causal", default=_d.causal, show_default=True, help="Causal LM preset/folder/id.")
-@click.option("--beams", "-B", type=int, default=_d.beams, show_default=True, help="Beam width.")
+@click.option("--beams", "-B", type=COUNT, default=_d.beams, show_default=True, help="Beam width.")
 @click.option(
-    "--depth", "-D", type=int, default=_d.depth, show_default=True, help="Lookahead tokens."
+    "--depth", "-D", type=COUNT, default=_d.depth, show_default=True, help="Lookahead tokens."
 )
 @click.option(
     "--lambdas",
@@ -87,17 +88,17 @@ class _Bar:
 )
 @click.option(
     "--max-positions",
-    type=int,
+    type=COUNT,
     default=_d.max_positions,
     show_default=True,
     help="Cap on scored tokens.",
 )
 @click.option(
-    "--stride", type=int, default=_d.stride, show_default=True, help="Score every S-th token."
+    "--stride", type=COUNT, default=_d.stride, show_default=True, help="Score every S-th token."
 )
 @click.option(
     "--start",
-    type=int,
+    type=COUNT,
     default=_d.start,
     show_default=True,
     help="First scored token of each document.",
@@ -110,7 +111,7 @@ class _Bar:
 )
 @click.option(
     "--batch-tokens",
-    type=int,
+    type=COUNT,
     default=_d.batch_tokens,
     show_default=True,
     help="Beam rows per forward pass (speed only).",
@@ -150,7 +151,7 @@ def amplify(
         stride=stride,
         start=start,
         unwrap=unwrap,
-        causal=causal,
+        causal=absolute_model(causal),
         batch_tokens=batch_tokens,
     ).validate()
     docs = load_documents([text] if text is not None else [], files, unwrap=unwrap)
@@ -186,8 +187,8 @@ def amplify(
     else:
         click.echo(render(exp_id, result))
     if result.interrupted:
-        click.echo(f"interrupted: {len(result.rows)} positions kept", err=True)
-        raise click.exceptions.Exit(INTERRUPTED_EXIT)
+        click.echo(f"{interruption()}: {len(result.rows)} positions kept", err=True)
+        raise click.exceptions.Exit(interrupted_exit())
 
 
 def _pct(x: float) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import db_option, open_existing, resolve_db, unescape
+from cli.common import COUNT, ID, absolute_model, db_option, open_existing, resolve_db, unescape
 from cli.tables import format_table
 from evolve.experiments.baselines import (
     DEFAULT_METHODS,
@@ -32,7 +32,7 @@ PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
 
 @click.command()
 @click.option("--prompt", help=r"Prompt to continue (\n means a newline); default: the run's.")
-@click.option("--run", "run_id", type=int, help="Link to this run: its prompt and length.")
+@click.option("--run", "run_id", type=ID, help="Link to this run: its prompt and length.")
 @click.option(
     "--method",
     "methods",
@@ -47,33 +47,46 @@ PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
 )
 @click.option(
     "--new-tokens",
-    type=int,
+    type=COUNT,
     default=None,
     help="Continuation length in causal-LM tokens [default: the run's best, else 20].",
 )
-@click.option("--num-beams", default=_defaults.num_beams, show_default=True)
+@click.option("--num-beams", default=_defaults.num_beams, type=COUNT, show_default=True)
 @click.option("--length-penalty", default=_defaults.length_penalty, show_default=True)
-@click.option("--no-repeat-ngram-size", default=_defaults.no_repeat_ngram_size, show_default=True)
+@click.option(
+    "--no-repeat-ngram-size", default=_defaults.no_repeat_ngram_size, type=COUNT, show_default=True
+)
 @click.option(
     "--num-return-sequences",
     default=_defaults.num_return_sequences,
+    type=COUNT,
     show_default=True,
     help="Beams kept from beam search.",
 )
 @click.option("--temperature", default=_defaults.temperature, show_default=True)
-@click.option("--top-k", default=_defaults.top_k, show_default=True, help="0 = no cut.")
+@click.option("--top-k", default=_defaults.top_k, type=COUNT, show_default=True, help="0 = no cut.")
 @click.option("--top-p", default=_defaults.top_p, show_default=True)
 @click.option("--typical-p", default=_defaults.typical_p, show_default=True, help="1 = off.")
 @click.option(
-    "--samples", default=_defaults.samples, show_default=True, help="Sampled texts, one seed each."
+    "--samples",
+    default=_defaults.samples,
+    type=COUNT,
+    show_default=True,
+    help="Sampled texts, one seed each.",
 )
 @click.option(
-    "--amp-depth", default=_defaults.amp_depth, show_default=True, help="Amplified: lookahead D."
+    "--amp-depth",
+    default=_defaults.amp_depth,
+    type=COUNT,
+    show_default=True,
+    help="Amplified: lookahead D.",
 )
 @click.option(
     "--amp-lambda", default=_defaults.amp_lambda, show_default=True, help="Amplified: mix weight."
 )
-@click.option("--seed", default=_defaults.seed, show_default=True, help="First sample's seed.")
+@click.option(
+    "--seed", default=_defaults.seed, type=COUNT, show_default=True, help="First sample's seed."
+)
 @click.option("--device", default=_defaults.device, show_default=True)
 @db_option
 def baseline(
@@ -89,7 +102,7 @@ def baseline(
         prompt=unescape(prompt) if prompt is not None else "",
         run_id=run_id,
         methods=methods or DEFAULT_METHODS,
-        causal=o["causal"],
+        causal=absolute_model(str(o["causal"])) if o["causal"] else "",
         new_tokens=o["new_tokens"],
         num_beams=o["num_beams"],
         length_penalty=o["length_penalty"],
@@ -155,7 +168,7 @@ def _print_comparison(cmp: Comparison) -> None:
 
 
 @click.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=ID)
 @click.option("--reference", help=r"A human-written continuation to add (\n means a newline).")
 @click.option("--causal", default=None, help="Judge causal LM [default: the run's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
@@ -175,7 +188,7 @@ def compare(
             store,
             run_id,
             reference=unescape(reference) if reference is not None else None,
-            causal=causal,
+            causal=absolute_model(causal) if causal else causal,
             device=device,
         )
     if as_json:
@@ -187,7 +200,7 @@ def compare(
 
 
 @click.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=ID)
 @click.option(
     "--out",
     "out_dir",
@@ -209,18 +222,20 @@ def plot(
 ) -> None:
     """Draw fitness per generation, the comparison chart and the best's ancestry as PNGs."""
     # matplotlib loads only for this command
-    from evolve.experiments.plots import plot_run, save_figures
+    from evolve.experiments.plots import plot_run, save_figures, writable_dir
 
     with open_existing(db_path) as store:
+        store.run(run_id)  # an unknown run is refused before a folder is made
+        out_dir = writable_dir(out_dir or PLOTS_DIR / f"run-{run_id}")  # before any scoring
         cmp = compare_run(
             store,
             run_id,
             reference=unescape(reference) if reference is not None else None,
-            causal=causal,
+            causal=absolute_model(causal) if causal else causal,
             device=device,
         )
         figures = plot_run(store, run_id, cmp)
-    paths = save_figures(figures, out_dir or PLOTS_DIR / f"run-{run_id}")
+    paths = save_figures(figures, out_dir)
     for path in paths:
         click.echo(str(path))
     for note in cmp.notes:

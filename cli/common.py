@@ -1,4 +1,4 @@
-"""Pieces every command module shares: error translation and the --db option."""
+"""Pieces every command module shares: error translation, the --db option, id and count types."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ from typing import Any
 
 import click
 
+from cli.process import interrupted_exit, interruption, sigterm_as_interrupt, terminated
 from evolve.store import LogStore, StoreError
 from scoring.errors import UserError
+from scoring.models import PRESETS
 
 DEFAULT_DB = Path("runs") / "evolve.db"  # runs/ is the project's place for run databases
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 INTERRUPTED_MESSAGE = (
-    "Interrupted: everything written before Ctrl-C is kept "
+    "everything written before {what} is kept "
     "(`evolve runs` lists runs; `evolve resume ID` continues one)."
 )
+INT64_MAX = 2**63 - 1
+# Ids and counts are SQLite INTEGERs (signed 64-bit): a larger number is no id and used to end
+# in an OverflowError traceback where it met SQLite. Click refuses it with one line, exit 2.
+ID = click.IntRange(0, INT64_MAX)
+COUNT = click.IntRange(0, INT64_MAX)
+POSITIVE = click.IntRange(1, INT64_MAX)
 
 
 def default_db_path() -> Path:
@@ -43,28 +50,51 @@ def resolve_db(db_path: Path | None) -> Path:
 class ErrorTranslatingGroup(click.Group):
     """Turn domain errors into one-line click errors instead of tracebacks.
 
-    UserError (bad input) becomes a usage error, exit code 2. A database that is locked or
-    corrupt becomes a ClickException (exit 1) with the sqlite message. A Ctrl-C that no
+    UserError (bad input) and an option value click refuses (out of range, say) become one
+    `Error: ...` line, exit code 2. A database that is locked or corrupt becomes a
+    ClickException (exit 1) with the sqlite message. A Ctrl-C that no
     command handled itself (one during model loading, or a second one while a run records
     its interruption) exits 130 with one line instead of click's "Aborted!" and exit 1:
     every store write is one transaction, so what was committed before it is kept.
+    SIGTERM takes the same path (`cli.process`) and exits 143.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except UserError as exc:
             raise click.UsageError(str(exc).splitlines()[0] if str(exc) else "bad input") from exc
+        except click.MissingParameter:
+            raise  # with the usage, which says what is missing
+        except click.BadParameter as exc:  # a bad option value: one line, without the usage
+            raise click.UsageError(exc.format_message()) from None
         except sqlite3.DatabaseError as exc:
             raise click.ClickException(f"database error: {exc}") from exc
         except KeyboardInterrupt:
-            click.echo(f"\n{INTERRUPTED_MESSAGE}", err=True)
-            raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+            what = "SIGTERM" if terminated() else "Ctrl-C"
+            click.echo(f"\n{interruption()}: {INTERRUPTED_MESSAGE.format(what=what)}", err=True)
+            raise click.exceptions.Exit(interrupted_exit()) from None
 
 
 def unescape(text: str) -> str:
     r"""Let `--prompt "a\nb"` mean a newline (and \t a tab), as users type it in a shell."""
     return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def absolute_db(store: LogStore) -> str:
+    """The store's file as an absolute path, for hints to be pasted in another directory."""
+    return os.path.abspath(store.path)
+
+
+def absolute_model(name: str) -> str:
+    """A model given as a local folder (`--mlm ./model`) as its absolute path, so the stored
+    config still names it when the run is resumed or compared from another directory.
+    Presets and hub ids (no such folder here) are kept as given."""
+    if name in PRESETS:
+        return name
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.is_dir() else name
 
 
 def open_existing(db_path: Path | None) -> LogStore:

@@ -10,8 +10,17 @@ from typing import Any
 
 import click
 
-from cli.common import db_option, resolve_db, unescape
+from cli.common import (
+    ID,
+    absolute_db,
+    absolute_model,
+    db_option,
+    open_existing,
+    resolve_db,
+    unescape,
+)
 from cli.options import ConfigOptions
+from cli.process import interrupted_exit, interruption
 from evolve.api import (
     GenerationReport,
     Progress,
@@ -74,18 +83,19 @@ def run(
     text = _read_text_file(prompt_file) if prompt_file else unescape(prompt or "")
     data = RUN_OPTIONS.values(opts)
     data.update(prompt=text, seed_texts=tuple(unescape(s) for s in seed_texts))
+    data.update(mlm=absolute_model(data["mlm"]), causal=absolute_model(data["causal"]))
     cfg = RunConfig.from_dict(data).validate()
     with LogStore(resolve_db(db_path)) as store:
         _drive(lambda progress: start_run(cfg, store, progress), cfg.generations, quiet, store)
 
 
 @click.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=ID)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @db_option
 def resume(run_id: int, db_path: Path | None, quiet: bool) -> None:
     """Continue an interrupted run from its last completed generation."""
-    with LogStore(resolve_db(db_path)) as store:
+    with open_existing(db_path) as store:  # a missing database is an error, not a new file
         generations = RunConfig.from_dict(_config_of(store, run_id)).generations
         _drive(lambda progress: resume_run(run_id, store, progress), generations, quiet, store)
 
@@ -98,7 +108,7 @@ def _config_of(store: LogStore, run_id: int) -> dict[str, Any]:
 def _drive(
     start: Callable[[Progress | None], RunSummary], generations: int, quiet: bool, store: LogStore
 ) -> None:
-    """Run with a progress bar; on Ctrl-C say how to resume and exit 130."""
+    """Run with a progress bar; on Ctrl-C say how to resume and exit 130 (143 on SIGTERM)."""
     try:
         if quiet:
             summary = start(None)
@@ -109,11 +119,11 @@ def _drive(
                 summary = start(lambda report: bar.update(1, report))
     except RunInterrupted as exc:
         click.echo(
-            f"\nInterrupted: run {exc.run_id} is saved through generation {exc.generation}. "
-            f"Resume with: evolve resume {exc.run_id} --db {store.path}",
+            f"\n{interruption()}: run {exc.run_id} is saved through generation "
+            f"{exc.generation}. Resume with: evolve resume {exc.run_id} --db {absolute_db(store)}",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(interrupted_exit())
     _print_summary(summary)
 
 

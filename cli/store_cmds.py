@@ -3,7 +3,9 @@
 They only format what `evolve.store.LogStore` returns. Reading commands refuse a missing
 database instead of creating an empty one; `evolve sql` opens the file read-only, so no
 statement it is given can change the file. A run stored as 'running' whose process is gone
-(kill -9, a crash, power loss) is shown as 'dead', with how to resume it.
+(kill -9, a crash, power loss) is shown as 'dead', with how to resume it. A run whose stored
+config this version cannot read (written by a newer version, or edited) is listed with a
+marker and the reason, and the other runs as usual.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import Any
 
 import click
 
-from cli.common import db_option, open_existing, resolve_db
+from cli.common import COUNT, ID, db_option, open_existing, resolve_db
 from cli.tables import format_cell, format_table
+from evolve.ga.config import RunConfig
 from evolve.store import LogStore, run_process_state
+from scoring.errors import UserError
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
+UNUSABLE = "!"  # marks the status of a run whose stored config this version cannot use
 
 
 def _span(start: int | None, end: int | None) -> str:
@@ -30,8 +35,23 @@ def _when(stamp: str | None) -> str:
     return "" if not stamp else stamp[:19].replace("T", " ")
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def config_problem(config: Any) -> str | None:
+    """Why this version cannot use a stored run config, or None if it can. An empty config
+    (runs from before configs were stored) is no problem: there is nothing to read. Machine
+    checks (device, memory) are left out: they are `evolve resume`'s business."""
+    if config in ({}, None):
+        return None
+    try:
+        RunConfig.from_dict(config).validate(here=False)
+    except (UserError, TypeError, ValueError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Nested config dicts as dotted keys, e.g. ('mutation.top_k', 20)."""
+    if not isinstance(config, dict):
+        return [(prefix.rstrip(".") or "(not a mapping)", config)]
     items: list[tuple[str, Any]] = []
     for key, value in config.items():
         if isinstance(value, dict):
@@ -67,6 +87,7 @@ def runs(db_path: Path | None) -> None:
         if not rows:
             click.echo(f"No runs in {store.path}.")
             return
+        problems = {r["id"]: p for r in rows if (p := config_problem(r["config"])) is not None}
         click.echo(
             format_table(
                 ["id", "created", "status", "prompt", "gens", "best"],
@@ -74,7 +95,7 @@ def runs(db_path: Path | None) -> None:
                     [
                         r["id"],
                         _when(r["created_at"]),
-                        _status(r),
+                        _status(r) + (UNUSABLE if r["id"] in problems else ""),
                         r["prompt"],
                         r["n_generations"],
                         r["best_fitness"],
@@ -91,14 +112,19 @@ def runs(db_path: Path | None) -> None:
                 f"\ndead: the process running it has ended without finishing it (killed or "
                 f"crashed); `evolve resume ID` continues it. Dead runs: {ids}."
             )
+        for run_id, problem in problems.items():
+            click.echo(
+                f"\n{UNUSABLE} run {run_id}: its stored config is not valid for this version "
+                f"({problem}); `evolve show {run_id}` prints it, `evolve resume` cannot use it."
+            )
 
 
 @click.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=ID)
 @click.option(
     "-n",
     "n_best",
-    type=click.IntRange(min=0),
+    type=COUNT,
     default=5,
     show_default=True,
     help="How many of the best distinct texts to list.",
@@ -124,6 +150,9 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
         )
         if run["error"]:
             click.echo(f"error:    {run['error']}")
+        problem = config_problem(run["config"])
+        if problem:
+            click.echo(f"note:     its stored config is not valid for this version ({problem})")
         if run["config"]:
             click.echo("config:")
             for key, value in _flatten(run["config"]):
@@ -173,10 +202,10 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
 
 
 @click.command()
-@click.argument("individual_id", type=int)
+@click.argument("individual_id", type=ID)
 @click.option(
     "--max-depth",
-    type=click.IntRange(min=0),
+    type=COUNT,
     default=None,
     help="Stop this many generations back (default: back to the first).",
 )

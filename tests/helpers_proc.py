@@ -19,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Mozzarella is white so you can see it at night. Cheddar is"
-# What the console script does, with the program name it would show.
-_ENTRY = "import sys; from cli.main import cli; sys.exit(cli(prog_name='evolve'))"
+# What the console script does (pyproject.toml: evolve = "cli.process:main").
+_ENTRY = "from cli.process import main; main()"
 
 
 def child_env() -> dict[str, str]:

@@ -29,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evolve.ga.config import INT64_MAX, TEMPERATURE_MAX, TEMPERATURE_MIN
 from evolve.ga.seeding import seed_everything
 from evolve.store import LogStore
+from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
 
@@ -99,8 +101,9 @@ class BaselineConfig:
         _require(math.isfinite(self.length_penalty), "length_penalty must be finite")
         _require(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0 (0 = off)")
         _require(
-            self.temperature > 0 and math.isfinite(self.temperature),
-            f"temperature must be > 0 (got {self.temperature}); use greedy for 0",
+            TEMPERATURE_MIN <= self.temperature <= TEMPERATURE_MAX,
+            f"temperature must lie within [{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}] "
+            f"(got {self.temperature:g}); use greedy for 0",
         )
         _require(self.top_k >= 0, f"top_k must be >= 0 (0 = no cut; got {self.top_k})")
         _require(0 < self.top_p <= 1, f"top_p must lie within (0, 1] (got {self.top_p})")
@@ -108,6 +111,12 @@ class BaselineConfig:
             0 < self.typical_p <= 1, f"typical_p must lie within (0, 1] (got {self.typical_p})"
         )
         _require(self.samples >= 1, f"samples must be at least 1 (got {self.samples})")
+        # Each sample's seed is stored as a SQLite INTEGER (signed 64-bit).
+        _require(
+            self.seed >= 0 and self.seed + self.samples - 1 <= INT64_MAX,
+            f"seed + samples must stay within [0, 2**63-1] (got seed {self.seed})",
+        )
+        check_device(self.device)
         return self
 
     def with_model(self, store: LogStore) -> BaselineConfig:

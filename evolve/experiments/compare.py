@@ -31,6 +31,7 @@ from typing import Any
 from evolve.experiments.baselines import settings_label
 from evolve.store import LogStore, ScoreBook, ScorerFactory, TextScorer
 from scoring import metrics
+from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.names import PLL_VARIANTS, causal_scorer_name, pll_scorer_name
 
@@ -232,6 +233,7 @@ def compare_run(
     `causal` overrides the run's judge model; `factory` makes scorers from scorer names
     (default: `default_scorer` on `device`).
     """
+    check_device(device)  # before any scoring: a wrong --device is one line, not a traceback
     run = store.run(run_id)
     prompt: str = run["prompt"]
     judge = causal or run["causal"]

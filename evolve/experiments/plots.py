@@ -11,6 +11,7 @@ works the same in tests, over ssh and in threads.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,21 @@ def plot_lineage(rows: Sequence[dict[str, Any]], title: str) -> Figure:
     ax.margins(x=0.08)
     ax.grid(alpha=0.2)
     return fig
+
+
+def writable_dir(out_dir: Path) -> Path:
+    """Make `out_dir` (and its parents) and check that a file can be written in it; UserError
+    with one line otherwise. Called before the comparison scores texts, so an unwritable
+    --out costs no model time and leaves nothing half done. The check writes a file rather
+    than asking os.access, which says yes to root and knows nothing of read-only mounts."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot write plots to {out_dir}: {reason}") from None
+    return out_dir
 
 
 def plot_run(store: LogStore, run_id: int, comparison: Comparison) -> dict[str, Figure]:

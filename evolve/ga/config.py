@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 from evolve.ga.operators.context import CxPoints
 from evolve.ga.proposers.base import Order
+from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, DEFAULT_MLM
 from scoring.names import PLL_VARIANTS, PLLVariant
@@ -38,6 +41,27 @@ PROPOSERS: tuple[ProposerKind, ...] = get_args(ProposerKind)
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 BASELINE_INITS: tuple[BaselineInit, ...] = get_args(BaselineInit)
 INITS: tuple[Init, ...] = get_args(Init)  # a nested Literal is flattened
+
+# Upper bounds, checked before a run exists. Without them `-p 1000000000` built individuals
+# for 45 s until 4 GB were gone and left a run row behind, and a seed of 2**64 ended in an
+# OverflowError when the run was stored.
+INT64_MAX = 2**63 - 1  # SQLite INTEGER and torch seeds are signed 64-bit: larger ints overflow
+MAX_POPULATION = 100_000  # also for offspring; one generation of that many PLL scorings takes
+# hours on a CPU already, and the memory check below refuses less where memory is short
+MAX_GENERATIONS = 1_000_000  # a row per generation; at 1 s each, 11 days
+MAX_LEN = 4096  # tokens; 8x the 512-token window of BERT-family MLMs, and PLL of a text of n
+# tokens costs n forward passes of n tokens
+MAX_CANDIDATES = 1024  # causal proposer: fills sampled per span, all in one batch
+# Sampling temperature (0 = greedy). Outside these, fp32 sampling is already argmax (logit
+# gaps are multiplied by 100 and more) or uniform (gaps of ~20 nats shrink below 0.2), and at
+# the extremes the logits overflow: 1e300 ended in a traceback and a failed run.
+TEMPERATURE_MIN, TEMPERATURE_MAX = 0.01, 100.0
+# Memory of one individual: tracemalloc of 5,000 Individuals with fitness, origin and one
+# stored TokenScores at 8, 128 and 512 tokens gave 1,937, 10,577 and 38,225 bytes, i.e.
+# ~1,400 bytes plus ~72 per token (CPython 3.12).
+INDIVIDUAL_BYTES, TOKEN_BYTES = 1_400, 72
+MEMORY_SHARE = 0.5  # of the available memory the population may take; models and scores need
+# the rest
 
 
 class ConfigError(UserError):
@@ -259,13 +283,23 @@ class RunConfig:
         default_factory=FitnessConfig, metadata={"help": "What is maximised, and how."}
     )
 
-    def validate(self) -> RunConfig:
-        """Check every option once; raise ConfigError with a one-line message. Returns self."""
+    def validate(self, *, here: bool = True) -> RunConfig:
+        """Check every option once; raise ConfigError with a one-line message. Returns self.
+
+        With `here` (the default) it also checks what depends on this machine: that the
+        device exists and that the population fits in the available memory. `evolve runs`
+        passes False to ask only whether this version can read a stored config.
+        """
         _require(bool(self.prompt and self.prompt.strip()), "the prompt is empty")
+        _types(self)
         _require(self.population >= 2, f"population must be at least 2 (got {self.population})")
+        _at_most("population", self.population, MAX_POPULATION)
         _require(self.generations >= 1, f"generations must be at least 1 (got {self.generations})")
+        _at_most("generations", self.generations, MAX_GENERATIONS)
         _choice("algorithm", self.algorithm, ALGORITHMS)
         _require(self.offspring >= 0, "offspring must be >= 0")
+        _at_most("offspring", self.offspring, MAX_POPULATION)
+        _require(0 <= self.seed <= INT64_MAX, f"seed must be within [0, 2**63-1] (got {self.seed})")
         for name in ("cxpb", "mutpb", "mutation.indel_prob"):
             value = _get(self, name)
             _require(0.0 <= value <= 1.0, f"{name} must be within [0, 1] (got {value})")
@@ -274,7 +308,12 @@ class RunConfig:
         _require(self.tournament >= 1, "tournament size must be at least 1")
         _require(0 <= self.elites < self.population, "elites must be in [0, population)")
         _require(self.patience >= 0, "patience must be >= 0")
+        _require(
+            math.isfinite(self.min_tol) and self.min_tol >= 0,
+            f"min_tol must be a finite number >= 0 (got {self.min_tol})",
+        )
         _require(1 <= self.min_len <= self.max_len, "need 1 <= min_len <= max_len")
+        _at_most("max_len", self.max_len, MAX_LEN)
         _require(
             self.min_len <= self.init_len <= self.max_len,
             f"init_len {self.init_len} must lie within [min_len {self.min_len}, "
@@ -286,12 +325,18 @@ class RunConfig:
             m.max_span <= self.max_len,
             f"max_span {m.max_span} is larger than the longest continuation ({self.max_len})",
         )
-        _require(m.temperature >= 0 and math.isfinite(m.temperature), "temperature must be >= 0")
+        _require(
+            m.temperature == 0 or TEMPERATURE_MIN <= m.temperature <= TEMPERATURE_MAX,
+            f"temperature must be 0 (greedy) or within [{TEMPERATURE_MIN:g}, "
+            f"{TEMPERATURE_MAX:g}] (got {m.temperature:g})",
+        )
         _require(m.top_k >= 0, "top_k must be >= 0 (0 = no cut)")
         _choice("fill order", m.order, FILL_ORDERS)
         _require(m.candidates >= 1, f"candidates must be at least 1 (got {m.candidates})")
+        _at_most("candidates", m.candidates, MAX_CANDIDATES)
         _choice("crossover points", self.crossover.points, CX_POINTS)
         _require(self.crossover.seam >= 0, "seam must be >= 0")
+        _at_most("seam", self.crossover.seam, self.max_len)
         f = self.fitness
         _choice("fitness objective", f.objective, OBJECTIVES)
         _choice("PLL variant", f.variant, PLL_VARIANTS)
@@ -310,7 +355,28 @@ class RunConfig:
         for text in self.seed_texts:
             _require(bool(text.strip()), "a seed text is empty")
         self._validate_combinations()
+        if here:
+            check_device(self.device)
+            self._check_memory()
         return self
+
+    def memory_estimate(self) -> int:
+        """Bytes the individuals of one generation take at most: parents and offspring,
+        twice (variation works on clones), at the longest allowed length."""
+        alive = 2 * (self.population + self.n_offspring)
+        return alive * (INDIVIDUAL_BYTES + TOKEN_BYTES * self.max_len)
+
+    def _check_memory(self) -> None:
+        available = available_memory()
+        if available is None:  # the system cannot tell; the upper bounds still hold
+            return
+        need = self.memory_estimate()
+        _require(
+            need <= MEMORY_SHARE * available,
+            f"population {self.population} + offspring {self.n_offspring} of up to "
+            f"{self.max_len} tokens need about {_size(need)}, more than half of the "
+            f"{_size(available)} of memory available; lower --population or --max-len",
+        )
 
     def _validate_combinations(self) -> None:
         """Options that are valid alone but not together."""
@@ -411,6 +477,77 @@ def _build(cls: type[_D], data: dict[str, Any], prefix: str) -> _D:
             value = tuple(value)
         values[name] = value
     return cls(**values)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory that can still be taken, or None if the system cannot tell.
+
+    Linux: MemAvailable of /proc/meminfo, capped by the cgroup v2 limit of a container;
+    elsewhere the free physical pages that `os.sysconf` reports.
+    """
+    found: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        found = None
+    if found is None:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return None
+    try:
+        group = Path("/sys/fs/cgroup")
+        limit = (group / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((group / "memory.current").read_text())
+            found = min(found, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return found if found > 0 else None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _types(cfg: Any) -> None:
+    """Every field holds a value of its annotated type, and every int fits in 64 bits, so no
+    later step (SQLite, torch) meets one that overflows, and a stored config read back (from
+    JSON, by `from_dict`) is checked as strictly as options are."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        kind, value = hints[f.name], getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _types(value)
+        elif kind is bool:
+            _require(isinstance(value, bool), f"{f.name} must be true or false (got {value!r})")
+        elif kind is int:
+            _require(
+                isinstance(value, int) and not isinstance(value, bool),
+                f"{f.name} must be an integer (got {value!r})",
+            )
+            _require(
+                -INT64_MAX <= value <= INT64_MAX, f"{f.name} {value} is out of the 64-bit range"
+            )
+        elif kind is float:
+            _require(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                f"{f.name} must be a number (got {value!r})",
+            )
+        elif kind is str or typing.get_origin(kind) is Literal:
+            _require(isinstance(value, str), f"{f.name} must be a string (got {value!r})")
+        elif typing.get_origin(kind) is tuple:
+            _require(
+                isinstance(value, tuple) and all(isinstance(v, str) for v in value),
+                f"{f.name} must be a list of strings",
+            )
+
+
+def _at_most(name: str, value: int, bound: int) -> None:
+    _require(value <= bound, f"{name} must be at most {bound:,} (got {value:,})")
 
 
 def _get(obj: Any, dotted: str) -> Any:
