@@ -84,7 +84,7 @@ def unescape(text: str) -> str:
 
 def absolute_db(store: LogStore) -> str:
     """The store's file as an absolute path, for hints to be pasted in another directory."""
-    return os.path.abspath(store.path)
+    return os.path.abspath(store.path) if store.path is not None else ":memory:"
 
 
 def absolute_model(name: str) -> str:
