@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from cli.common import INTERRUPTED_EXIT, db_option, open_existing, resolve_db
+from cli.common import db_option, open_existing, resolve_db
+from cli.process import interrupted_exit
 from cli.tables import format_table
 from evolve.experiments.amplify import load_documents
 from evolve.experiments.stunting import (
@@ -265,7 +266,7 @@ def stunt(
         click.echo(render(exp_id, result))
     if result.interrupted:
         click.echo(f"interrupted: {len(result.steps)} steps kept", err=True)
-        raise click.exceptions.Exit(INTERRUPTED_EXIT)
+        raise click.exceptions.Exit(interrupted_exit())
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
