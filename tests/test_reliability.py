@@ -601,8 +601,12 @@ def test_resume_with_undone_and_dropped_texts_equals_uninterrupted(
             start_run(cfg, cut, stop_after_gen_2)
         run = info.value.run_id
         # What the resume has to warm its cache with, besides the individuals.
-        kept = {r["text"] for r in cut.individuals(run)}
-        assert set(cut.scores_for_run(run)) - kept
+        # (8 offspring for 6 places always leave some out; whether the simple loop undoes a
+        # move before the cut depends on the tiny model, whose trained vocabulary can differ
+        # between processes, so only the warmed-cache check above covers it for sure.)
+        if algorithm == "mu_plus_lambda":
+            kept = {r["text"] for r in cut.individuals(run)}
+            assert set(cut.scores_for_run(run)) - kept
         resume_run(run, cut)
     assert run_record(tmp_path / "cut.db", run) == run_record(tmp_path / "whole.db", ref)
 

@@ -418,4 +418,4 @@ def test_real_server_over_http(db) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert proc.returncode in (0, -15), proc.stderr.read()
+    assert proc.returncode in (0, -15, 143), proc.stderr.read()  # 143: SIGTERM, handled
