@@ -25,7 +25,6 @@ INT64_MAX = 2**63 - 1
 # in an OverflowError traceback where it met SQLite. Click refuses it with one line, exit 2.
 ID = click.IntRange(0, INT64_MAX)
 COUNT = click.IntRange(0, INT64_MAX)
-POSITIVE = click.IntRange(1, INT64_MAX)
 
 
 def default_db_path() -> Path:
