@@ -118,9 +118,14 @@ def _drive(
             ) as bar:
                 summary = start(lambda report: bar.update(1, report))
     except RunInterrupted as exc:
+        saved = (
+            f"is saved through generation {exc.generation}"
+            if exc.generation >= 0
+            else "was stopped before its first generation"
+        )
         click.echo(
-            f"\n{interruption()}: run {exc.run_id} is saved through generation "
-            f"{exc.generation}. Resume with: evolve resume {exc.run_id} --db {absolute_db(store)}",
+            f"\n{interruption()}: run {exc.run_id} {saved}. "
+            f"Resume with: evolve resume {exc.run_id} --db {absolute_db(store)}",
             err=True,
         )
         sys.exit(interrupted_exit())
