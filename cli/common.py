@@ -83,7 +83,8 @@ def unescape(text: str) -> str:
 
 def absolute_db(store: LogStore) -> str:
     """The store's file as an absolute path, for hints to be pasted in another directory."""
-    return os.path.abspath(store.path)
+    path = store.path
+    return str(path) if path is None else os.path.abspath(path)  # None: an in-memory store
 
 
 def absolute_model(name: str) -> str:
