@@ -231,6 +231,8 @@ def test_missing_cuda_devices_are_refused(monkeypatch: pytest.MonkeyPatch) -> No
         (["run", "--prompt", PROMPT, "--device", "gpu0"], "unknown device 'gpu0'"),
         (["baseline", "--prompt", "x", "--device", "gpu0"], "unknown device 'gpu0'"),
         (["baseline", "--prompt", "x", "--temperature", "1e-30"], "temperature must lie within"),
+        (["baseline", "--prompt", "x", "--num-beams", "1000000000"], "num_beams must be at most"),
+        (["baseline", "--prompt", "x", "--samples", "1000000"], "samples must be at most 10000"),
     ],
 )
 def test_bad_numbers_and_devices_are_one_line_and_create_nothing(
