@@ -15,7 +15,7 @@ from cli.common import (
     absolute_db,
     absolute_model,
     db_option,
-    open_existing,
+    existing_db,
     resolve_db,
     unescape,
 )
@@ -95,7 +95,7 @@ def run(
 @db_option
 def resume(run_id: int, db_path: Path | None, quiet: bool) -> None:
     """Continue an interrupted run from its last completed generation."""
-    with open_existing(db_path) as store:  # a missing database is an error, not a new file
+    with LogStore(existing_db(db_path)) as store:  # a missing one is an error, not a new file
         generations = RunConfig.from_dict(_config_of(store, run_id)).generations
         _drive(lambda progress: resume_run(run_id, store, progress), generations, quiet, store)
 
@@ -118,9 +118,14 @@ def _drive(
             ) as bar:
                 summary = start(lambda report: bar.update(1, report))
     except RunInterrupted as exc:
+        saved = (
+            f"is saved through generation {exc.generation}"
+            if exc.generation >= 0
+            else "was stopped before its first generation"
+        )
         click.echo(
-            f"\n{interruption()}: run {exc.run_id} is saved through generation "
-            f"{exc.generation}. Resume with: evolve resume {exc.run_id} --db {absolute_db(store)}",
+            f"\n{interruption()}: run {exc.run_id} {saved}. "
+            f"Resume with: evolve resume {exc.run_id} --db {absolute_db(store)}",
             err=True,
         )
         sys.exit(interrupted_exit())
