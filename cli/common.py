@@ -98,8 +98,15 @@ def absolute_model(name: str) -> str:
 
 
 def open_existing(db_path: Path | None) -> LogStore:
-    """The store at --db, migrated; a missing file is an error, not a new empty database."""
+    """The store at --db, migrated, for a command that writes it; a missing file is an
+    error, not a new empty database."""
     path = resolve_db(db_path)
     if not path.exists():
         raise StoreError(f"no database at {path}; `evolve run` creates one")
     return LogStore(path)
+
+
+def open_for_reading(db_path: Path | None) -> LogStore:
+    """The store at --db for a command that only reads it: works on read-only storage, and
+    every write through it is refused (`LogStore.for_reading`)."""
+    return LogStore.for_reading(resolve_db(db_path))
