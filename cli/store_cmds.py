@@ -429,7 +429,8 @@ def sql(
             out.close()
         n = out.count if out is not None else 0
         click.echo(
-            f"{interruption()}: the query was stopped after {n:,} rows; it changed nothing.",
+            f"{interruption()}: the query was stopped after {n:,} row{'' if n == 1 else 's'}; "
+            "it changed nothing.",
             err=True,
         )
         raise click.exceptions.Exit(interrupted_exit()) from None

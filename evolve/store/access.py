@@ -53,14 +53,14 @@ def write_problem(path: Path) -> str | None:
     """Why this process cannot write the database at `path`, or None if it can.
 
     A missing file is no problem here (it is created, with its folder, by the caller)."""
-    if path.exists() and not _can_write(path):
-        return f"cannot write {path}: the file is read-only"
     folder = path.absolute().parent
     if folder.exists() and not _can_write(folder):
         return (
             f"cannot write {path}: its folder is read-only "
             "(SQLite keeps its -wal and -shm files next to the database)"
         )
+    if path.exists() and not _can_write(path):
+        return f"cannot write {path}: the file is read-only"
     return None
 
 
@@ -75,7 +75,7 @@ def check_one_name(path: Path) -> None:
     """StoreError if the file has several names (hard links): see the module doc."""
     try:
         links = path.stat().st_nlink
-    except FileNotFoundError:
+    except OSError:  # missing (or below a file): creating it reports what is wrong
         return
     if links > 1:
         raise StoreError(

@@ -27,7 +27,6 @@ from typing import Any
 from evolve.store.access import open_read_only
 from evolve.store.core import StoreCore, StoreError
 
-_FETCH = 500  # rows taken from SQLite at a time: memory stays flat however many rows come
 _PROGRESS_STEPS = 10_000  # SQLite instructions between time-limit checks: well under 1 ms
 
 _READ_ACTIONS = {
@@ -111,14 +110,16 @@ def read_only_rows(
         return StoreError(f"SQL error: {exc}")
 
     def rows(cursor: sqlite3.Cursor) -> Iterator[tuple]:
+        # One row at a time, not fetchmany: a batch would hold back rows already found
+        # while SQLite searches for the rest of it.
         while True:
             try:
-                batch = cursor.fetchmany(_FETCH)
+                row = cursor.fetchone()
             except (sqlite3.Error, sqlite3.Warning) as exc:
                 raise error(exc) from exc
-            if not batch:
+            if row is None:
                 return
-            yield from batch
+            yield row
 
     conn.set_authorizer(_authorizer(denied))
     conn.set_progress_handler(progress, _PROGRESS_STEPS)
