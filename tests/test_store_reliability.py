@@ -344,45 +344,47 @@ def test_rows_are_streamed_not_fetched_all_at_once(tmp_path: Path) -> None:
         assert store.query("SELECT COUNT(*) FROM runs") == (["COUNT(*)"], [(1,)])
 
 
-@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "Interrupted")])
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated (SIGTERM)")],
+)
 def test_ctrl_c_stops_a_running_query_within_a_second(
     tmp_path: Path, sig: signal.Signals, code: int, word: str
 ) -> None:
     db = filled(tmp_path / "a.db")
-    # One row at once, then a count that never ends: the Ctrl-C lands inside SQLite.
-    query = f"{ENDLESS} SELECT 1 AS a UNION ALL SELECT COUNT(*) FROM c"
+    # Two rows at once, then a count that never ends: the signal lands inside SQLite.
+    # (Python's sqlite3 reads one row ahead, so row 1 is printed once row 2 is found.)
+    query = f"{ENDLESS} SELECT 1 AS a UNION ALL SELECT 2 UNION ALL SELECT COUNT(*) FROM c"
     proc = start_evolve(["sql", query, "--json", "--timeout", "0", "--db", str(db)])
+    said: queue.Queue[tuple[float, str]] = queue.Queue()
+
+    def watch_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            said.put((time.monotonic(), line.strip()))
+
     try:
         assert proc.stdout is not None
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-        assert lines.get(timeout=120) == "[\n"  # the first row is out: the count is running
+        assert lines.get(timeout=120) == "[\n"  # row 1 is out: the count is running
+        threading.Thread(target=watch_stderr, daemon=True).start()
         time.sleep(0.3)
         sent = time.monotonic()
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-        took = time.monotonic() - sent
+        when, message = said.get(timeout=30)
+        out = proc.stdout.read()
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == code, err
-    assert took < 1.5, took
+    assert proc.returncode == code
+    # The query stops at once; the process then exits after the interpreter's shutdown
+    # (torch is loaded), which takes seconds on a busy machine, as after any command.
+    assert when - sent < 1, when - sent
+    assert message == f"{word}: the query was stopped after 1 row; it changed nothing."
+    assert said.empty()
     assert out.strip() == '{"a": 1}\n]'
-    assert err.strip().splitlines() == [
-        f"{word}: the query was stopped after 1 row; it changed nothing."
-    ]
-
-
-def test_sigterm_stops_a_running_query(tmp_path: Path) -> None:
-    db = filled(tmp_path / "a.db")
-    proc = start_evolve(
-        ["sql", f"{ENDLESS} SELECT COUNT(*) FROM c", "--timeout", "0", "--db", str(db)]
-    )
-    time.sleep(8)  # no output to wait for: import, open, and the count runs
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1].startswith("Terminated (SIGTERM): the query was stopped")
 
 
 def test_query_from_a_file_or_standard_input(tmp_path: Path, invoke: Invoke) -> None:
