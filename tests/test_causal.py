@@ -132,3 +132,42 @@ def test_amplify_lookahead_starts_a_text_like_the_scorer(gpt2):
     logp = look.extend(look.new_cache(), [look.start_id, *ids], [0])[0]
     first = scorer.score([TEXTS[0]])[0].token_logprobs[0]
     assert first == pytest.approx(float(logp[ids[0]]), abs=1e-4)
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX])
+@pytest.mark.parametrize("tokens_per_batch", [2048, 7])
+def test_prefix_cache_equals_the_full_path(gpt2, prefix, tokens_per_batch):
+    """The prompt's key/value cache run once gives today's scores (full prefix + text per
+    row) within 1e-5, per token and in total, whatever the batching."""
+    texts = [*TEXTS, " a", " a b c d e f g h i j k l m n o p"]
+    cached = CausalScorer(gpt2, tokens_per_batch=tokens_per_batch)
+    full = CausalScorer(gpt2, tokens_per_batch=tokens_per_batch, prefix_cache=False)
+    got, want = cached.score(texts, prefix), full.score(texts, prefix)
+    for g, w in zip(got, want, strict=True):
+        assert g.n_tokens == w.n_tokens
+        assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-5)
+        assert g.total == pytest.approx(w.total, abs=1e-5)
+    if prefix:  # the prefix is not run again per row: fewer token positions
+        assert cached.stats.forward_tokens < full.stats.forward_tokens
+    else:  # a lone start token has nothing to cache: the same path
+        assert cached.stats.forward_tokens == full.stats.forward_tokens
+
+
+def test_prefix_runs_once_per_model_and_follows_weight_changes(gpt2, tiny_gpt2_dir):
+    from scoring.causal import prefix_cache_of
+
+    lm = load_model(str(tiny_gpt2_dir), "causal")  # its own model object: its own prefixes
+    prefixes = prefix_cache_of(lm)
+    a = CausalScorer(lm).score(TEXTS, PREFIX)
+    computed = prefixes.stats.computed
+    b = CausalScorer(lm).score(TEXTS, PREFIX)  # another scorer of the same model
+    assert prefixes.stats.computed == computed  # the prompt's cache was reused
+    assert prefixes.stats.reused >= 1
+    assert [r.token_logprobs for r in a] == [r.token_logprobs for r in b]
+    with torch.no_grad():  # an in-place weight change (as an optimiser step makes)
+        next(lm.model.parameters()).mul_(1.5)
+    c = CausalScorer(lm).score(TEXTS, PREFIX)
+    assert prefixes.stats.computed == computed + 1  # the stale prefix was dropped
+    d = CausalScorer(lm, prefix_cache=False).score(TEXTS, PREFIX)
+    for g, w in zip(c, d, strict=True):
+        assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-5)

@@ -84,10 +84,14 @@ def test_same_seed_same_fills_and_greedy_ignores_padding(gpt2, rep):
     assert together == alone
 
 
-def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatch):
+@pytest.mark.parametrize("batched", [True, False])
+def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatch, batched):
     """Every sampled candidate is rescored with CausalScorer (whole text after the prompt);
-    the chosen fill is the best of its request's candidates."""
-    proposer = CausalProposer(gpt2, candidates=6)
+    the chosen fill is the best of its request's candidates, on the batched path (both span
+    lengths in one batch, the shorter span feeding its right context meanwhile, twins scored
+    once) as on the old one (one round per length)."""
+    k = 6
+    proposer = CausalProposer(gpt2, candidates=k, batched=batched)
     picks: list[torch.Tensor] = []
     original = proposer._pick
 
@@ -97,12 +101,19 @@ def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatc
         return token
 
     monkeypatch.setattr(proposer, "_pick", spy)
-    requests = requests_for(rep)[:2]  # one span each, lengths 1 and 3: two rounds
+    requests = requests_for(rep)[:2]  # one span each, lengths 1 and 3
     seed_everything(1)
     filled = proposer.fill(requests)
-    scorer = CausalScorer(gpt2)
+    if batched:  # step 0 samples both spans' rows, steps 1-2 the 3-token span's only
+        assert proposer.stats.rounds == 1 and [len(p) for p in picks] == [2 * k, k, k]
+        # rows in order of span + right-context width: the end span (3 + 0) first
+        rounds = [[picks[0][k:]], [picks[0][:k], *picks[1:]]]
+        assert proposer.stats.rescored <= 2 * k
+    else:  # the 1-token span first (first-use order), then 3 tokens
+        assert proposer.stats.rounds == 2
+        rounds = [picks[:1], picks[1:]]
+    scorer = CausalScorer(gpt2, prefix_cache=False)
     n_prompt = len(rep.template.head) + len(rep.prompt_ids)
-    rounds = [picks[:1], picks[1:]]  # the 1-token span first (first-use order), then 3 tokens
     for req, row, tokens in zip(requests, filled, rounds, strict=True):
         cands = torch.stack(tokens, dim=1).tolist()  # [candidates, span length]
         start = req.positions[0]
