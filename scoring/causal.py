@@ -15,8 +15,9 @@ that cache, with explicit positions. Scores equal those of running prefix + cont
 full within ~1e-5 (checked in the tests); ``prefix_cache=False`` keeps that full path (the
 bench, ``bench/causal_speed.py``, compares the two).
 
-Continuations are sorted by length and right-padded into batches of about
-``tokens_per_batch`` tokens with an attention mask; right padding leaves positions and the
+Continuations are sorted by length and right-padded into batches of at most
+``tokens_per_batch`` tokens with an attention mask (on the cached path, split where similar
+lengths save more padding than another pass costs, `length_groups`); right padding leaves positions and the
 causal attention of real tokens untouched, so batched scores equal unbatched ones (checked
 in the tests to 1e-4). On the full path logits are computed only from the prefix's last
 position on (``logits_to_keep``) when the model supports it.
@@ -68,6 +69,35 @@ def start_token_id(tokenizer: Any) -> int:
     raise UserError("the causal LM's tokenizer has no BOS or EOS token to start a text with")
 
 
+PASS_COST = 32  # token positions one more forward pass is worth (its fixed cost), roughly
+
+
+def length_groups(widths: Sequence[int], budget: int, pass_cost: int = PASS_COST) -> list[range]:
+    """Split rows sorted by width (widest first) into consecutive batches that minimise the
+    padded token positions run (each batch pads to its first row's width) plus ``pass_cost``
+    per batch, each batch within ``budget`` positions (a single row may exceed it).
+
+    Padding is the main waste of one batch: grouping similar lengths cuts it, where the
+    saving is worth another forward pass. Exact dynamic programming over the split points.
+    """
+    n = len(widths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for i in range(n):  # a batch starting at row i (its widest)
+        w = max(1, int(widths[i]))
+        top = min(n, i + max(1, budget // w))
+        for j in range(i + 1, top + 1):
+            cost = best[i] + (j - i) * w + pass_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[range] = []
+    j = n
+    while j > 0:
+        groups.append(range(cut[j], j))
+        j = cut[j]
+    return groups[::-1]
+
+
 # -- the shared prefix key/value cache ------------------------------------------------------
 
 
@@ -100,6 +130,22 @@ class PrefixState:
         if rows > 1:
             fresh.batch_repeat_interleave(rows)
         return fresh
+
+
+def select_rows(cache: Any, index: torch.Tensor) -> Any:
+    """A new cache holding the rows ``index`` of ``cache`` (which stays as it is)."""
+    layers = getattr(cache, "layers", None)
+    if layers and all(hasattr(la, "keys") and hasattr(la, "values") for la in layers):
+        fresh = copy.copy(cache)
+        fresh.layers = []
+        for layer in layers:
+            new = copy.copy(layer)
+            new.keys, new.values = layer.keys[index], layer.values[index]
+            fresh.layers.append(new)
+        return fresh
+    fresh = copy.deepcopy(cache)
+    fresh.batch_select_indices(index)
+    return fresh
 
 
 @dataclass
@@ -257,12 +303,10 @@ class CausalScorer(CachedScorer):
         state = prefix_cache_of(self.lm).get(context[:-1])
         device = self.lm.device
         order = sorted(range(len(conts)), key=lambda i: -len(conts[i]))
-        start = 0
-        while start < len(order):
-            width = len(conts[order[start]])  # fed: last context token + all but the last
-            n_rows = max(1, self.tokens_per_batch // width)
-            batch = order[start : start + n_rows]
-            start += n_rows
+        widths = [len(conts[i]) for i in order]  # fed: last context token + all but the last
+        for group in length_groups(widths, self.tokens_per_batch):
+            batch = [order[g] for g in group]
+            width = widths[group[0]]
             ids = torch.full((len(batch), width + 1), self._pad_id, dtype=torch.long)
             ids[:, 0] = context[-1]
             attn = torch.zeros((len(batch), c - 1 + width), dtype=torch.long)

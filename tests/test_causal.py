@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scoring.causal import CausalScorer, start_token_id
+from scoring.causal import CausalScorer, length_groups, start_token_id
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_causal, load_model
 from scoring.results import TokenScores
@@ -57,8 +57,11 @@ def test_batched_equals_unbatched(gpt2, prefix, tokens_per_batch):
     assert len({r.n_tokens for r in results}) == len(TEXTS)  # all lengths differ: padding
     if tokens_per_batch == 30:
         assert scorer.stats.forward_passes > 1
-    else:
-        assert scorer.stats.forward_passes == 1
+    else:  # one batch, or a few where grouping similar lengths saves more than a pass costs
+        lengths = sorted((len(scorer.encode(t)) for t in TEXTS), reverse=True)
+        assert scorer.stats.forward_passes == (
+            len(length_groups(lengths, tokens_per_batch)) if prefix else 1
+        )
 
 
 def test_empty_prefix_conditions_on_a_start_token(gpt2, tiny_bert_dir, tiny_roberta_dir):
@@ -171,3 +174,13 @@ def test_prefix_runs_once_per_model_and_follows_weight_changes(gpt2, tiny_gpt2_d
     d = CausalScorer(lm, prefix_cache=False).score(TEXTS, PREFIX)
     for g, w in zip(c, d, strict=True):
         assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-5)
+
+
+def test_length_groups_trade_padding_against_passes():
+    assert length_groups([], 100) == []
+    assert length_groups([5, 5, 5], 100) == [range(0, 3)]  # no padding: one pass
+    # 30 + 30 + 2 + 2: one batch pads to 4 x 30 = 120; two cost 60 + 4 + one pass (32)
+    assert length_groups([30, 30, 2, 2], 1000) == [range(0, 2), range(2, 4)]
+    assert length_groups([30, 29, 28], 1000) == [range(0, 3)]  # padding 3 < a pass
+    assert sorted(map(len, length_groups([10] * 5, 20))) == [1, 2, 2]  # the budget
+    assert length_groups([50], 20) == [range(0, 1)]  # one row may exceed the budget

@@ -11,7 +11,7 @@ import torch
 
 from evolve.ga.proposers.base import FillRequest
 from evolve.ga.proposers.sampling import SamplingPolicy
-from scoring.causal import prefix_cache_of
+from scoring.causal import length_groups, prefix_cache_of, select_rows
 from scoring.errors import UserError
 from scoring.models import LoadedModel
 
@@ -294,7 +294,10 @@ class CausalProposer:
         self.stats.candidates += rows
         best = score.view(n_gaps, k).argmax(dim=-1).tolist()  # first of equals
         chosen = fills.view(n_gaps, k, n_max).cpu()
-        return [chosen[r, b, : g.length].tolist() for r, (g, b) in enumerate(zip(gaps, best))]
+        return [
+            chosen[r, b, : g.length].tolist()
+            for r, (g, b) in enumerate(zip(gaps, best, strict=True))
+        ]
 
     def _rest_logprobs(
         self,
@@ -307,8 +310,9 @@ class CausalProposer:
         cache: Any,
     ) -> torch.Tensor:
         """log p(the right context not yet fed | left + fill + the part fed) per candidate
-        row: the last token fed in the sampling loop and the rest of the right context, in
-        one pass over the distinct candidates of each gap (a copy answers for its twins)."""
+        row: the last token fed in the sampling loop and the rest of the right context, in a
+        pass over the distinct candidates of each gap (a copy answers for its twins), split
+        into batches of similar rest lengths (`scoring.causal.length_groups`)."""
         k = self.candidates
         n_max = fills.shape[1]
         rests: list[list[int]] = []
@@ -321,36 +325,40 @@ class CausalProposer:
         twin = []
         for row, key in enumerate(keys):
             twin.append(first_of.setdefault((row // k, tuple(key)), row))
-        distinct = sorted(set(twin))
+        # distinct candidates, longest rest first, in batches of similar rest lengths
+        distinct = sorted(set(twin), key=lambda row: (-len(rests[row // k]), row))
         device = attn.device
-        index = torch.tensor(distinct, device=device)
-        if len(distinct) < len(keys):
-            cache.batch_select_indices(index)
-        width = 1 + max(len(r) for r in rests)
-        feed = torch.full((len(distinct), width), self._pad_id, dtype=torch.long, device=device)
-        feed_mask = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
-        feed[:, 0] = token[index]
-        feed_mask[:, 0] = real[index].long()
-        for j, row in enumerate(distinct):
-            rest = rests[row // k]
-            if rest:
-                feed[j, 1 : 1 + len(rest)] = torch.tensor(rest, dtype=torch.long)
-                feed_mask[j, 1 : 1 + len(rest)] = 1
-        positions = last[index, None] + 1 + torch.arange(width, device=device)[None, :]
-        out = self._forward(
-            input_ids=feed,
-            attention_mask=torch.cat([attn[index], feed_mask], dim=1),
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, :-1].float()
-        picked = logits.gather(-1, feed[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
-        gained = (picked * feed_mask[:, 1:]).sum(dim=-1).double()
-        self.stats.rescored += len(distinct)
-        by_row = torch.zeros(len(keys), dtype=torch.float64, device=device)
-        by_row[index] = gained
-        return by_row[torch.tensor(twin, device=device)]
+        gained = torch.zeros(len(keys), dtype=torch.float64, device=device)
+        widths = [1 + len(rests[row // k]) for row in distinct]
+        for group in length_groups(widths, self.tokens_per_batch):
+            rows = [distinct[g] for g in group]
+            index = torch.tensor(rows, device=device)
+            width = widths[group[0]]
+            feed = torch.full((len(rows), width), self._pad_id, dtype=torch.long, device=device)
+            feed_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+            feed[:, 0] = token[index]
+            feed_mask[:, 0] = real[index].long()
+            for j, row in enumerate(rows):
+                rest = rests[row // k]
+                if rest:
+                    feed[j, 1 : 1 + len(rest)] = torch.tensor(rest, dtype=torch.long)
+                    feed_mask[j, 1 : 1 + len(rest)] = 1
+            if width == 1:
+                continue  # nothing left to score in these rows
+            positions = last[index, None] + 1 + torch.arange(width, device=device)[None, :]
+            out = self._forward(
+                input_ids=feed,
+                attention_mask=torch.cat([attn[index], feed_mask], dim=1),
+                position_ids=positions,
+                past_key_values=select_rows(cache, index),
+                use_cache=True,
+            )
+            logits = out.logits[:, :-1].float()
+            picked = logits.gather(-1, feed[:, 1:, None])[..., 0]
+            picked = picked - torch.logsumexp(logits, dim=-1)
+            gained[index] = (picked * feed_mask[:, 1:]).sum(dim=-1).double()
+            self.stats.rescored += len(rows)
+        return gained[torch.tensor(twin, device=device)]
 
     # -- the path before the batched one (``batched=False``, for the bench) ---------------
 
