@@ -16,7 +16,7 @@ within 1e-5 (or within twice what the old path differs from itself when only the
 changes, printed: float32 rounding by matrix shape), that the new path's run repeats exactly
 with the same seed (a shorter repeat run, ``--repro-generations``), and ends with
 ``speedup (a) X.XXx, (b) Y.YYx`` ((a): generations 1.. only, generation 0 being beam search
-plus one scoring call, printed apart). The two runs' fills differ (the batched proposer draws
+plus one scoring call, printed apart; its beam search uses the prompt cache in both runs). The two runs' fills differ (the batched proposer draws
 the RNG in another order), so (a) compares the cost of equal work, not equal texts.
 
 Usage: python bench/causal_speed.py [--generations 3] [--population 16] [--threads 1]
@@ -189,7 +189,8 @@ def bench_a(lm: LoadedModel, counter: Counter, args: argparse.Namespace) -> tupl
         args.own,
     )
     print(
-        f"    generation 0 (beam search + scoring): old {old.gen_seconds[0]:.1f} s, "
+        f"    generation 0 (beam search, on the shared prompt cache in both runs, + scoring): "
+        f"old {old.gen_seconds[0]:.1f} s, "
         f"new {new.gen_seconds[0]:.1f} s; forward tokens gens 1..: "
         f"old {old.evolve_tokens:,}, new {new.evolve_tokens:,}"
     )

@@ -210,3 +210,26 @@ def test_samples_with_the_shared_policy_and_an_explicit_generator(gpt2, rep):
     first = run()
     assert torch.equal(torch.get_rng_state(), before)  # the global RNG was not drawn from
     assert run() == first
+
+
+def test_unchanged_texts_are_not_scored_again(gpt2, rep):
+    """The evaluator's run cache holds for the causal scorer: a text scored once in a run
+    (an elite, a child equal to an earlier text) runs no model the next time."""
+    from evolve.ga.config import FitnessConfig
+    from evolve.ga.evaluate import Evaluator
+    from evolve.ga.objectives import build_objective
+
+    scorer = CausalScorer(gpt2)
+    objective = build_objective(FitnessConfig(objective="causal"), None, scorer.name)
+    ev = Evaluator(objective, rep, [scorer])
+    pop = [Individual(rep.encode(t)) for t in CONTS]
+    first = ev.evaluate(pop)
+    assert (first.n_evaluated, first.n_cache_hits) == (3, 0)
+    passes = scorer.stats.forward_passes
+    again = [Individual(list(ind)) for ind in pop]  # same texts, fitness invalid
+    again.append(Individual(rep.encode(" something new.")))
+    stats = ev.evaluate(again)
+    assert (stats.n_evaluated, stats.n_cache_hits) == (1, 3)
+    assert scorer.stats.texts == 4  # only the new text reached the scorer
+    assert scorer.stats.forward_passes == passes + 1
+    assert [a.fitness.values for a in again[:3]] == [p.fitness.values for p in pop]

@@ -68,7 +68,8 @@ class CausalProposer:
     token per forward pass: spans still being filled sample their next token, collecting its
     log-probability under the model's own (untempered) distribution, while spans already
     complete feed their next right-context token and add its log-probability, so spans of
-    different lengths share every pass. Identical candidates of a span are then scored once:
+    different lengths share every pass. Identical candidates of a span are then scored once
+    (a span whose candidates are all the same, not at all):
     one more pass runs the rest of each distinct candidate's right context on the same cache.
     The sum is log p(fill + right | left), and since ``left`` is the same for all candidates
     of a span, ranking by it is ranking by the log-probability of the whole text. Left
@@ -311,8 +312,9 @@ class CausalProposer:
     ) -> torch.Tensor:
         """log p(the right context not yet fed | left + fill + the part fed) per candidate
         row: the last token fed in the sampling loop and the rest of the right context, in a
-        pass over the distinct candidates of each gap (a copy answers for its twins), split
-        into batches of similar rest lengths (`scoring.causal.length_groups`)."""
+        pass over the distinct candidates of each gap (a copy answers for its twins; a gap
+        with one distinct candidate is skipped), split into batches of similar rest lengths
+        (`scoring.causal.length_groups`)."""
         k = self.candidates
         n_max = fills.shape[1]
         rests: list[list[int]] = []
@@ -325,8 +327,15 @@ class CausalProposer:
         twin = []
         for row, key in enumerate(keys):
             twin.append(first_of.setdefault((row // k, tuple(key)), row))
-        # distinct candidates, longest rest first, in batches of similar rest lengths
-        distinct = sorted(set(twin), key=lambda row: (-len(rests[row // k]), row))
+        # distinct candidates, longest rest first, in batches of similar rest lengths; a gap
+        # whose candidates are all the same has its fill already (nothing to rank)
+        choices: dict[int, int] = {}
+        for row in set(twin):
+            choices[row // k] = choices.get(row // k, 0) + 1
+        distinct = sorted(
+            (row for row in set(twin) if choices[row // k] > 1),
+            key=lambda row: (-len(rests[row // k]), row),
+        )
         device = attn.device
         gained = torch.zeros(len(keys), dtype=torch.float64, device=device)
         widths = [1 + len(rests[row // k]) for row in distinct]
