@@ -126,6 +126,41 @@ def test_beam_returns_num_return_sequences(tmp_path, tiny_gpt2_dir) -> None:
     assert len({b.text for b in made}) == 4  # distinct beams
 
 
+def test_prompt_cache_gives_the_texts_of_a_plain_generate(tmp_path, tiny_gpt2_dir) -> None:
+    """generate() on the shared prompt cache (one copy per beam) writes what it writes from
+    the whole prompt; the prompt runs once for all methods and calls."""
+    import torch
+    from transformers import GenerationConfig
+
+    from scoring.causal import prefix_cache_of
+
+    lm = load_causal(str(tiny_gpt2_dir))
+    cfg = config(tiny_gpt2_dir, num_beams=3, num_return_sequences=3, samples=2)
+    prefix_cache_of(lm).clear()
+    before = dataclasses.replace(prefix_cache_of(lm).stats)
+    made = generate_baselines(cfg, LogStore(tmp_path / "c.db"), lm=lm)
+    after = prefix_cache_of(lm).stats
+    assert after.computed == before.computed + 1  # greedy ran the prompt, once
+    assert after.reused == before.reused + 3  # beam and two samples reused it
+    ids = torch.tensor([lm.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]])
+    eos = lm.tokenizer.eos_token_id
+    common = {"max_new_tokens": 6, "min_new_tokens": 6, "pad_token_id": eos, "eos_token_id": [eos]}
+    plain = {
+        "greedy": {"do_sample": False, "num_beams": 1},
+        "beam": {"do_sample": False, "num_beams": 3, "num_return_sequences": 3},
+    }
+    for method, options in plain.items():
+        with torch.inference_mode():
+            out = lm.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=GenerationConfig(**common, **options),
+            )
+        texts = [b.text for b in made if b.method == method]
+        full = lm.tokenizer.batch_decode(out, skip_special_tokens=True)
+        assert [PROMPT + t for t in texts] == full
+
+
 def test_run_gives_prompt_and_length(tmp_path, tiny_gpt2_dir) -> None:
     store = LogStore(tmp_path / "r.db")
     best = " is yellow and sharp when old."

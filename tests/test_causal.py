@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scoring.causal import CausalScorer, start_token_id
+from scoring.causal import CausalScorer, length_groups, start_token_id
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_causal, load_model
 from scoring.results import TokenScores
@@ -57,8 +57,11 @@ def test_batched_equals_unbatched(gpt2, prefix, tokens_per_batch):
     assert len({r.n_tokens for r in results}) == len(TEXTS)  # all lengths differ: padding
     if tokens_per_batch == 30:
         assert scorer.stats.forward_passes > 1
-    else:
-        assert scorer.stats.forward_passes == 1
+    else:  # one batch, or a few where grouping similar lengths saves more than a pass costs
+        lengths = sorted((len(scorer.encode(t)) for t in TEXTS), reverse=True)
+        assert scorer.stats.forward_passes == (
+            len(length_groups(lengths, tokens_per_batch)) if prefix else 1
+        )
 
 
 def test_empty_prefix_conditions_on_a_start_token(gpt2, tiny_bert_dir, tiny_roberta_dir):
@@ -132,3 +135,52 @@ def test_amplify_lookahead_starts_a_text_like_the_scorer(gpt2):
     logp = look.extend(look.new_cache(), [look.start_id, *ids], [0])[0]
     first = scorer.score([TEXTS[0]])[0].token_logprobs[0]
     assert first == pytest.approx(float(logp[ids[0]]), abs=1e-4)
+
+
+@pytest.mark.parametrize("prefix", ["", PREFIX])
+@pytest.mark.parametrize("tokens_per_batch", [2048, 7])
+def test_prefix_cache_equals_the_full_path(gpt2, prefix, tokens_per_batch):
+    """The prompt's key/value cache run once gives today's scores (full prefix + text per
+    row) within 1e-5, per token and in total, whatever the batching."""
+    texts = [*TEXTS, " a", " a b c d e f g h i j k l m n o p"]
+    cached = CausalScorer(gpt2, tokens_per_batch=tokens_per_batch)
+    full = CausalScorer(gpt2, tokens_per_batch=tokens_per_batch, prefix_cache=False)
+    got, want = cached.score(texts, prefix), full.score(texts, prefix)
+    for g, w in zip(got, want, strict=True):
+        assert g.n_tokens == w.n_tokens
+        assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-5)
+        assert g.total == pytest.approx(w.total, abs=1e-5)
+    if prefix:  # the prefix is not run again per row: fewer token positions
+        assert cached.stats.forward_tokens < full.stats.forward_tokens
+    else:  # a lone start token has nothing to cache: the same path
+        assert cached.stats.forward_tokens == full.stats.forward_tokens
+
+
+def test_prefix_runs_once_per_model_and_follows_weight_changes(gpt2, tiny_gpt2_dir):
+    from scoring.causal import prefix_cache_of
+
+    lm = load_model(str(tiny_gpt2_dir), "causal")  # its own model object: its own prefixes
+    prefixes = prefix_cache_of(lm)
+    a = CausalScorer(lm).score(TEXTS, PREFIX)
+    computed = prefixes.stats.computed
+    b = CausalScorer(lm).score(TEXTS, PREFIX)  # another scorer of the same model
+    assert prefixes.stats.computed == computed  # the prompt's cache was reused
+    assert prefixes.stats.reused >= 1
+    assert [r.token_logprobs for r in a] == [r.token_logprobs for r in b]
+    with torch.no_grad():  # an in-place weight change (as an optimiser step makes)
+        next(lm.model.parameters()).mul_(1.5)
+    c = CausalScorer(lm).score(TEXTS, PREFIX)
+    assert prefixes.stats.computed == computed + 1  # the stale prefix was dropped
+    d = CausalScorer(lm, prefix_cache=False).score(TEXTS, PREFIX)
+    for g, w in zip(c, d, strict=True):
+        assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-5)
+
+
+def test_length_groups_trade_padding_against_passes():
+    assert length_groups([], 100) == []
+    assert length_groups([5, 5, 5], 100) == [range(0, 3)]  # no padding: one pass
+    # 30 + 30 + 2 + 2: one batch pads to 4 x 30 = 120; two cost 60 + 4 + one pass (32)
+    assert length_groups([30, 30, 2, 2], 1000) == [range(0, 2), range(2, 4)]
+    assert length_groups([30, 29, 28], 1000) == [range(0, 3)]  # padding 3 < a pass
+    assert sorted(map(len, length_groups([10] * 5, 20))) == [1, 2, 2]  # the budget
+    assert length_groups([50], 20) == [range(0, 1)]  # one row may exceed the budget

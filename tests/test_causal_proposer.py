@@ -84,10 +84,14 @@ def test_same_seed_same_fills_and_greedy_ignores_padding(gpt2, rep):
     assert together == alone
 
 
-def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatch):
+@pytest.mark.parametrize("batched", [True, False])
+def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatch, batched):
     """Every sampled candidate is rescored with CausalScorer (whole text after the prompt);
-    the chosen fill is the best of its request's candidates."""
-    proposer = CausalProposer(gpt2, candidates=6)
+    the chosen fill is the best of its request's candidates, on the batched path (both span
+    lengths in one batch, the shorter span feeding its right context meanwhile, twins scored
+    once) as on the old one (one round per length)."""
+    k = 6
+    proposer = CausalProposer(gpt2, candidates=k, batched=batched)
     picks: list[torch.Tensor] = []
     original = proposer._pick
 
@@ -97,12 +101,19 @@ def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatc
         return token
 
     monkeypatch.setattr(proposer, "_pick", spy)
-    requests = requests_for(rep)[:2]  # one span each, lengths 1 and 3: two rounds
+    requests = requests_for(rep)[:2]  # one span each, lengths 1 and 3
     seed_everything(1)
     filled = proposer.fill(requests)
-    scorer = CausalScorer(gpt2)
+    if batched:  # step 0 samples both spans' rows, steps 1-2 the 3-token span's only
+        assert proposer.stats.rounds == 1 and [len(p) for p in picks] == [2 * k, k, k]
+        # rows in order of span + right-context width: the end span (3 + 0) first
+        rounds = [[picks[0][k:]], [picks[0][:k], *picks[1:]]]
+        assert proposer.stats.rescored <= 2 * k
+    else:  # the 1-token span first (first-use order), then 3 tokens
+        assert proposer.stats.rounds == 2
+        rounds = [picks[:1], picks[1:]]
+    scorer = CausalScorer(gpt2, prefix_cache=False)
     n_prompt = len(rep.template.head) + len(rep.prompt_ids)
-    rounds = [picks[:1], picks[1:]]  # the 1-token span first (first-use order), then 3 tokens
     for req, row, tokens in zip(requests, filled, rounds, strict=True):
         cands = torch.stack(tokens, dim=1).tolist()  # [candidates, span length]
         start = req.positions[0]
@@ -199,3 +210,26 @@ def test_samples_with_the_shared_policy_and_an_explicit_generator(gpt2, rep):
     first = run()
     assert torch.equal(torch.get_rng_state(), before)  # the global RNG was not drawn from
     assert run() == first
+
+
+def test_unchanged_texts_are_not_scored_again(gpt2, rep):
+    """The evaluator's run cache holds for the causal scorer: a text scored once in a run
+    (an elite, a child equal to an earlier text) runs no model the next time."""
+    from evolve.ga.config import FitnessConfig
+    from evolve.ga.evaluate import Evaluator
+    from evolve.ga.objectives import build_objective
+
+    scorer = CausalScorer(gpt2)
+    objective = build_objective(FitnessConfig(objective="causal"), None, scorer.name)
+    ev = Evaluator(objective, rep, [scorer])
+    pop = [Individual(rep.encode(t)) for t in CONTS]
+    first = ev.evaluate(pop)
+    assert (first.n_evaluated, first.n_cache_hits) == (3, 0)
+    passes = scorer.stats.forward_passes
+    again = [Individual(list(ind)) for ind in pop]  # same texts, fitness invalid
+    again.append(Individual(rep.encode(" something new.")))
+    stats = ev.evaluate(again)
+    assert (stats.n_evaluated, stats.n_cache_hits) == (1, 3)
+    assert scorer.stats.texts == 4  # only the new text reached the scorer
+    assert scorer.stats.forward_passes == passes + 1
+    assert [a.fitness.values for a in again[:3]] == [p.fitness.values for p in pop]

@@ -14,6 +14,9 @@ Decisions that make the comparison fair and repeatable:
   conditions on it, so the baselines come from the distribution the judge scores.
 - A fresh ``GenerationConfig`` per method: the model's own generation defaults (a stored
   top_k of 50, a repetition penalty) would otherwise leak into the baselines silently.
+- The prompt's key/value cache is shared with the run's scorer and proposer
+  (`scoring.causal.PrefixCache`): ``generate()`` gets it and runs only the prompt's last token
+  and the new ones, instead of the whole prompt once per beam.
 - One seed per sampled text (``seed``, ``seed + 1``, ...), set with `seed_everything` just
   before its own ``generate()`` call, so the stored seed alone reproduces that text.
 - Asking again for a text already stored (same run, prompt, method, model, parameters and
@@ -32,6 +35,7 @@ from typing import Any
 from evolve.ga.config import INT64_MAX, TEMPERATURE_MAX, TEMPERATURE_MIN
 from evolve.ga.seeding import seed_everything
 from evolve.store import LogStore
+from scoring.causal import prefix_cache_of
 from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
@@ -330,11 +334,19 @@ def _generate(
             typical_p=cfg.typical_p,
         )
     input_ids = torch.tensor([list(prompt_ids)], device=lm.device)
+    # The prompt but its last token comes from the model's shared prefix cache (run once per
+    # run and model, see `scoring.causal.PrefixCache`), one copy per beam: generate() then
+    # runs only the last prompt token and the new ones.
+    past = None
+    if len(prompt_ids) > 1:
+        rows = cfg.num_beams if method == "beam" else 1
+        past = prefix_cache_of(lm).get(prompt_ids[:-1]).cache_for(rows)
     seed_everything(seed)
     with torch.inference_mode():
         output = lm.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
+            past_key_values=past,
             generation_config=GenerationConfig(**options),
         )
     return [_continuation_text(lm, prompt_ids, row[len(prompt_ids) :].tolist()) for row in output]

@@ -11,6 +11,7 @@ import torch
 
 from evolve.ga.proposers.base import FillRequest
 from evolve.ga.proposers.sampling import SamplingPolicy
+from scoring.causal import length_groups, prefix_cache_of, select_rows
 from scoring.errors import UserError
 from scoring.models import LoadedModel
 
@@ -29,9 +30,10 @@ class CausalProposerStats:
     calls: int = 0  # fill() calls
     spans: int = 0  # spans filled
     candidates: int = 0  # candidate fills sampled and scored
-    rounds: int = 0  # batched sample-and-score rounds (one per span length and step, per chunk)
+    rounds: int = 0  # batched sample-and-score rounds (one per fill step and chunk)
     forward_passes: int = 0  # model forward calls
     token_positions: int = 0  # rows x tokens run through the model (the cost of a call)
+    rescored: int = 0  # distinct candidates whose right context was scored
 
 
 def spans_of(positions: Sequence[int]) -> list[tuple[int, int]]:
@@ -59,20 +61,28 @@ class CausalProposer:
     """Fills spans with a causal LM: sample ``candidates`` fills from the left context, keep
     the one whose whole text is likeliest (see the module docstring).
 
-    How a round works (`_round`), for a batch of spans of one length: the left contexts run
-    through the model once (left-padded); their key/value cache is repeated per candidate;
-    the candidates are sampled one token per forward pass, collecting each sampled token's
-    log-probability under the model's own (untempered) distribution; then one more pass runs
-    every candidate's right context on the same cache and adds its log-probability. The sum
-    is log p(fill + right | left), and since ``left`` is the same for all candidates of a
-    span, ranking by it is ranking by the log-probability of the whole text. Left context and
-    sampled tokens are run once, not once per candidate and again for scoring.
+    How a round works (`_batch`), for every span of a fill step at once (all lengths): the
+    left contexts' common beginning (the prompt, at least) comes from the model's shared
+    `scoring.causal.PrefixCache`, run once; the rest of each left context runs on it (one
+    pass, padded in the middle); that key/value cache is repeated per candidate. Then one
+    token per forward pass: spans still being filled sample their next token, collecting its
+    log-probability under the model's own (untempered) distribution, while spans already
+    complete feed their next right-context token and add its log-probability, so spans of
+    different lengths share every pass. Identical candidates of a span are then scored once
+    (a span whose candidates are all the same, not at all):
+    one more pass runs the rest of each distinct candidate's right context on the same cache.
+    The sum is log p(fill + right | left), and since ``left`` is the same for all candidates
+    of a span, ranking by it is ranking by the log-probability of the whole text. Left
+    context and sampled tokens are run once, not once per candidate and again for scoring.
 
     ``temperature``, ``top_k`` and ``banned_ids`` (more ids never to propose, beside the
     special ones) make up ``policy``, the `SamplingPolicy` `MLMProposer` samples with too
     (temperature 0: one greedy fill). ``tokens_per_batch``: bounds rows x (right context + 1)
     per round, hence the memory of the scoring pass's logits. ``generator``: the torch RNG to
-    draw from (None: the global one).
+    draw from (None: the global one). ``batched=False``: the path before the shared prefix
+    and one batch per step (one round per span length, no prefix cache, every candidate
+    rescored), kept for ``bench/causal_speed.py``; it draws from the RNG in another order, so
+    its fills differ from the batched path's for the same seed.
     """
 
     name = "causal"
@@ -84,8 +94,9 @@ class CausalProposer:
         temperature: float = 1.0,
         top_k: int = 0,
         banned_ids: Sequence[int] = (),
-        tokens_per_batch: int = 1024,
+        tokens_per_batch: int = 4096,
         generator: torch.Generator | None = None,
+        batched: bool = True,
     ) -> None:
         if lm.kind != "causal":
             raise UserError(f"the causal proposer needs a causal LM; {lm.name!r} is a {lm.kind}")
@@ -95,6 +106,9 @@ class CausalProposer:
         self.lm = lm
         self.candidates = int(candidates) if temperature > 0 else 1  # greedy: one fill
         self.tokens_per_batch = max(1, int(tokens_per_batch))
+        self.batched = bool(batched)
+        if not batched and tokens_per_batch == 4096:
+            self.tokens_per_batch = 1024  # the old path's own default
         self.generator = generator
         self.stats = CausalProposerStats()
         tok = lm.tokenizer
@@ -143,7 +157,8 @@ class CausalProposer:
                 start, n = s[step]
                 end = s[step + 1][0] if step + 1 < len(s) else len(rows[i])
                 gaps.append(_Gap(i, rows[i][:start], n, rows[i][start + n : end]))
-            for gap, fill in zip(gaps, self._best_fills(gaps), strict=True):
+            best = self._chunks(gaps) if self.batched else self._best_fills(gaps)
+            for gap, fill in zip(gaps, best, strict=True):
                 start = len(gap.left)
                 rows[gap.owner][start : start + gap.length] = fill
             self.stats.spans += len(gaps)
@@ -169,6 +184,192 @@ class CausalProposer:
                 )
             if r.positions and r.positions[0] == 0:
                 raise UserError(f"fill request {i}: a causal LM needs left context to fill from")
+
+    # -- one batch per fill step ---------------------------------------------------------
+
+    def _chunks(self, gaps: Sequence[_Gap]) -> list[list[int]]:
+        """The chosen fill of each gap: all lengths in one batch, split only where rows x
+        (span + right context) would pass ``tokens_per_batch``; gaps are ordered by that width
+        (then input order) so that each chunk's rows pad to similar lengths."""
+        out: list[list[int]] = [[] for _ in gaps]
+        k = self.candidates
+        order = sorted(range(len(gaps)), key=lambda g: (gaps[g].length + len(gaps[g].right), g))
+        chunk: list[int] = []
+        for g in [*order, -1]:
+            if g >= 0:
+                width = gaps[g].length + len(gaps[g].right)  # the widest comes last
+                if not chunk or (len(chunk) + 1) * k * width <= self.tokens_per_batch:
+                    chunk.append(g)
+                    continue
+            for h, fill in zip(chunk, self._batch([gaps[h] for h in chunk]), strict=True):
+                out[h] = fill
+            chunk = [g]
+        return out
+
+    def _batch(self, gaps: Sequence[_Gap]) -> list[list[int]]:
+        """Sample ``candidates`` fills per gap (any lengths) and keep, per gap, the one with
+        the highest log p(fill + right | left) (the first of equals). See the class doc."""
+        k = self.candidates
+        device = self.lm.device
+        n_gaps = len(gaps)
+        rows = n_gaps * k
+        # the left contexts' common beginning, leaving each at least one token of its own
+        shared = min(len(g.left) for g in gaps) - 1
+        first = gaps[0].left
+        for g in gaps[1:]:
+            same = 0
+            while same < shared and g.left[same] == first[same]:
+                same += 1
+            shared = same
+        own = [g.left[shared:] for g in gaps]
+        width = max(len(x) for x in own)
+        ids = torch.full((n_gaps, width), self._pad_id, dtype=torch.long)
+        attn = torch.zeros((n_gaps, shared + width), dtype=torch.long)
+        attn[:, :shared] = 1
+        pos = torch.zeros((n_gaps, width), dtype=torch.long)
+        for r, x in enumerate(own):
+            ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            attn[r, shared + width - len(x) :] = 1
+            pos[r, width - len(x) :] = torch.arange(shared, shared + len(x))
+        ids, attn, pos = ids.to(device), attn.to(device), pos.to(device)
+        keep = {"logits_to_keep": 1} if self._keep_arg else {}
+        cache = None
+        if shared:
+            cache = prefix_cache_of(self.lm).get(first[:shared]).cache_for(n_gaps)
+        lengths = torch.tensor([g.length for g in gaps], device=device).repeat_interleave(k)
+        n_max = int(lengths.max())
+        right_w = max(1, max(len(g.right) for g in gaps))
+        right = torch.full((n_gaps, right_w), self._pad_id, dtype=torch.long)
+        right_len = torch.zeros(n_gaps, dtype=torch.long)
+        for r, g in enumerate(gaps):
+            right[r, : len(g.right)] = torch.tensor(g.right, dtype=torch.long)
+            right_len[r] = len(g.right)
+        right = right.to(device).repeat_interleave(k, dim=0)
+        right_len = right_len.to(device).repeat_interleave(k)
+        arange = torch.arange(rows, device=device)
+        with torch.inference_mode():
+            out = self._forward(
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                **keep,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            last = pos[:, -1]
+            if k > 1:
+                cache.batch_repeat_interleave(k)
+                logits = logits.repeat_interleave(k, dim=0)
+                attn = attn.repeat_interleave(k, dim=0)
+                last = last.repeat_interleave(k, dim=0)
+            score = torch.zeros(rows, dtype=torch.float64, device=device)
+            fills = torch.full((rows, n_max), self._pad_id, dtype=torch.long, device=device)
+            real = torch.ones(rows, dtype=torch.bool, device=device)
+            token = fills[:, 0]
+            for step in range(n_max):
+                sampling = step < lengths
+                token = right[arange, (step - lengths).clamp(0, right_w - 1)]
+                real = sampling | (step - lengths < right_len)
+                if bool(sampling.any()):
+                    token[sampling] = self._pick(logits[sampling])
+                    fills[sampling, step] = token[sampling]
+                token = torch.where(real, token, self._pad_id)
+                gained = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
+                score += torch.where(real, gained, 0.0)
+                if step + 1 < n_max:
+                    attn = torch.cat([attn, real[:, None].long()], dim=1)
+                    last = last + 1
+                    out = self._forward(
+                        input_ids=token[:, None],
+                        attention_mask=attn,
+                        position_ids=last[:, None],
+                        past_key_values=cache,
+                        use_cache=True,
+                        **keep,
+                    )
+                    cache, logits = out.past_key_values, out.logits[:, -1].float()
+            if k > 1:
+                score += self._rest_logprobs(gaps, fills, token, real, attn, last, cache)
+        self.stats.rounds += 1
+        self.stats.candidates += rows
+        best = score.view(n_gaps, k).argmax(dim=-1).tolist()  # first of equals
+        chosen = fills.view(n_gaps, k, n_max).cpu()
+        return [
+            chosen[r, b, : g.length].tolist()
+            for r, (g, b) in enumerate(zip(gaps, best, strict=True))
+        ]
+
+    def _rest_logprobs(
+        self,
+        gaps: Sequence[_Gap],
+        fills: torch.Tensor,
+        token: torch.Tensor,
+        real: torch.Tensor,
+        attn: torch.Tensor,
+        last: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """log p(the right context not yet fed | left + fill + the part fed) per candidate
+        row: the last token fed in the sampling loop and the rest of the right context, in a
+        pass over the distinct candidates of each gap (a copy answers for its twins; a gap
+        with one distinct candidate is skipped), split into batches of similar rest lengths
+        (`scoring.causal.length_groups`)."""
+        k = self.candidates
+        n_max = fills.shape[1]
+        rests: list[list[int]] = []
+        for g in gaps:
+            rests.append(list(g.right[n_max - g.length :]))
+        if not any(rests):
+            return torch.zeros(len(token), dtype=torch.float64, device=token.device)
+        keys = fills.tolist()
+        first_of: dict[tuple[int, tuple[int, ...]], int] = {}
+        twin = []
+        for row, key in enumerate(keys):
+            twin.append(first_of.setdefault((row // k, tuple(key)), row))
+        # distinct candidates, longest rest first, in batches of similar rest lengths; a gap
+        # whose candidates are all the same has its fill already (nothing to rank)
+        choices: dict[int, int] = {}
+        for row in set(twin):
+            choices[row // k] = choices.get(row // k, 0) + 1
+        distinct = sorted(
+            (row for row in set(twin) if choices[row // k] > 1),
+            key=lambda row: (-len(rests[row // k]), row),
+        )
+        device = attn.device
+        gained = torch.zeros(len(keys), dtype=torch.float64, device=device)
+        widths = [1 + len(rests[row // k]) for row in distinct]
+        for group in length_groups(widths, self.tokens_per_batch):
+            rows = [distinct[g] for g in group]
+            index = torch.tensor(rows, device=device)
+            width = widths[group[0]]
+            feed = torch.full((len(rows), width), self._pad_id, dtype=torch.long, device=device)
+            feed_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+            feed[:, 0] = token[index]
+            feed_mask[:, 0] = real[index].long()
+            for j, row in enumerate(rows):
+                rest = rests[row // k]
+                if rest:
+                    feed[j, 1 : 1 + len(rest)] = torch.tensor(rest, dtype=torch.long)
+                    feed_mask[j, 1 : 1 + len(rest)] = 1
+            if width == 1:
+                continue  # nothing left to score in these rows
+            positions = last[index, None] + 1 + torch.arange(width, device=device)[None, :]
+            out = self._forward(
+                input_ids=feed,
+                attention_mask=torch.cat([attn[index], feed_mask], dim=1),
+                position_ids=positions,
+                past_key_values=select_rows(cache, index),
+                use_cache=True,
+            )
+            logits = out.logits[:, :-1].float()
+            picked = logits.gather(-1, feed[:, 1:, None])[..., 0]
+            picked = picked - torch.logsumexp(logits, dim=-1)
+            gained[index] = (picked * feed_mask[:, 1:]).sum(dim=-1).double()
+            self.stats.rescored += len(rows)
+        return gained[torch.tensor(twin, device=device)]
+
+    # -- the path before the batched one (``batched=False``, for the bench) ---------------
 
     def _best_fills(self, gaps: Sequence[_Gap]) -> list[list[int]]:
         """The chosen fill of each gap: rounds of gaps of one length (first-use order, so the
