@@ -152,7 +152,8 @@ class RunsMixin(StoreCore):
         name: str | None = None,
         statuses: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
-        """Runs, newest first, with best_fitness, n_generations and n_individuals; only those
+        """Runs, newest first, with best_fitness, n_generations, n_individuals and
+        total_seconds (the generations' time, model loading excluded); only those
         carrying every tag in `tags`, whose name contains `name` (case-insensitive), and whose
         stored status is one of `statuses`, where given."""
         where, params = ["1"], []
@@ -170,7 +171,8 @@ class RunsMixin(StoreCore):
             SELECT r.*,
                    (SELECT MAX(fitness) FROM individuals WHERE run_id = r.id) AS best_fitness,
                    (SELECT COUNT(*) FROM generations WHERE run_id = r.id) AS n_generations,
-                   (SELECT COUNT(*) FROM individuals WHERE run_id = r.id) AS n_individuals
+                   (SELECT COUNT(*) FROM individuals WHERE run_id = r.id) AS n_individuals,
+                   (SELECT SUM(seconds) FROM generations WHERE run_id = r.id) AS total_seconds
             FROM runs r WHERE {" AND ".join(where)} ORDER BY r.id DESC
             """,
             params,
@@ -428,6 +430,15 @@ class RunsMixin(StoreCore):
                 row["parents"] = parents[row["child_id"]]
             yield from rows
             after = rows[-1]["child_id"]
+
+    def run_scorers(self, run_id: int) -> list[str]:
+        """The names of the scorers that scored the individuals of a run, sorted."""
+        self._require_run(run_id)
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT scorer FROM individual_scores WHERE run_id = ? ORDER BY scorer",
+            (run_id,),
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def pareto_front(self, run_id: int, generation: int | None = None) -> list[dict[str, Any]]:
         """The distinct texts on the Pareto front (pareto_rank 0) of a generation (default:
