@@ -150,19 +150,24 @@ def converted_dir(preset: Preset, pkg: Path) -> Path:
 
 def ensure_converted(preset: Preset, pkg: Path) -> Path:
     """Convert GGUF weights into an ordinary fp32 model folder once; return that folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out = converted_dir(preset, pkg)
     marker = out / "mlm_evolve_source.json"
     gguf_path = pkg / preset.gguf_file
     stamp = {"gguf": preset.gguf_file, "sha256": file_sha256(gguf_path)}
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return out
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=preset.gguf_file)
     with contextlib.ExitStack() as stack:
-        if _QUIET.get():  # transformers' tqdm bar writes to sys.stderr as it is when made
+        if _QUIET.get():  # transformers' tqdm bars write to sys.stderr as it is when made
             stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-        gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=preset.gguf_file)
+        _convert(preset, pkg, out, stamp)
+    return out
+
+
+def _convert(preset: Preset, pkg: Path, out: Path, stamp: dict[str, str]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=preset.gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=preset.gguf_file)
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config
     # (without its quantization_config) and copy the dequantised weights over.
     cfg_dict = gguf_model.config.to_dict()
@@ -180,7 +185,6 @@ def ensure_converted(preset: Preset, pkg: Path) -> Path:
         tmp.rename(out)  # atomic: a half-written conversion is never picked up
     except OSError:  # another process finished the same conversion first
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def resolve_source(name: str, kind: Kind) -> str:
