@@ -25,7 +25,6 @@ INT64_MAX = 2**63 - 1
 # in an OverflowError traceback where it met SQLite. Click refuses it with one line, exit 2.
 ID = click.IntRange(0, INT64_MAX)
 COUNT = click.IntRange(0, INT64_MAX)
-POSITIVE = click.IntRange(1, INT64_MAX)
 
 
 def default_db_path() -> Path:
@@ -84,7 +83,8 @@ def unescape(text: str) -> str:
 
 def absolute_db(store: LogStore) -> str:
     """The store's file as an absolute path, for hints to be pasted in another directory."""
-    return os.path.abspath(store.path) if store.path is not None else ":memory:"
+    path = store.path
+    return str(path) if path is None else os.path.abspath(path)  # None: an in-memory store
 
 
 def absolute_model(name: str) -> str:
@@ -97,9 +97,15 @@ def absolute_model(name: str) -> str:
     return str(path.absolute()) if path.is_dir() else name
 
 
-def open_existing(db_path: Path | None) -> LogStore:
-    """The store at --db, migrated; a missing file is an error, not a new empty database."""
+def existing_db(db_path: Path | None) -> Path:
+    """The path --db resolves to, which must exist: reading commands (and `resume`, which
+    writes only to a run that is there) never create a database."""
     path = resolve_db(db_path)
     if not path.exists():
         raise StoreError(f"no database at {path}; `evolve run` creates one")
-    return LogStore(path)
+    return path
+
+
+def open_existing(db_path: Path | None) -> LogStore:
+    """The store at --db, migrated; a missing file is an error, not a new empty database."""
+    return LogStore(existing_db(db_path))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import ID, db_option, open_existing
+from cli.common import ID, db_option, existing_db
+from evolve.store import LogStore
 
 
 @click.command()
@@ -23,7 +24,7 @@ def tag(run_id: int, tags: tuple[str, ...], removed: tuple[str, ...], db_path: P
     for t in (*tags, *removed):
         if not t.strip():
             raise click.UsageError("a tag is empty")
-    with open_existing(db_path) as store:
+    with LogStore(existing_db(db_path)) as store:  # writes; never creates a database
         now = store.run(run_id)["tags"]
         if tags or removed:
             kept = [t for t in [*now, *tags] if t not in removed]
@@ -40,7 +41,7 @@ def note(run_id: int, text: str | None, clear: bool, db_path: Path | None) -> No
     """Set the note of run RUN_ID to TEXT (without TEXT: print it)."""
     if clear and text is not None:
         raise click.UsageError("give a TEXT or --clear, not both")
-    with open_existing(db_path) as store:
+    with LogStore(existing_db(db_path)) as store:  # writes; never creates a database
         if clear or text is not None:
             value = store.set_labels(run_id, note=None if clear else text)["note"]
         else:
@@ -54,7 +55,7 @@ def note(run_id: int, text: str | None, clear: bool, db_path: Path | None) -> No
 @db_option
 def rename(run_id: int, name: str, db_path: Path | None) -> None:
     """Give run RUN_ID the name NAME ("" removes it)."""
-    with open_existing(db_path) as store:
+    with LogStore(existing_db(db_path)) as store:  # writes; never creates a database
         value = store.set_labels(run_id, name=name or None)["name"]
     click.echo(f"run {run_id} name: {value if value else '(none)'}")
 

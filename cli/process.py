@@ -1,8 +1,9 @@
 """The `evolve` process: its entry point, and what Ctrl-C and SIGTERM do to it.
 
-`main` is the console script. It imports the commands only after a Ctrl-C handler is in
-place: importing torch and transformers takes seconds, and a Ctrl-C then used to print a
-long import traceback. Now it exits 130 with one line, and nothing has been written.
+`main` is the console script. Importing torch and transformers takes seconds, and a Ctrl-C
+then used to print a long import traceback (or abort inside torch's C++ code). While the
+commands are imported, Ctrl-C and SIGTERM now end the process at once with one line (exit
+130 or 143): nothing has been written yet.
 
 SIGTERM (`kill PID`, `docker stop`, a SLURM time limit) takes the Ctrl-C path: the handler
 raises `Terminated`, a `KeyboardInterrupt`, wherever the process is. A run then records
@@ -63,6 +64,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt). Outside the main
     thread (a test runner's worker) Python allows no signal handler: the block runs as is."""
     try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # ignored on purpose: keep it so
+            yield
+            return
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:
         yield
@@ -71,7 +75,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not terminated():  # after a SIGTERM, further ones stay ignored until the exit
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _leave(code: int, message: str | None = None) -> None:
@@ -94,19 +99,29 @@ def _quiet_shutdown() -> None:
     and committed; only interpreter cleanup (atexit handlers) is left, which must not print
     a traceback when cut short."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _exit_on_signal)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _exit_on_signal)
+
+
+def _exit_while_starting(signum: int, frame: FrameType | None) -> None:
+    _state["terminated"] = signum == signal.SIGTERM
+    _leave(interrupted_exit(), f"\n{interruption()} while starting; nothing was written.")
 
 
 def main() -> None:
     """The `evolve` console script."""
+    # While the commands are imported, a Ctrl-C or SIGTERM ends the process at once: nothing
+    # is written yet, and a KeyboardInterrupt raised inside torch's C++ import code can
+    # abort the interpreter (pybind11's error_already_set) instead of unwinding.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # keep what nohup or a shell ignores
+            signal.signal(sig, _exit_while_starting)
+    from cli.main import cli
+
+    if signal.getsignal(signal.SIGINT) is _exit_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with sigterm_as_interrupt():
-            try:
-                from cli.main import cli
-            except KeyboardInterrupt:
-                _leave(
-                    interrupted_exit(), f"\n{interruption()} while starting; nothing was written."
-                )
             cli(prog_name="evolve")  # click exits through SystemExit with the command's code
     finally:
         _quiet_shutdown()

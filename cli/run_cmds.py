@@ -25,10 +25,11 @@ from click.core import ParameterSource
 
 from cli.common import (
     ID,
-    POSITIVE,
+    INT64_MAX,
     absolute_db,
     absolute_model,
     db_option,
+    existing_db,
     open_existing,
     resolve_db,
     unescape,
@@ -62,6 +63,7 @@ RUN_OPTIONS = ConfigOptions(
     short={"population": "-p", "generations": "-g"},
     skip=("prompt", "seed_texts"),
 )
+GENERATIONS = click.IntRange(1, INT64_MAX)  # a count SQLite can store; validate() caps it
 TYPED = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)  # what the user gave
 
 
@@ -215,7 +217,7 @@ def run(
 @click.option(
     "-g",
     "--generations",
-    type=POSITIVE,
+    type=GENERATIONS,
     default=None,
     help="Extend the run (finished or not) to this many generations, exactly as if it had "
     "been started with them.",
@@ -229,7 +231,7 @@ def resume(
     run_id: int, generations: int | None, db_path: Path | None, quiet: bool, log_json: bool
 ) -> None:
     """Continue an interrupted run from its last completed generation, or extend one."""
-    with open_existing(db_path) as store:  # a missing database is an error, not a new file
+    with LogStore(existing_db(db_path)) as store:  # a missing one is an error, not a new file
         total = generations or RunConfig.from_dict(_config_of(store, run_id)).generations
         _drive(
             lambda progress: resume_run(run_id, store, progress, generations=generations),
@@ -313,9 +315,14 @@ def _drive(
         with quiet_conversion(quiet), _reporter(generations, quiet, log_json) as progress:
             summary = start(progress)
     except RunInterrupted as exc:
+        saved = (
+            f"is saved through generation {exc.generation}"
+            if exc.generation >= 0
+            else "was stopped before its first generation"
+        )
         click.echo(
-            f"\n{interruption()}: run {exc.run_id} is saved through generation "
-            f"{exc.generation}. Resume with: evolve resume {exc.run_id} --db {absolute_db(store)}",
+            f"\n{interruption()}: run {exc.run_id} {saved}. "
+            f"Resume with: evolve resume {exc.run_id} --db {absolute_db(store)}",
             err=True,
         )
         sys.exit(interrupted_exit())

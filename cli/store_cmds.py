@@ -172,7 +172,8 @@ def runs(
     with open_existing(db_path) as store:
         # 'dead' is a stored 'running' whose process is gone: filtered after reading.
         stored = tuple({"dead": "running"}.get(s, s) for s in statuses)
-        rows = store.runs(tags=tags, name=name, statuses=stored)
+        filters: dict[str, Any] = {"tags": tags, "name": name, "statuses": stored}
+        rows = store.runs(**{k: v for k, v in filters.items() if v})
         if statuses:
             rows = [r for r in rows if _status(r) in statuses]
         if limit is not None:

@@ -52,7 +52,7 @@ def _head_candidates(model: torch.nn.Module) -> list[Head]:
     if isinstance(predictions, torch.nn.Module):  # ALBERT
         out.append(predictions)
     if all(hasattr(model, a) for a in ("vocab_transform", "vocab_layer_norm", "vocab_projector")):
-        m = model  # DistilBERT
+        m: Any = model  # DistilBERT
 
         def distil(h: torch.Tensor) -> torch.Tensor:
             act = m.activation(m.vocab_transform(h))
@@ -60,7 +60,7 @@ def _head_candidates(model: torch.nn.Module) -> list[Head]:
 
         out.append(distil)
     if hasattr(model, "generator_predictions") and hasattr(model, "generator_lm_head"):
-        m2 = model  # ELECTRA generator
+        m2: Any = model  # ELECTRA generator
 
         def electra(h: torch.Tensor) -> torch.Tensor:
             return m2.generator_lm_head(m2.generator_predictions(h))

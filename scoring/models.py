@@ -15,6 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ class LoadedModel:
     name: str  # what the user asked for
     kind: Kind
     model: torch.nn.Module
-    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase (untyped upstream)
     source: str  # folder or hub id actually loaded
 
     @property

@@ -253,9 +253,9 @@ def mask_matrix(
         word_end[j] = end
         if starts[j]:
             end = j
-    k = torch.arange(n)
-    j = torch.arange(n).unsqueeze(1)
-    return (k >= j) & (k < torch.tensor(word_end).unsqueeze(1))
+    cols = torch.arange(n)
+    rows = torch.arange(n).unsqueeze(1)
+    return (cols >= rows) & (cols < torch.tensor(word_end).unsqueeze(1))
 
 
 def naive_pll(

@@ -84,12 +84,12 @@ def detect_scheme(tokenizer: Any) -> Scheme:
         if "Metaspace" in pre:
             return "sentencepiece"
     vocab = tokenizer.get_vocab()
-    counts = {
+    counts: dict[Scheme, int] = {
         "wordpiece": sum(t.startswith("##") for t in vocab),
         "bytelevel": sum(t.startswith("Ġ") for t in vocab),
         "sentencepiece": sum(t.startswith(_SP_MARK) for t in vocab),
     }
-    return max(counts, key=counts.__getitem__)  # type: ignore[return-value]
+    return max(counts, key=counts.__getitem__)
 
 
 def _info(tokenizer: Any) -> _TokenizerInfo:

@@ -231,6 +231,8 @@ def test_missing_cuda_devices_are_refused(monkeypatch: pytest.MonkeyPatch) -> No
         (["run", "--prompt", PROMPT, "--device", "gpu0"], "unknown device 'gpu0'"),
         (["baseline", "--prompt", "x", "--device", "gpu0"], "unknown device 'gpu0'"),
         (["baseline", "--prompt", "x", "--temperature", "1e-30"], "temperature must lie within"),
+        (["baseline", "--prompt", "x", "--num-beams", "1000000000"], "num_beams must be at most"),
+        (["baseline", "--prompt", "x", "--samples", "1000000"], "samples must be at most 10000"),
     ],
 )
 def test_bad_numbers_and_devices_are_one_line_and_create_nothing(
@@ -506,3 +508,53 @@ def test_sigterm_during_amplify_keeps_the_positions_scored_and_exits_143(
     with LogStore(db, readonly=True) as s:
         (exp,) = s.experiments(kind="amplify")
         assert exp["status"] == "interrupted"
+
+
+# SIGTERM while `evolve runs` reads, and a second one while the first is being reported.
+_TWO_SIGTERMS = """
+import os, signal
+import cli.common
+from evolve.store import LogStore
+real_word, real_runs = cli.common.interruption, LogStore.runs
+def word():
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_word()
+def runs(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_runs(self)
+cli.common.interruption, LogStore.runs = word, runs
+from cli.process import main
+main()
+"""
+
+
+def test_a_second_sigterm_while_the_first_is_handled_is_ignored(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    with LogStore(db) as s:
+        s.create_run(PROMPT, 1, {}, "tiny-bert", None, "pll")
+    done = _child(_TWO_SIGTERMS, "runs", "--db", str(db))
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Terminated (SIGTERM): everything written before SIGTERM is kept "
+        "(`evolve runs` lists runs; `evolve resume ID` continues one)."
+    ]
+
+
+def test_a_run_stopped_before_its_first_generation_says_so(
+    tmp_path: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cli.run_cmds
+    from evolve.api import RunInterrupted
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise RunInterrupted(1, -1)  # what the driver raises when no generation was stored
+
+    monkeypatch.setattr(cli.run_cmds, "start_run", stopped)
+    db = tmp_path / "early.db"
+    result = invoke("run", "--prompt", PROMPT, "--db", db, "-q")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == (
+        "Interrupted: run 1 was stopped before its first generation. "
+        f"Resume with: evolve resume 1 --db {db}"
+    )

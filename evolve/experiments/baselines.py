@@ -53,6 +53,12 @@ _SHORT = {
 }
 
 
+# Upper bounds: every beam is a row of every forward pass, so memory grows with the width,
+# and each sample is one generate() call of its own.
+MAX_BEAMS = 1024
+MAX_SAMPLES = 10_000
+
+
 @dataclass(frozen=True)
 class BaselineConfig:
     """What to generate; `validate` checks every field, `resolve` fills model, prompt, length."""
@@ -89,6 +95,10 @@ class BaselineConfig:
         if self.new_tokens is not None:
             _require(self.new_tokens >= 1, f"new_tokens must be at least 1 (got {self.new_tokens})")
         _require(self.num_beams >= 1, f"num_beams must be at least 1 (got {self.num_beams})")
+        _require(
+            self.num_beams <= MAX_BEAMS,
+            f"num_beams must be at most {MAX_BEAMS} (got {self.num_beams})",
+        )
         _require(self.amp_depth >= 1, f"amp_depth must be at least 1 (got {self.amp_depth})")
         _require(
             0 <= self.amp_lambda <= 1, f"amp_lambda must lie within [0, 1] (got {self.amp_lambda})"
@@ -111,6 +121,10 @@ class BaselineConfig:
             0 < self.typical_p <= 1, f"typical_p must lie within (0, 1] (got {self.typical_p})"
         )
         _require(self.samples >= 1, f"samples must be at least 1 (got {self.samples})")
+        _require(
+            self.samples <= MAX_SAMPLES,
+            f"samples must be at most {MAX_SAMPLES} (got {self.samples})",
+        )
         # Each sample's seed is stored as a SQLite INTEGER (signed 64-bit).
         _require(
             self.seed >= 0 and self.seed + self.samples - 1 <= INT64_MAX,

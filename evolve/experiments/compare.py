@@ -44,7 +44,10 @@ def default_scorer(name: str, device: str = "cpu") -> TextScorer:
         from scoring.pll import PLLScorer
 
         variant, _, model = rest.partition("/")
-        return PLLScorer(load_mlm(model, device=device), variant=variant)  # type: ignore[arg-type]
+        bf16 = model.endswith("/bf16")  # pll_scorer_name's suffix for bf16 scores
+        model = model.removesuffix("/bf16")
+        lm = load_mlm(model, device=device)
+        return PLLScorer(lm, variant=variant, dtype="bf16" if bf16 else "fp32")  # type: ignore[arg-type]
     if kind == "causal":
         from scoring.causal import CausalScorer
         from scoring.models import load_causal

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from evolve.ga.operators.context import CxPoints
 from evolve.ga.proposers.base import Order
+from evolve.ga.proposers.sampling import SamplingPolicy
 from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, DEFAULT_MLM
@@ -352,7 +353,7 @@ class RunConfig:
             f"temperature must be 0 (greedy) or within [{TEMPERATURE_MIN:g}, "
             f"{TEMPERATURE_MAX:g}] (got {m.temperature:g})",
         )
-        _require(m.top_k >= 0, "top_k must be >= 0 (0 = no cut)")
+        SamplingPolicy.validate(m.temperature, m.top_k)  # the rule every sampler shares
         _choice("fill order", m.order, FILL_ORDERS)
         _require(m.candidates >= 1, f"candidates must be at least 1 (got {m.candidates})")
         _at_most("candidates", m.candidates, MAX_CANDIDATES)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 
@@ -60,11 +60,11 @@ class MLMProposer:
     # -- set-up ---------------------------------------------------------------------------
 
     def _vocab_size(self) -> int:
-        out = self.lm.model.get_output_embeddings()
-        weight = getattr(out, "weight", None)
+        model: Any = self.lm.model  # a transformers PreTrainedModel
+        weight = getattr(model.get_output_embeddings(), "weight", None)
         if isinstance(weight, torch.Tensor):
             return int(weight.shape[0])
-        return int(self.lm.model.config.vocab_size)
+        return int(model.config.vocab_size)
 
     def _banned_ids(self, extra: Sequence[int]) -> frozenset[int]:
         """Special ids, the mask, ``[unusedN]`` placeholders, ``extra``, and model rows with no
