@@ -110,19 +110,14 @@ def _config_file(path: Path) -> dict[str, Any]:
 
 def _typed_options(ctx: click.Context, opts: Mapping[str, Any]) -> dict[str, Any]:
     """The nested config values of the options given on the command line."""
-    given = {
-        option.param: opts[option.param]
-        for option in RUN_OPTIONS.options
-        if ctx.get_parameter_source(option.param) in TYPED
-    }
     out: dict[str, Any] = {}
     for option in RUN_OPTIONS.options:
-        if option.param in given:
+        if ctx.get_parameter_source(option.param) in TYPED:
             *parents, name = option.path.split(".")
             node = out
             for parent in parents:
                 node = node.setdefault(parent, {})
-            node[name] = given[option.param]
+            node[name] = opts[option.param]
     return out
 
 
