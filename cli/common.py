@@ -107,5 +107,12 @@ def existing_db(db_path: Path | None) -> Path:
 
 
 def open_existing(db_path: Path | None) -> LogStore:
-    """The store at --db, migrated; a missing file is an error, not a new empty database."""
+    """The store at --db, migrated, for a command that writes it; a missing file is an
+    error, not a new empty database."""
     return LogStore(existing_db(db_path))
+
+
+def open_for_reading(db_path: Path | None) -> LogStore:
+    """The store at --db for a command that only reads it: works on read-only storage, and
+    every write through it is refused (`LogStore.for_reading`)."""
+    return LogStore.for_reading(resolve_db(db_path))

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import click
 
-from cli.common import ID, db_option, open_existing
+from cli.common import ID, db_option, open_for_reading
 from evolve.store import LogStore
 from scoring.errors import UserError
 
@@ -136,7 +136,7 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
 @db_option
 def export(run_id: int, fmt: str, what: str, out: Path | None, db_path: Path | None) -> None:
     """Export a run's individuals, generations, edits or baselines as JSON lines or CSV."""
-    with open_existing(db_path) as store:
+    with open_for_reading(db_path) as store:
         store.run(run_id)  # an unknown run is one line, before any output file is made
         scorers = store.run_scorers(run_id) if what == "individuals" else []
         with _output(out) as handle:

@@ -30,7 +30,7 @@ from cli.common import (
     absolute_model,
     db_option,
     existing_db,
-    open_existing,
+    open_for_reading,
     resolve_db,
     unescape,
 )
@@ -122,7 +122,7 @@ def _typed_options(ctx: click.Context, opts: Mapping[str, Any]) -> dict[str, Any
 
 
 def _stored_config(db_path: Path | None, run_id: int) -> dict[str, Any]:
-    with open_existing(db_path) as store:
+    with open_for_reading(db_path) as store:
         return RunConfig.from_dict(_config_of(store, run_id)).to_dict()
 
 
@@ -242,7 +242,7 @@ def resume(
 @db_option
 def config_cmd(run_id: int, db_path: Path | None) -> None:
     """Print a run's config as TOML, for `evolve run --config FILE`."""
-    with open_existing(db_path) as store:
+    with open_for_reading(db_path) as store:
         stored = RunConfig.from_dict(_config_of(store, run_id)).to_dict()
         where = absolute_db(store)
     header = f"Config of run {run_id} in {where}.\nRerun it: evolve run --config FILE"

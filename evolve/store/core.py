@@ -12,7 +12,7 @@ import json
 import platform
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -127,6 +127,16 @@ class StoreCore:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, without waiting for or blocking
+        readers (PASSIVE): afterwards a plain copy of the file alone holds every commit so
+        far. Frames a reader still needs stay in the WAL until a later checkpoint."""
+        if self._path is None or self.readonly:
+            return
+        # Busy or locked: the next generation's checkpoint copies these frames.
+        with suppress(sqlite3.OperationalError):
+            self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict]:
         cursor = self.db.conn.execute(sql, params)

@@ -4,7 +4,9 @@ It puts the aggregates together (`runs`, `scores`, `experiments`, read-only `sql
 connection, and owns opening: a path (created with its folder if needed), ``":memory:"``, or an
 injected `sqlite_utils.Database` (as simonw/llm's LogStore takes one), migrated on open
 (`evolve.store.schema`). A file is refused untouched unless it is SQLite, and opened in WAL
-mode with a 30 s busy timeout, so several processes can log runs into one file.
+mode with a 30 s busy timeout, so several processes can log runs into one file. Opening for
+writing needs write access and a file with one name (`evolve.store.access`); `for_reading`
+opens a database that read commands only read, on read-only storage too.
 
 A LogStore holds one connection; use one instance per thread or process.
 """
@@ -16,12 +18,19 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from evolve.store.access import check_one_name, check_writable, open_read_only, write_problem
 from evolve.store.core import BUSY_TIMEOUT_MS, StoreError, check_sqlite_file
 from evolve.store.experiments import ExperimentsMixin
 from evolve.store.runs import RunsMixin
-from evolve.store.schema import applied_migrations, check_schema_version, migrate
+from evolve.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    applied_migrations,
+    check_schema_version,
+    migrate,
+)
 from evolve.store.scores import ScoresMixin
-from evolve.store.sql import QueryMixin, open_read_only
+from evolve.store.sql import QueryMixin
 
 MEMORY = ":memory:"
 
@@ -66,8 +75,12 @@ class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
                 migrate(self.db, self._where, self._transaction)
         except sqlite3.OperationalError as exc:
             self._close_connection()
-            if getattr(exc, "sqlite_errorname", "") == "SQLITE_CANTOPEN":
+            name = getattr(exc, "sqlite_errorname", "")
+            if name == "SQLITE_CANTOPEN":
                 raise StoreError(f"cannot open {self._where}: {exc}") from exc
+            if name.startswith("SQLITE_READONLY") and self._path is not None:
+                check_writable(self._path)  # names the file or folder that is read-only
+                raise StoreError(f"cannot write {self._where}: {exc}") from exc
             raise
         except BaseException:
             self._close_connection()
@@ -85,6 +98,8 @@ class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
             if not path.exists():
                 raise StoreError(f"no database at {path}")
             return open_read_only(path)
+        check_one_name(path)
+        check_writable(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -94,6 +109,42 @@ class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
             return sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         except sqlite3.OperationalError as exc:  # e.g. a folder where files cannot be made
             raise StoreError(f"cannot open {path}: {exc}") from exc
+
+    @classmethod
+    def for_reading(cls, path: Path) -> LogStore:
+        """The existing database at `path`, for commands that only read it.
+
+        Where the file and its folder can be written (and the file has one name) it is
+        opened as usual, so an older schema is migrated, and then switched to
+        `query_only`; SQLite removes its -wal and -shm files when it closes. Elsewhere
+        (read-only storage) it is opened `mode=ro`, immutable where nothing can be
+        writing it; a newer or older schema is then refused with one line. Either way
+        every write through this store is refused.
+        """
+        if not path.exists():
+            raise StoreError(f"no database at {path}; `evolve run` creates one")
+        check_sqlite_file(path)
+        if write_problem(path) is None and path.stat().st_nlink == 1:
+            store = cls(path)
+            store.db.conn.execute("PRAGMA query_only = ON")
+            store.readonly = True
+            return store
+        store = cls(path, readonly=True)
+        try:
+            conn = store.db.conn
+            check_schema_version(conn, str(path))
+            applied = applied_migrations(conn, str(path))
+            if any(fn.__name__ not in applied for fn in MIGRATIONS):
+                version = max(applied.values(), default=0)
+                raise StoreError(
+                    f"{path} has schema version {version}, older than this mlm-evolve's "
+                    f"({SCHEMA_VERSION}), and cannot be upgraded where it is (no write "
+                    "access); copy it somewhere writable and open it there once"
+                )
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def schema_version(self) -> int:
         """The highest migration recorded in the database (0 for none)."""

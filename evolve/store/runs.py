@@ -8,7 +8,8 @@ that made it, so the history of a run can be queried with plain SQL (the `indivi
 ``scores = {scorer: {"total", "n_tokens", "mean"}}``.
 
 One generation is written in one transaction, its model scores included: a crash or Ctrl-C
-leaves either the whole generation or nothing of it, which is what makes resuming exact.
+leaves either the whole generation or nothing of it, which is what makes resuming exact. After
+each one the WAL is checkpointed (passively), so the database file alone holds it too.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class RunsMixin(StoreCore):
                 ") WHERE id = ?",
                 (status, now(), run_id, run_id),
             )
+        self.checkpoint()
 
     def run(self, run_id: int) -> dict[str, Any]:
         """One run with its config, versions and tags decoded; StoreError if there is none."""
@@ -309,6 +311,7 @@ class RunsMixin(StoreCore):
                 "UPDATE runs SET generations_done = MAX(generations_done, ?) WHERE id = ?",
                 (generation, run_id),
             )
+        self.checkpoint()  # so that a plain copy of the file alone holds this generation
         return ids
 
     def last_generation(self, run_id: int) -> dict[str, Any] | None:

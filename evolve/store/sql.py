@@ -9,17 +9,25 @@ Two locks, either of which alone keeps the database unchanged:
   `PRAGMA query_only`, so SQLite itself refuses to write the file. An in-memory database has
   no file to open twice: its query runs on the store's own connection with the authorizer and
   `query_only` switched on for the statement.
+
+`LogStore.stream` reads rows as they are iterated (memory stays flat however many rows a query
+returns) and stops a statement at a time limit or a Ctrl-C, checked by a progress handler
+every few thousand SQLite instructions.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from evolve.store.core import BUSY_TIMEOUT_MS, StoreCore, StoreError
+from evolve.store.access import open_read_only
+from evolve.store.core import StoreCore, StoreError
+
+_PROGRESS_STEPS = 10_000  # SQLite instructions between time-limit checks: well under 1 ms
 
 _READ_ACTIONS = {
     sqlite3.SQLITE_SELECT,
@@ -41,24 +49,7 @@ _READ_PRAGMAS = {
 }
 
 
-def open_read_only(path: Path) -> sqlite3.Connection:
-    """A `mode=ro` connection: SQLite itself refuses writes to the file."""
-    uri = f"{path.absolute().as_uri()}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"cannot open {path} read-only: {exc}") from exc
-    conn.isolation_level = None
-    return conn
-
-
-def read_only_query(
-    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-) -> tuple[list[str], list[tuple]]:
-    """Run one statement on `conn` under the read-only authorizer; (column names, rows)."""
-    denied: list[int] = []
-
+def _authorizer(denied: list[int]) -> Callable[..., int]:
     def authorize(action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
         if action in _READ_ACTIONS:
             return sqlite3.SQLITE_OK
@@ -71,28 +62,91 @@ def read_only_query(
         denied.append(action)
         return sqlite3.SQLITE_DENY
 
-    conn.set_authorizer(authorize)
-    try:
-        cursor = conn.execute(sql, params)
-        columns = [d[0] for d in cursor.description or ()]
-        rows = [tuple(row) for row in cursor.fetchall()]
-    except (sqlite3.Error, sqlite3.Warning) as exc:
+    return authorize
+
+
+@contextmanager
+def read_only_rows(
+    conn: sqlite3.Connection,
+    sql: str,
+    params: Sequence[Any] | Mapping[str, Any] = (),
+    timeout: float | None = None,
+) -> Iterator[tuple[list[str], Iterator[tuple]]]:
+    """Run one statement on `conn` under the read-only authorizer; yields (column names,
+    rows), the rows fetched from SQLite as they are read, not all at once.
+
+    `timeout` (seconds; None or 0: none) stops the statement with a StoreError, checked
+    every few thousand SQLite instructions so that an endless recursive query stops too.
+    A Ctrl-C (or SIGTERM, see `cli.process`) while SQLite runs stops it within that check as
+    well and is raised as KeyboardInterrupt. Iterate the rows inside the `with` block.
+    """
+    denied: list[int] = []
+    deadline = time.monotonic() + timeout if timeout else None
+    timed_out = False
+
+    def progress() -> int:
+        # A signal handler that raises here (Ctrl-C) also stops the statement: SQLite
+        # treats an exception in this callback as "stop"; `_error` turns it back.
+        nonlocal timed_out
+        if deadline is not None and time.monotonic() > deadline:
+            timed_out = True
+            return 1
+        return 0
+
+    def error(exc: sqlite3.Error | sqlite3.Warning) -> BaseException:
         if denied:
             keyword = re.match(r"\s*(\w+)", sql)
             what = keyword.group(1).upper() if keyword else "this statement"
-            raise StoreError(
-                f"read-only: {what} refused; only SELECT queries may run here"
-            ) from exc
+            return StoreError(f"read-only: {what} refused; only SELECT queries may run here")
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
+            if timed_out:
+                return StoreError(
+                    f"the query was stopped at its time limit of {timeout:g} s "
+                    "(--timeout; 0 for none)"
+                )
+            return KeyboardInterrupt()
         if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-            raise StoreError(f"read-only: {exc}") from exc
-        raise StoreError(f"SQL error: {exc}") from exc
+            return StoreError(f"read-only: {exc}")
+        return StoreError(f"SQL error: {exc}")
+
+    def rows(cursor: sqlite3.Cursor) -> Iterator[tuple]:
+        # One row at a time, not fetchmany: a batch would hold back rows already found
+        # while SQLite searches for the rest of it.
+        while True:
+            try:
+                row = cursor.fetchone()
+            except (sqlite3.Error, sqlite3.Warning) as exc:
+                raise error(exc) from exc
+            if row is None:
+                return
+            yield row
+
+    conn.set_authorizer(_authorizer(denied))
+    conn.set_progress_handler(progress, _PROGRESS_STEPS)
+    try:
+        try:
+            cursor = conn.execute(sql, params)
+        except (sqlite3.Error, sqlite3.Warning) as exc:
+            raise error(exc) from exc
+        try:
+            yield [d[0] for d in cursor.description or ()], rows(cursor)
+        finally:
+            cursor.close()
     finally:
+        conn.set_progress_handler(None, 0)
         conn.set_authorizer(None)
-    return columns, rows
+
+
+def read_only_query(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> tuple[list[str], list[tuple]]:
+    """Run one statement on `conn` under the read-only authorizer; (column names, all rows)."""
+    with read_only_rows(conn, sql, params) as (columns, rows):
+        return columns, list(rows)
 
 
 class QueryMixin(StoreCore):
-    """`LogStore.query`: read-only SQL (see module doc)."""
+    """`LogStore.query` and `LogStore.stream`: read-only SQL (see module doc)."""
 
     _query_conn: sqlite3.Connection | None = None
 
@@ -104,14 +158,29 @@ class QueryMixin(StoreCore):
         INSERT, DROP, ATTACH, PRAGMA writes and the like raise StoreError ("read-only: ...")
         and change nothing. SQL errors are StoreErrors too.
         """
+        with self.stream(sql, params) as (columns, rows):
+            return columns, list(rows)
+
+    @contextmanager
+    def stream(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] = (),
+        timeout: float | None = None,
+    ) -> Iterator[tuple[list[str], Iterator[tuple]]]:
+        """`query`, with the rows read as they are iterated and an optional time limit (see
+        `read_only_rows`): `with store.stream(sql) as (columns, rows): for row in rows: ...`"""
         if self._path is not None:
-            return read_only_query(self._read_only_connection(), sql, params)
+            with read_only_rows(self._read_only_connection(), sql, params, timeout) as found:
+                yield found
+            return
         conn = self.db.conn
         if conn.in_transaction:  # query_only cannot be switched mid-transaction safely
             raise StoreError("read-only: a query cannot run inside an open write transaction")
         conn.execute("PRAGMA query_only = ON")
         try:
-            return read_only_query(conn, sql, params)
+            with read_only_rows(conn, sql, params, timeout) as found:
+                yield found
         finally:
             conn.execute("PRAGMA query_only = OFF")
 
