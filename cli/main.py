@@ -11,6 +11,8 @@ import click
 from cli import (
     amplify_cmds,
     baseline_cmds,
+    export_cmds,
+    label_cmds,
     run_cmds,
     scoring_cmds,
     serve_cmds,
@@ -26,7 +28,17 @@ def cli() -> None:
     """Evolve text with a masked language model and log every individual to SQLite."""
 
 
-_MODULES = (scoring_cmds, run_cmds, store_cmds, baseline_cmds, amplify_cmds, stunt_cmds, serve_cmds)
+_MODULES = (
+    scoring_cmds,
+    run_cmds,
+    store_cmds,
+    label_cmds,
+    export_cmds,
+    baseline_cmds,
+    amplify_cmds,
+    stunt_cmds,
+    serve_cmds,
+)
 for _module in _MODULES:
     for _command in _module.COMMANDS:
         cli.add_command(_command)

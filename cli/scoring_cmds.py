@@ -1,6 +1,8 @@
-"""`evolve score` (PLL of texts under a masked LM) and `evolve models` (presets and status).
+"""`evolve score` (PLL of texts under a masked LM, or with `--causal` their log-probability
+under a causal LM) and `evolve models` (presets and status).
 
-Translation only: options become `PLLScorer` arguments, results become a table or JSON.
+Translation only: options become `PLLScorer` / `CausalScorer` arguments, results become a
+table or JSON.
 Model loading errors are `UserError`s, which the group turns into one-line usage errors.
 """
 
@@ -11,8 +13,9 @@ import json
 import click
 
 from cli.tables import format_table
+from scoring.causal import CausalScorer
 from scoring.errors import UserError
-from scoring.models import DEFAULT_MLM, load_mlm, preset_status
+from scoring.models import DEFAULT_CAUSAL, DEFAULT_MLM, load_causal, load_mlm, preset_status
 from scoring.names import PLL_VARIANTS
 from scoring.pll import PLLScorer
 
@@ -49,6 +52,15 @@ def _join(prefix: str, text: str) -> str:
 @click.option("--prefix", default="", help="Context before each text; it is not scored.")
 @click.option("--per-token", is_flag=True, help="Also show each token's log-probability.")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast: faster, scores approximate.")
+@click.option(
+    "--causal",
+    "causal_name",
+    is_flag=False,
+    flag_value=DEFAULT_CAUSAL,
+    default=None,
+    help=f"Score log p(text | prefix) under a causal LM instead (default {DEFAULT_CAUSAL}); "
+    "put it after the texts, or write --causal=NAME.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def score(
     texts: tuple[str, ...],
@@ -57,14 +69,25 @@ def score(
     prefix: str,
     per_token: bool,
     bf16: bool,
+    causal_name: str | None,
     as_json: bool,
 ) -> None:
-    """Pseudo-log-likelihood of each TEXT (nats): total, mean per token and token count."""
+    """Pseudo-log-likelihood of each TEXT (nats): total, mean per token and token count;
+    with --causal, the causal LM's log-probability of each TEXT after the prefix."""
     for i, text in enumerate(texts, 1):
         if not text.strip():
             raise UserError(f"text {i} is empty; give some words to score")
-    lm = load_mlm(mlm_name)
-    scorer = PLLScorer(lm, variant=variant, dtype="bf16" if bf16 else "fp32")  # type: ignore[arg-type]
+    scorer: PLLScorer | CausalScorer
+    if causal_name is not None:
+        if bf16:
+            raise UserError("--bf16 is for PLL scoring; the causal scorer runs in fp32")
+        lm = load_causal(causal_name)
+        scorer = CausalScorer(lm)
+        what, dtype = "causal log p(text | prefix)", "fp32"
+    else:
+        lm = load_mlm(mlm_name)
+        scorer = PLLScorer(lm, variant=variant, dtype="bf16" if bf16 else "fp32")  # type: ignore[arg-type]
+        what, dtype = f"PLL {variant}", scorer.dtype
     prefix_ids = scorer.encode(prefix) if prefix else []
     ids = [scorer.encode(_join(prefix, t)) for t in texts]
     for i, cont in enumerate(ids, 1):
@@ -76,8 +99,10 @@ def score(
     if as_json:
         out = {
             "model": lm.name,
-            "variant": variant,
-            "dtype": scorer.dtype,
+            "scorer": scorer.name,
+            "kind": "causal" if causal_name is not None else "pll",
+            "variant": variant if causal_name is None else None,
+            "dtype": dtype,
             "prefix": prefix,
             "results": [
                 {
@@ -114,13 +139,17 @@ def score(
                 format_table(["token", "logprob"], list(zip(toks, r.token_logprobs, strict=True)))
             )
     note = " (bf16: approximate)" if bf16 else ""
-    click.echo(f"\nPLL {variant} under {lm.name}{note}; nats, higher is more plausible.")
+    click.echo(f"\n{what} under {lm.name}{note}; nats, higher is more plausible.")
 
 
 @click.command()
-def models() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (keys in README).")
+def models(as_json: bool) -> None:
     """List the model presets and whether their weights are installed."""
     rows = preset_status()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
     click.echo(
         format_table(
             ["name", "kind", "status", "about"],

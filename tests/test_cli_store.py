@@ -1,4 +1,5 @@
-"""The store commands (runs, show, lineage, sql, db path) on a database filled via LogStore."""
+"""The store commands (runs, show, lineage, sql, db path, tag/note/rename, export) on a
+database filled via LogStore."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import store_cmds
+from cli import export_cmds, label_cmds, store_cmds
 from cli.common import ErrorTranslatingGroup
 from cli.tables import format_table
 from evolve.store import LogStore
@@ -30,7 +31,7 @@ def _group() -> click.Group:
     def evolve() -> None:
         pass
 
-    for command in store_cmds.COMMANDS:
+    for command in [*store_cmds.COMMANDS, *label_cmds.COMMANDS, *export_cmds.COMMANDS]:
         evolve.add_command(command)
     return evolve
 
@@ -120,12 +121,75 @@ def test_runs_lists_newest_first(populated: dict[str, Any]) -> None:
     result = invoke("runs", "--db", str(populated["path"]))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["id", "created", "status", "prompt", "gens", "best"]
+    assert lines[0].split() == [
+        "id", "name", "tags", "status", "proposer", "fitness", "best", "gens", "time", "prompt"
+    ]  # fmt: skip
     assert lines[2].lstrip().startswith(f"{populated['other']} ") and "running" in lines[2]
     finished = lines[3]
     assert "finished" in finished and "Mozzarella is white" in finished
-    assert finished.rstrip().endswith("3  -8.250")
+    assert "-8.250     2  2s" in finished  # best, generations done, time of the generations
     assert "…" in finished  # the long prompt is cut
+
+
+def test_runs_show_labels_filters_and_json(populated: dict[str, Any]) -> None:
+    db = ["--db", str(populated["path"])]
+    run, other = str(populated["run"]), str(populated["other"])
+    assert invoke("rename", run, "cheddar study", *db).output == f"run {run} name: cheddar study\n"
+    assert invoke("tag", run, "cheese", "pilot", *db).output == f"run {run} tags: cheese, pilot\n"
+    assert invoke("tag", other, "cheese", *db).exit_code == 0
+    removed = invoke("tag", run, "--remove", "pilot", "final", *db)
+    assert removed.output == f"run {run} tags: cheese, final\n"
+    assert invoke("note", run, "first try\nat 2 gens", *db).exit_code == 0
+    assert invoke("note", run, *db).output == f"run {run} note: first try\nat 2 gens\n"
+    listed = invoke("runs", *db).output.splitlines()
+    assert "cheddar study" in listed[3] and "cheese,final" in listed[3]
+
+    def ids(*args: str) -> list[int]:
+        result = invoke("runs", "--json", *args, *db)
+        assert result.exit_code == 0, result.output
+        return [r["id"] for r in json.loads(result.output)]
+
+    assert ids("--tag", "cheese") == [populated["other"], populated["run"]]
+    assert ids("--tag", "cheese", "--tag", "final") == [populated["run"]]
+    assert ids("--name", "CHEDDAR") == [populated["run"]]
+    assert ids("--status", "finished") == [populated["run"]]
+    assert ids("--limit", "1") == [populated["other"]]
+    assert ids("--tag", "nope") == []
+    assert invoke("runs", "--tag", "nope", *db).output.startswith("No runs match in ")
+    (record,) = json.loads(invoke("runs", "--json", "--name", "cheddar", *db).output)
+    assert record == {
+        "id": populated["run"],
+        "name": "cheddar study",
+        "tags": ["cheese", "final"],
+        "note": "first try\nat 2 gens",
+        "status": "finished",
+        "created_at": record["created_at"],
+        "finished_at": record["finished_at"],
+        "prompt": PROMPT,
+        "proposer": None,  # this hand-made run's config has no proposer
+        "fitness": "pll",
+        "fitness_label": "pll",
+        "fitness_unit": None,
+        "best": -8.25,
+        "generations": 2,
+        "seconds": 1.5,
+        "mlm": "tiny-bert",
+        "causal": None,
+        "seed": 7,
+    }
+    shown = json.loads(invoke("show", run, "--json", *db).output)
+    assert set(shown) == {"run", "best", "pareto_front", "generations"}
+    assert shown["run"]["name"] == "cheddar study" and shown["run"]["config"]["population"] == 2
+    assert [b["text"] for b in shown["best"]][:2] == [" sharp and white", " yellow and white"]
+    assert shown["generations"][0] == {
+        "generation": 0, "best": -10.0, "mean": -11.0, "std": 0.25, "worst": -12.0,
+        "evaluated": 2, "cache_hits": 1, "unique": 2, "best_individual_id": populated["a"],
+        "seconds": 0.5,
+    }  # fmt: skip
+    text = invoke("show", run, *db).output
+    assert "name:     cheddar study" in text and "tags:     cheese, final" in text
+    assert_one_line_error(invoke("tag", "99", "x", *db), "no run 99 in")
+    assert_one_line_error(invoke("note", "99", "x", *db), "no run 99 in")
 
 
 def test_runs_reads_env_database_and_reports_empty(tmp_path: Path) -> None:
@@ -198,19 +262,69 @@ def test_lineage(populated: dict[str, Any]) -> None:
     assert (
         lines[1] == "Mozzarella is white so you can see it at night.\\nCheddar is sharp and white"
     )
-    table = lines[3:]
-    assert table[0].split() == ["depth", "gen", "id", "op", "span", "fitness", "parents", "text"]
-    rows = [line.split() for line in table[2:]]
-    assert [(r[0], r[2]) for r in rows] == [
+    blocks = result.output.split("\n\n")[1:]
+    heads = [block.splitlines()[0].split() for block in blocks]
+    assert [(h[1], h[5]) for h in heads] == [
         ("0", str(p["e"])),
         ("1", str(p["c"])),
         ("2", str(p["a"])),
         ("2", str(p["b"])),
     ]
-    assert rows[0][3:7] == ["mut_span", "0:1", "-8.250", str(p["c"])]
-    assert rows[1][3:7] == ["cx_one_point", "1:3", "-9.000", f"{p['a']},{p['b']}"]
+    assert blocks[0].splitlines()[1:] == [
+        "  text:  sharp and white",
+        "  diff:  [-yellow-] {+sharp+} and white",
+    ]
+    assert blocks[1].splitlines()[0].split()[6:] == [
+        "cx_one_point", "span", "1:3", "fitness", "-9.000", "parents", f"{p['a']},{p['b']}"
+    ]  # fmt: skip
+    assert blocks[1].splitlines()[2] == (
+        f"  diff:  [#{p['a']}: yellow] {{+and+}} [#{p['b']}: white]"
+    )
+    assert len(blocks[2].splitlines()) == 2  # generation 0: text, no edit
     near = invoke("lineage", str(p["e"]), "--max-depth", "1", "--db", str(p["path"]))
-    assert len(near.output.splitlines()) == 3 + 2 + 2
+    assert near.output.count("\ndepth ") == 2
+    data = json.loads(invoke("lineage", str(p["e"]), "--json", "--db", str(p["path"])).output)
+    assert data["individual"]["full_text"].endswith("Cheddar is sharp and white")
+    child = data["lineage"][0]
+    assert set(child) == {
+        "depth", "id", "run_id", "generation", "position", "op", "span", "fitness", "parents",
+        "text", "diff", "scores",
+    }  # fmt: skip
+    assert child["span"] == [0, 1] and child["parents"] == [p["c"]]
+    assert child["diff"] == [
+        {"kind": "delete", "text": " yellow"},
+        {"kind": "insert", "text": " sharp"},
+        {"kind": "same", "text": " and white"},
+    ]
+
+
+def test_export(populated: dict[str, Any], tmp_path: Path) -> None:
+    group = _group()
+    db = ["--db", str(populated["path"])]
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(group, ["export", str(populated["run"]), *args, *db])
+
+    lines = run().output.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["text"] for r in rows] == [" yellow", " white", " yellow and white", " yellow",
+                                         " sharp and white"]  # fmt: skip
+    assert (
+        rows[2]["parents"] == [populated["a"], populated["b"]] and rows[2]["op"] == "cx_one_point"
+    )
+    csv_lines = run("--format", "csv").output.splitlines()
+    assert csv_lines[0].startswith("id,generation,position,text,fitness,op,span_start,span_end")
+    assert f",{populated['a']} {populated['b']}," in csv_lines[3]
+    gens = run("--what", "generations", "--format", "csv").output.splitlines()
+    assert len(gens) == 4 and gens[0].startswith("generation,best,mean")
+    edits = [json.loads(x) for x in run("--what", "edits").output.splitlines()]
+    assert [e["child_id"] for e in edits] == [populated["c"], populated["a"] + 3, populated["e"]]
+    assert edits[0]["parents"] == [populated["a"], populated["b"]]
+    assert run("--what", "baselines").output == ""
+    out = tmp_path / "ind.csv"
+    result = run("--format", "csv", "--out", str(out))
+    assert result.exit_code == 0 and len(out.read_text().splitlines()) == 6
+    assert_one_line_error(CliRunner().invoke(group, ["export", "99", *db]), "no run 99 in")
 
 
 def test_sql_table_json_and_params(populated: dict[str, Any]) -> None:

@@ -361,7 +361,7 @@ def test_a_local_model_folder_is_stored_as_an_absolute_path(
 
     seen: list[RunConfig] = []
 
-    def record(cfg: RunConfig, store: LogStore, progress: object = None) -> RunSummary:
+    def record(cfg: RunConfig, store: LogStore, progress: object = None, **_: object) -> RunSummary:
         seen.append(cfg)
         return RunSummary(1, "finished", 0, [])
 

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -63,6 +64,18 @@ TEMPERATURE_MIN, TEMPERATURE_MAX = 0.01, 100.0
 INDIVIDUAL_BYTES, TOKEN_BYTES = 1_400, 72
 MEMORY_SHARE = 0.5  # of the available memory the population may take; models and scores need
 # the rest
+
+
+# Variation rates per algorithm, used where the user gave none (`RunConfig.for_algorithm`).
+# simple (DEAP's varAnd) applies crossover and mutation independently, so they may sum past
+# 1; mu_plus_lambda (DEAP's varOr) makes each child by exactly one of crossover, mutation or
+# copy, so cxpb + mutpb must stay <= 1. There, a copy is wasted (its parent survives anyway),
+# so the rates sum to 1: mutation keeps its 0.8 (span refills are the main search move) and
+# crossover takes the rest.
+ALGORITHM_RATES: dict[str, tuple[float, float]] = {
+    "simple": (0.5, 0.8),
+    "mu_plus_lambda": (0.2, 0.8),
+}
 
 
 class ConfigError(UserError):
@@ -201,10 +214,14 @@ class RunConfig:
         default=0, metadata={"help": "Lambda for mu_plus_lambda; 0 = same as population."}
     )
     cxpb: float = field(
-        default=0.5, metadata={"help": "Crossover probability; 0.5 is DEAP's customary one."}
+        default=ALGORITHM_RATES["simple"][0],
+        metadata={
+            "help": "Crossover probability; 0.5 is DEAP's customary one (mu_plus_lambda: 0.2, "
+            "as each child there is one of crossover, mutation or a copy)."
+        },
     )
     mutpb: float = field(
-        default=0.8,
+        default=ALGORITHM_RATES["simple"][1],
         metadata={"help": "Mutation probability; high, as span refills are the main search move."},
     )
     tournament: int = field(
@@ -305,7 +322,12 @@ class RunConfig:
             value = _get(self, name)
             _require(0.0 <= value <= 1.0, f"{name} must be within [0, 1] (got {value})")
         if self.algorithm == "mu_plus_lambda":
-            _require(self.cxpb + self.mutpb <= 1.0, "mu_plus_lambda needs cxpb + mutpb <= 1")
+            _require(
+                self.cxpb + self.mutpb <= 1.0,
+                f"mu_plus_lambda makes each child by one of crossover or mutation, so it needs "
+                f"cxpb + mutpb <= 1 (got {self.cxpb:g} + {self.mutpb:g}; its defaults are "
+                f"{ALGORITHM_RATES['mu_plus_lambda'][0]:g} + {ALGORITHM_RATES['mu_plus_lambda'][1]:g})",
+            )
         _require(self.tournament >= 1, "tournament size must be at least 1")
         _require(0 <= self.elites < self.population, "elites must be in [0, population)")
         _require(self.patience >= 0, "patience must be >= 0")
@@ -441,6 +463,21 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @staticmethod
+    def for_algorithm(data: dict[str, Any], given: Collection[str] = ()) -> dict[str, Any]:
+        """`data` (a `from_dict` mapping) with cxpb and mutpb set to its algorithm's rates
+        (`ALGORITHM_RATES`) where they are not in `given` (the keys the user chose). So
+        ``--algorithm mu_plus_lambda`` alone makes a valid run, and the simple algorithm
+        keeps the field defaults."""
+        rates = ALGORITHM_RATES.get(str(data.get("algorithm", "simple")))
+        if rates is None:  # an unknown algorithm: validate() names it
+            return data
+        out = dict(data)
+        for key, value in zip(("cxpb", "mutpb"), rates, strict=True):
+            if key not in given:
+                out[key] = value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

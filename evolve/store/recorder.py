@@ -38,6 +38,15 @@ def to_token_scores(row: Mapping[str, Any]) -> TokenScores:
 
 
 @dataclass(frozen=True)
+class RunLabels:
+    """What a researcher calls a run: a name, tags and a note (none of them is needed)."""
+
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class ResumePoint:
     """What the engine needs to continue a run after its last stored generation."""
 
@@ -58,7 +67,14 @@ class Recorder:
         self.prompt = str(store.run(run_id)["prompt"])
 
     @classmethod
-    def create(cls, store: LogStore, cfg: RunConfig, fitness_label: str) -> Recorder:
+    def create(
+        cls,
+        store: LogStore,
+        cfg: RunConfig,
+        fitness_label: str,
+        labels: RunLabels | None = None,
+    ) -> Recorder:
+        labels = labels or RunLabels()
         run_id = store.create_run(
             prompt=cfg.prompt,
             seed=cfg.seed,
@@ -66,6 +82,9 @@ class Recorder:
             mlm=cfg.mlm,
             causal=cfg.causal,
             fitness=fitness_label,
+            name=labels.name,
+            tags=labels.tags,
+            note=labels.note,
         )
         return cls(store, run_id)
 

@@ -14,7 +14,7 @@ each one the WAL is checkpointed (passively), so the database file alone holds i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from evolve.store.core import (
@@ -32,6 +32,13 @@ from evolve.store.process import process_state, this_process
 from evolve.store.scores import insert_scores, scores_of_individuals
 
 
+class _Keep:
+    """The type of `KEEP`: a label that `set_labels` leaves as it is."""
+
+
+KEEP = _Keep()
+
+
 class RunsMixin(StoreCore):
     """Runs, generations and individuals (see module doc)."""
 
@@ -45,9 +52,13 @@ class RunsMixin(StoreCore):
         mlm: str,
         causal: str | None,
         fitness: str,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        note: str | None = None,
     ) -> int:
-        """Record a new run (status 'running', owned by this process) with its full config;
-        returns its id."""
+        """Record a new run (status 'running', owned by this process) with its full config
+        and the labels a researcher gave it (name, tags, note); returns its id."""
         pid, host, token = this_process()
         with self._transaction():
             if prompt:
@@ -67,6 +78,9 @@ class RunsMixin(StoreCore):
                     "pid": pid,
                     "host": host,
                     "process": token,
+                    "name": name,
+                    "tags": dumps(_tag_list(tags)),
+                    "note": note,
                 }
             )
         assert table.last_rowid is not None
@@ -127,29 +141,75 @@ class RunsMixin(StoreCore):
         self.checkpoint()
 
     def run(self, run_id: int) -> dict[str, Any]:
-        """One run with its config and versions decoded; StoreError if there is none."""
+        """One run with its config, versions and tags decoded; StoreError if there is none."""
         row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
         if row is None:
             raise StoreError(f"no run {run_id} in {self._where}")
-        row["config"] = loads(row["config"], {})
-        row["versions"] = loads(row["versions"], {})
-        return row
+        return _decoded(row)
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first, with best_fitness, n_generations and n_individuals."""
+    def runs(
+        self,
+        *,
+        tags: Sequence[str] = (),
+        name: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """Runs, newest first, with best_fitness, n_generations, n_individuals and
+        total_seconds (the generations' time, model loading excluded); only those
+        carrying every tag in `tags`, whose name contains `name` (case-insensitive), and whose
+        stored status is one of `statuses`, where given."""
+        where, params = ["1"], []
+        for tag in tags:
+            where.append("EXISTS (SELECT 1 FROM json_each(r.tags) WHERE value = ?)")
+            params.append(tag)
+        if name is not None:
+            where.append("instr(lower(COALESCE(r.name, '')), lower(?)) > 0")
+            params.append(name)
+        if statuses:
+            where.append(f"r.status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
         rows = self._rows(
-            """
+            f"""
             SELECT r.*,
                    (SELECT MAX(fitness) FROM individuals WHERE run_id = r.id) AS best_fitness,
                    (SELECT COUNT(*) FROM generations WHERE run_id = r.id) AS n_generations,
-                   (SELECT COUNT(*) FROM individuals WHERE run_id = r.id) AS n_individuals
-            FROM runs r ORDER BY r.id DESC
-            """
+                   (SELECT COUNT(*) FROM individuals WHERE run_id = r.id) AS n_individuals,
+                   (SELECT SUM(seconds) FROM generations WHERE run_id = r.id) AS total_seconds
+            FROM runs r WHERE {" AND ".join(where)} ORDER BY r.id DESC
+            """,
+            params,
         )
-        for row in rows:
-            row["config"] = loads(row["config"], {})
-            row["versions"] = loads(row["versions"], {})
-        return rows
+        return [_decoded(row) for row in rows]
+
+    def set_labels(
+        self,
+        run_id: int,
+        *,
+        name: str | None | _Keep = KEEP,
+        tags: Sequence[str] | _Keep = KEEP,
+        note: str | None | _Keep = KEEP,
+    ) -> dict[str, Any]:
+        """Change a run's name, tags (the whole list) or note; what is not given is kept.
+        Returns the run as `run` does."""
+        change: dict[str, Any] = {}
+        if not isinstance(name, _Keep):
+            change["name"] = name
+        if not isinstance(tags, _Keep):
+            change["tags"] = dumps(_tag_list(tags))
+        if not isinstance(note, _Keep):
+            change["note"] = note
+        with self._transaction():
+            self._require_run(run_id)
+            if change:
+                self.db.table("runs").update(run_id, change)
+        return self.run(run_id)
+
+    def set_config(self, run_id: int, config: dict[str, Any]) -> None:
+        """Replace a run's stored config (resuming it to more generations records the new
+        count, so the record says what the run now is)."""
+        with self._transaction():
+            self._require_run(run_id)
+            self.db.table("runs").update(run_id, {"config": dumps(config)})
 
     # -- generations ---------------------------------------------------------------------------
 
@@ -329,6 +389,60 @@ class RunsMixin(StoreCore):
             row["parents"] = parents[row["id"]]
         return self._with_scores(rows)
 
+    def iter_individuals(self, run_id: int, chunk_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """The records of `individuals`, read `chunk_size` at a time (for export: a run of
+        millions of individuals is never held in memory at once)."""
+        self._require_run(run_id)
+        after = (-1, -1, -1)
+        while True:
+            rows = self._rows(
+                "SELECT i.id, i.generation, i.position, t.text, i.token_ids, i.n_tokens, "
+                "i.fitness, i.op, i.span_start, i.span_end, i.detail, i.objectives, "
+                "i.pareto_rank FROM individuals i JOIN texts t ON t.id = i.text_id "
+                "WHERE i.run_id = ? AND (i.generation, i.position, i.id) > (?, ?, ?) "
+                "ORDER BY i.generation, i.position, i.id LIMIT ?",
+                (run_id, *after, chunk_size),
+            )
+            if not rows:
+                return
+            parents = self._parents_of([row["id"] for row in rows])
+            for row in rows:
+                row["token_ids"] = loads(row["token_ids"], [])
+                row["detail"] = loads(row["detail"], {})
+                row["objectives"] = loads(row["objectives"])
+                row["parents"] = parents[row["id"]]
+            yield from self._with_scores(rows)
+            last = rows[-1]
+            after = (last["generation"], last["position"], last["id"])
+
+    def iter_edits(self, run_id: int, chunk_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Rows of the `edits` view for one run (every individual made from parents: child
+        id, generation, op, span, child and best parent fitness, gain, parent count) with
+        the parent ids, by child id, `chunk_size` at a time."""
+        self._require_run(run_id)
+        after = -1
+        while True:
+            rows = self._rows(
+                "SELECT * FROM edits WHERE run_id = ? AND child_id > ? ORDER BY child_id LIMIT ?",
+                (run_id, after, chunk_size),
+            )
+            if not rows:
+                return
+            parents = self._parents_of([row["child_id"] for row in rows])
+            for row in rows:
+                row["parents"] = parents[row["child_id"]]
+            yield from rows
+            after = rows[-1]["child_id"]
+
+    def run_scorers(self, run_id: int) -> list[str]:
+        """The names of the scorers that scored the individuals of a run, sorted."""
+        self._require_run(run_id)
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT scorer FROM individual_scores WHERE run_id = ? ORDER BY scorer",
+            (run_id,),
+        ).fetchall()
+        return [row[0] for row in rows]
+
     def pareto_front(self, run_id: int, generation: int | None = None) -> list[dict[str, Any]]:
         """The distinct texts on the Pareto front (pareto_rank 0) of a generation (default:
         the last one), best scalar fitness first; empty for a single-objective run."""
@@ -422,6 +536,18 @@ class RunsMixin(StoreCore):
             row["detail"] = loads(row["detail"], {})
             row["parents"] = parents[row["id"]]
         return self._with_scores(rows)
+
+
+def _tag_list(tags: Sequence[str]) -> list[str]:
+    """Tags without duplicates, in the order first given."""
+    return list(dict.fromkeys(str(t) for t in tags))
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    row["config"] = loads(row["config"], {})
+    row["versions"] = loads(row["versions"], {})
+    row["tags"] = loads(row.get("tags"), []) or []
+    return row
 
 
 def _fittest(rows: Sequence[Mapping[str, Any]], ids: Sequence[int]) -> int | None:

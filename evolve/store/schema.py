@@ -323,12 +323,23 @@ def _m005_rng_state_json(db: Database) -> None:
             )
 
 
+def _m006_run_labels(db: Database) -> None:
+    """Labels a researcher gives a run to tell it from the others: a `name` (free text, not
+    unique), `tags` (a JSON list of strings, ``[]`` when none; filter with ``json_each``) and
+    a `note`. `evolve run --name/--tag/--note` set them, `evolve tag` / `evolve note` change
+    them later."""
+    db.conn.execute("ALTER TABLE runs ADD COLUMN name TEXT")
+    db.conn.execute("ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
+    db.conn.execute("ALTER TABLE runs ADD COLUMN note TEXT")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _m001_initial,
     _m002_pareto,
     _m003_run_process,
     _m004_one_score_record,
     _m005_rng_state_json,
+    _m006_run_labels,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -34,6 +34,9 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "host": "Host name of that process.",
             "process": "Token naming that process instance (boot id/pid namespace/start time).",
             "prompt_id": "The prompt's text id: the prefix_id of the run's scores.",
+            "name": "A name given to the run (`evolve run --name`); not unique.",
+            "tags": "Tags of the run as a JSON list (`evolve run --tag`, `evolve tag`).",
+            "note": "A free-text note on the run (`evolve run --note`, `evolve note`).",
         },
     ),
     "texts": (
