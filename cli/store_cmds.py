@@ -706,10 +706,15 @@ def db() -> None:
 
 
 @db.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"path", "exists"} as JSON.')
 @db_option
-def path(db_path: Path | None) -> None:
+def path(as_json: bool, db_path: Path | None) -> None:
     """Print the database path that --db / MLM_EVOLVE_DB / the default resolves to."""
-    click.echo(str(resolve_db(db_path).resolve()))
+    resolved = resolve_db(db_path).resolve()
+    if as_json:
+        click.echo(json.dumps({"path": str(resolved), "exists": resolved.exists()}))
+    else:
+        click.echo(str(resolved))
 
 
 @db.command()

@@ -377,6 +377,8 @@ def test_db_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert invoke("db", "path", "--db", "x/y.db").output.strip() == str(tmp_path / "x" / "y.db")
     env = {"MLM_EVOLVE_DB": str(tmp_path / "env.db")}
     assert invoke("db", "path", env=env).output.strip() == str(tmp_path / "env.db")
+    as_json = json.loads(invoke("db", "path", "--json").output)
+    assert as_json == {"path": str(tmp_path / "runs" / "evolve.db"), "exists": False}
     assert not (tmp_path / "runs").exists()
 
 
