@@ -323,12 +323,34 @@ def _m005_rng_state_json(db: Database) -> None:
             )
 
 
+def _m007_islands(db: Database) -> None:
+    """Island runs (``--islands K``, `evolve.ga.islands`): each individual's island (NULL in
+    runs without islands), and every migration: which stored individual was copied from
+    which island into which, before the step of which generation."""
+    db.conn.execute("ALTER TABLE individuals ADD COLUMN island INTEGER")
+    db.conn.execute(
+        """
+        CREATE TABLE migrations (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            generation INTEGER NOT NULL,
+            individual_id INTEGER NOT NULL REFERENCES individuals(id),
+            from_island INTEGER NOT NULL,
+            to_island INTEGER NOT NULL,
+            PRIMARY KEY (run_id, generation, individual_id, to_island)
+        )
+        """
+    )
+    db.conn.execute("CREATE INDEX idx_migrations_individual ON migrations(individual_id)")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _m001_initial,
     _m002_pareto,
     _m003_run_process,
     _m004_one_score_record,
     _m005_rng_state_json,
+    # Issue 11 (islands): appended last; renumber its name after any migration merged before it.
+    _m007_islands,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

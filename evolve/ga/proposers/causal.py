@@ -10,7 +10,7 @@ from typing import Any, Literal, overload
 import torch
 
 from evolve.ga.proposers.base import FillRequest
-from evolve.ga.proposers.sampling import SamplingPolicy
+from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.errors import UserError
 from scoring.models import LoadedModel
 
@@ -108,6 +108,7 @@ class CausalProposer:
         if self.policy.banned_count(size) >= size:
             raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
         self._keep_arg = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+        self._gens: list[torch.Generator | None] | None = None  # per request of the current fill
 
     # -- public API -----------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class CausalProposer:
         self.stats.calls += 1
         rows = [list(r.input_ids) for r in requests]
         spans = [spans_of(r.positions) for r in requests]
+        self._gens = seeded_generators([r.seed for r in requests], self.lm.device)
         for step in range(max((len(s) for s in spans), default=0)):
             gaps = []
             for i, s in enumerate(spans):
@@ -238,8 +240,13 @@ class CausalProposer:
                 last = last.repeat_interleave(k, dim=0)
             score = torch.zeros(rows, dtype=torch.float64, device=device)
             picked: list[torch.Tensor] = []
+            row_gens = (
+                None
+                if self._gens is None
+                else [self._gens[g.owner] for g in gaps for _ in range(k)]
+            )
             for step in range(n_new):
-                token = self._pick(logits)
+                token = self._pick(logits, row_gens)
                 score += torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
                 picked.append(token)
                 if step + 1 < n_new:
@@ -298,6 +305,12 @@ class CausalProposer:
         picked = logits.gather(-1, feed[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
         return (picked * feed_mask[:, 1:]).sum(dim=-1).double()
 
-    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """One token per row, drawn by the sampling policy from raw logits."""
-        return self.policy.sample(self.policy.logprobs(logits), self.generator)
+    def _pick(
+        self, logits: torch.Tensor, row_gens: Sequence[torch.Generator | None] | None = None
+    ) -> torch.Tensor:
+        """One token per row, drawn by the sampling policy from raw logits (row i from
+        ``row_gens[i]`` when given: a request's own generator)."""
+        logp = self.policy.logprobs(logits)
+        if row_gens is None:
+            return self.policy.sample(logp, self.generator)
+        return self.policy.sample_rows(logp, [g or self.generator for g in row_gens])
