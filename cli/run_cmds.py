@@ -29,7 +29,7 @@ from evolve.api import (
     resume_run,
     start_run,
 )
-from evolve.ga.config import RunConfig
+from evolve.ga.config import RunConfig, WorkersConfig
 from evolve.store import LogStore
 from scoring.errors import UserError
 
@@ -45,6 +45,8 @@ RUN_OPTIONS = ConfigOptions(
     short={"population": "-p", "generations": "-g"},
     skip=("prompt", "seed_texts"),
 )
+# `evolve resume` may put a run on other workers than it started with (same result).
+RESUME_OPTIONS = ConfigOptions(WorkersConfig)
 
 
 def _read_text_file(path: Path) -> str:
@@ -91,13 +93,21 @@ def run(
 
 @click.command()
 @click.argument("run_id", type=ID)
+@RESUME_OPTIONS
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @db_option
-def resume(run_id: int, db_path: Path | None, quiet: bool) -> None:
-    """Continue an interrupted run from its last completed generation."""
+def resume(run_id: int, db_path: Path | None, quiet: bool, **opts: object) -> None:
+    """Continue an interrupted run from its last completed generation (on --workers N Ray
+    workers if given, whatever the run started with: the result is the same)."""
+    workers = WorkersConfig(**RESUME_OPTIONS.values(opts))
     with open_existing(db_path) as store:  # a missing database is an error, not a new file
         generations = RunConfig.from_dict(_config_of(store, run_id)).generations
-        _drive(lambda progress: resume_run(run_id, store, progress), generations, quiet, store)
+        _drive(
+            lambda progress: resume_run(run_id, store, progress, workers=workers),
+            generations,
+            quiet,
+            store,
+        )
 
 
 def _config_of(store: LogStore, run_id: int) -> dict[str, Any]:

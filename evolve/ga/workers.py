@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
@@ -104,6 +105,23 @@ def _ray() -> Any:
     return ray
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """UserError unless something listens at the Ray address (``auto``: the one RAY_ADDRESS
+    names, if any). Ray itself retries an unreachable address for minutes."""
+    addr = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if not addr or addr == "auto":
+        return  # Ray looks for a cluster started on this machine and says so if none
+    host, _, port = addr.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray address {addr!r} is not of the form host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(
+            f"cannot reach the Ray cluster at {addr}: {exc.strerror or exc}"
+        ) from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -143,6 +161,8 @@ class WorkerPool:
 
     def _start(self) -> None:
         ray, w = self._ray, self.wcfg
+        if w.ray_address:
+            check_reachable(w.ray_address)
         if not ray.is_initialized():
             options: dict[str, Any] = {
                 "include_dashboard": False,
