@@ -742,7 +742,7 @@ def test_migration_4_moves_old_scores_into_the_scores_table(tmp_path: Path) -> N
     path = tmp_path / "old.db"
     _old_database(path)
     with LogStore(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 5
+        assert s.schema_version() == SCHEMA_VERSION == 6
         columns = {c[1] for c in s.query("PRAGMA table_info(individuals)")[1]}
         assert "scores" not in columns and "objectives" in columns
         assert s.query("PRAGMA foreign_key_check")[1] == []

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
@@ -66,7 +67,7 @@ def shards(n: int, parts: int) -> list[range]:
 class _Worker:
     """One worker: its own copy of the run's models, proposer and scorers. Runs inside a Ray
     actor (`WorkerPool`); pure functions of their arguments, so a retried shard gives the
-    same answer."""
+    same answer. Each call answers (seconds it computed, result), for the pool's timing."""
 
     def __init__(self, config: dict[str, Any], threads: int) -> None:
         torch.set_num_threads(threads)
@@ -79,20 +80,27 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def fill(
-        self, requests: list[FillRequest], return_logq: bool
-    ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
+    def fill(self, requests: list[FillRequest], return_logq: bool) -> tuple[float, Any]:
+        started = time.perf_counter()
         if return_logq:
-            return self.proposer.fill(requests, return_logq=True)
-        return self.proposer.fill(requests)
+            out: Any = self.proposer.fill(requests, return_logq=True)
+        else:
+            out = self.proposer.fill(requests)
+        return time.perf_counter() - started, out
 
-    def logprob_of(self, requests: list[FillRequest], targets: list[list[int]]) -> list[float]:
-        return self.proposer.logprob_of(requests, targets)
+    def logprob_of(
+        self, requests: list[FillRequest], targets: list[list[int]]
+    ) -> tuple[float, list[float]]:
+        started = time.perf_counter()
+        out = self.proposer.logprob_of(requests, targets)
+        return time.perf_counter() - started, out
 
     def score(
         self, name: str, continuations: list[list[int]], prefix_ids: list[int]
-    ) -> list[TokenScores]:
-        return self.scorers[name].score_ids(continuations, prefix_ids)
+    ) -> tuple[float, list[TokenScores]]:
+        started = time.perf_counter()
+        out = self.scorers[name].score_ids(continuations, prefix_ids)
+        return time.perf_counter() - started, out
 
 
 def _ray() -> Any:
@@ -144,6 +152,11 @@ class WorkerPool:
         self._actor_class: Any = None
         self.actors: list[Any] = []
         self.replaced = 0  # dead workers replaced so far
+        # Timing (bench/scale.py): wall seconds the driver waited in `map`, and the sum over
+        # calls of the busiest worker's compute seconds (the rest of the wait is transfer,
+        # scheduling and imbalance).
+        self.wait_seconds = 0.0
+        self.critical_seconds = 0.0
 
     @classmethod
     def open(cls, cfg: RunConfig) -> WorkerPool:
@@ -201,19 +214,23 @@ class WorkerPool:
 
     def pids(self) -> list[int]:
         """The process id of each worker (tests kill one to check recovery)."""
-        return list(self._ray.get([a.pid.remote() for a in self.actors]))
+        return [int(pid) for pid in self._ray.get([a.pid.remote() for a in self.actors])]
 
     def map(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Call `method` on worker k with ``args[k]`` (all at once), results in order; a
         worker that died is replaced and its shard sent again (up to `RETRIES` times)."""
         ray = self._ray
         dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+        started = time.perf_counter()
         refs = [getattr(self.actors[k], method).remote(*a) for k, a in enumerate(args)]
         out = []
+        busiest = 0.0
         for k, a in enumerate(args):
             for attempt in range(RETRIES + 1):
                 try:
-                    out.append(ray.get(refs[k]))
+                    seconds, result = ray.get(refs[k])
+                    out.append(result)
+                    busiest = max(busiest, seconds)
                     break
                 except dead as exc:
                     if attempt == RETRIES:
@@ -226,6 +243,8 @@ class WorkerPool:
                     self.actors[k] = self._new_actor()
                     self.replaced += 1
                     refs[k] = getattr(self.actors[k], method).remote(*a)
+        self.wait_seconds += time.perf_counter() - started
+        self.critical_seconds += busiest
         return out
 
     def sharded(self, n: int, call: Callable[[range], tuple[Any, ...]], method: str) -> list:

@@ -246,7 +246,9 @@ class CausalProposer:
                 else [self._gens[g.owner] for g in gaps for _ in range(k)]
             )
             for step in range(n_new):
-                token = self._pick(logits, row_gens)
+                token = (
+                    self._pick(logits) if row_gens is None else self._pick_rows(logits, row_gens)
+                )
                 score += torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
                 picked.append(token)
                 if step + 1 < n_new:
@@ -305,12 +307,13 @@ class CausalProposer:
         picked = logits.gather(-1, feed[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
         return (picked * feed_mask[:, 1:]).sum(dim=-1).double()
 
-    def _pick(
-        self, logits: torch.Tensor, row_gens: Sequence[torch.Generator | None] | None = None
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row, drawn by the sampling policy from raw logits."""
+        return self.policy.sample(self.policy.logprobs(logits), self.generator)
+
+    def _pick_rows(
+        self, logits: torch.Tensor, row_gens: Sequence[torch.Generator | None]
     ) -> torch.Tensor:
-        """One token per row, drawn by the sampling policy from raw logits (row i from
-        ``row_gens[i]`` when given: a request's own generator)."""
+        """Like `_pick`, row i drawn from ``row_gens[i]`` (its request's own generator)."""
         logp = self.policy.logprobs(logits)
-        if row_gens is None:
-            return self.policy.sample(logp, self.generator)
         return self.policy.sample_rows(logp, [g or self.generator for g in row_gens])
