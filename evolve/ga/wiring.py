@@ -48,6 +48,26 @@ def make_proposer(cfg: RunConfig, lm: LoadedModel) -> Proposer:
     return CausalProposer(lm, candidates=m.candidates, temperature=m.temperature, top_k=m.top_k)
 
 
+CPU_TOKENS_PER_BATCH = 4096  # 2-4k tokens per PLL pass is fastest on a CPU (scoring.pll)
+GPU_BATCH_MEMORY_SHARE = 0.25  # of the free GPU memory one PLL pass may take
+GPU_BYTES_PER_TOKEN_PER_HIDDEN = 64  # fp32 activations of one token in one pass, per hidden
+# unit, with room to spare (the FFN's 4x intermediate, attention, the head at masked rows);
+# an estimate, not measured on a GPU yet (docs/scale.md)
+GPU_MAX_TOKENS_PER_BATCH = 262_144
+
+
+def pll_tokens_per_batch(lm: LoadedModel) -> int:
+    """Tokens per packed PLL pass: the CPU optimum, or on CUDA a share of the free memory."""
+    if lm.device.type != "cuda":
+        return CPU_TOKENS_PER_BATCH
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(lm.device)
+    hidden = int(getattr(lm.model.config, "hidden_size", 768))
+    fit = int(free * GPU_BATCH_MEMORY_SHARE) // (GPU_BYTES_PER_TOKEN_PER_HIDDEN * hidden)
+    return max(CPU_TOKENS_PER_BATCH, min(GPU_MAX_TOKENS_PER_BATCH, fit))
+
+
 def make_scorers(cfg: RunConfig, models: Models) -> list[Scorer]:
     """The scorers the fitness uses: PLL under the MLM and/or log p under the causal LM."""
     f = cfg.fitness
@@ -55,7 +75,12 @@ def make_scorers(cfg: RunConfig, models: Models) -> list[Scorer]:
     if f.uses_pll:
         assert models.mlm is not None
         scorers.append(
-            PLLScorer(models.mlm, variant=f.variant, dtype="bf16" if f.bf16 else "fp32")
+            PLLScorer(
+                models.mlm,
+                variant=f.variant,
+                dtype="bf16" if f.bf16 else "fp32",
+                tokens_per_batch=pll_tokens_per_batch(models.mlm),
+            )
         )
     if f.uses_causal:
         assert models.causal is not None
