@@ -14,9 +14,15 @@ refers to them), then every observer hook (progress bars, logs). Without a `reco
 engine numbers individuals itself, so a run needs no database at all. Exceptions from hooks
 propagate: a caller that records a run marks it interrupted or failed (`evolve.store.recorder`).
 
-Randomness is the global `random`, numpy and torch generators (DEAP and the proposers use
-them); the caller seeds them (`evolve.ga.seeding.rng_scope`) and each `Generation` carries
-their state at its end, which is what makes a resumed run continue exactly.
+Randomness is the global `random`, numpy and torch generators (DEAP uses `random`; each
+fill request gets a seed of its own from torch's, see `evolve.ga.workers`); the caller seeds
+them (`evolve.ga.seeding.rng_scope`) and each `Generation` carries their state at its end,
+which is what makes a resumed run continue exactly.
+
+Model work (fills and scoring) runs in this process, or on Ray workers when the engine is
+given a `WorkerPool` (`evolve.ga.workers`), with the same result. With ``--islands K`` each
+generation is a migration every few generations and one step per island
+(`evolve.ga.islands`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from scoring.pll import PLLScorer
 from scoring.results import TokenScores
 
 __all__ = ["Engine", "Generation", "Hook", "Models", "Record"]
+
 
 @dataclass
 class Generation:

@@ -125,9 +125,7 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise UserError(
-            f"cannot reach the Ray cluster at {addr}: {exc.strerror or exc}"
-        ) from None
+        raise UserError(f"cannot reach the Ray cluster at {addr}: {exc.strerror or exc}") from None
 
 
 def _first_line(exc: BaseException) -> str:
