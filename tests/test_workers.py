@@ -209,16 +209,28 @@ def test_a_killed_worker_is_replaced_and_the_run_unchanged(ray_cluster, tiny_ber
     with open_workers(cfg) as pool:
         assert pool is not None
         killed: list[int] = []
+        armed: list[bool] = []
+        real_map = pool.map
 
-        def kill_one(gen: Generation) -> None:
-            if gen.number == 1:
+        def map_killing(method: str, args: Any) -> list[Any]:
+            # Mid-generation 2: its fills are done on the workers; before its scoring is sent,
+            # worker 0's process is killed (kill -9), so its scoring shard fails and is retried.
+            if armed and method == "score":
+                armed.clear()
                 pid = pool.pids()[0]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
+            return real_map(method, args)
+
+        pool.map = map_killing  # type: ignore[method-assign]
+
+        def arm(gen: Generation) -> None:
+            if gen.number == 1:
+                armed.append(True)
 
         engine = Engine.build(cfg, pool=pool)
         with rng_scope(cfg.seed):
-            got = [gen.texts for gen in engine.run(hooks=[kill_one])]
+            got = [gen.texts for gen in engine.run(hooks=[arm])]
         assert killed and pool.replaced >= 1
         assert killed[0] not in pool.pids()
     assert got == want
