@@ -46,7 +46,7 @@ from evolve.api import (
     resume_run,
     start_run,
 )
-from evolve.ga.config import RunConfig
+from evolve.ga.config import RunConfig, WorkersConfig
 from evolve.store import LogStore
 from scoring.errors import UserError
 from scoring.presets import quiet_conversion
@@ -65,6 +65,8 @@ RUN_OPTIONS = ConfigOptions(
 )
 GENERATIONS = click.IntRange(1, INT64_MAX)  # a count SQLite can store; validate() caps it
 TYPED = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)  # what the user gave
+# `evolve resume` may put a run on other workers than it started with (same result).
+RESUME_OPTIONS = ConfigOptions(WorkersConfig)
 
 
 def _read_text_file(path: Path) -> str:
@@ -217,19 +219,29 @@ def run(
     help="Extend the run (finished or not) to this many generations, exactly as if it had "
     "been started with them.",
 )
+@RESUME_OPTIONS
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @click.option(
     "--log-json", is_flag=True, help="One JSON object per generation on stderr (see README)."
 )
 @db_option
 def resume(
-    run_id: int, generations: int | None, db_path: Path | None, quiet: bool, log_json: bool
+    run_id: int,
+    generations: int | None,
+    db_path: Path | None,
+    quiet: bool,
+    log_json: bool,
+    **opts: object,
 ) -> None:
-    """Continue an interrupted run from its last completed generation, or extend one."""
+    """Continue an interrupted run from its last completed generation, or extend one (on
+    --workers N Ray workers if given, whatever the run started with: the result is the same)."""
+    workers = WorkersConfig(**RESUME_OPTIONS.values(opts))
     with LogStore(existing_db(db_path)) as store:  # a missing one is an error, not a new file
         total = generations or RunConfig.from_dict(_config_of(store, run_id)).generations
         _drive(
-            lambda progress: resume_run(run_id, store, progress, generations=generations),
+            lambda progress: resume_run(
+                run_id, store, progress, generations=generations, workers=workers
+            ),
             total,
             quiet,
             log_json,

@@ -12,6 +12,11 @@
 after a run (`evolve.ga.seeding.rng_scope`), so a notebook's own random numbers are not
 disturbed. The CLI uses `start_run` / `resume_run`, which add a progress callback and
 translate Ctrl-C into `RunInterrupted`.
+
+With ``cfg.workers.workers > 0`` the run's model work goes to Ray workers
+(`evolve.ga.workers`), started before the run is recorded (so a Ray that cannot start leaves
+no run behind) and stopped when it ends. A resume may use another worker count than the
+run started with (``workers=``): the result does not depend on it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from evolve.experiments.baselines import BaselineConfig, generate_baselines
-from evolve.ga.config import RunConfig
+from evolve.ga.config import RunConfig, WorkersConfig
 from evolve.ga.engine import Engine, Generation, Hook
 from evolve.ga.population import StartText, StartTexts
 from evolve.ga.seeding import rng_scope
+from evolve.ga.workers import open_workers
 from evolve.store import LogStore
 from evolve.store.recorder import Recorder, RunLabels
 from evolve.store.scores import ScoreBook
@@ -127,6 +133,10 @@ class Run:
             out.append(flat)
         return out
 
+    def migrations(self) -> list[dict[str, Any]]:
+        """Every migration of an island run: generation, individual_id, from/to island."""
+        return self.store.migrations(self.id)
+
     def lineage(self, individual_id: int, max_depth: int | None = None) -> list[dict[str, Any]]:
         """Every ancestor of an individual (itself at depth 0) with the edit that made it."""
         return self.store.lineage(individual_id, max_depth)
@@ -219,12 +229,13 @@ def start_run(
     cfg.validate()
     if not cfg.uses_causal:  # recorded as the run's judge: refuse a wrong kind now, not later
         check_kind(cfg.causal, "causal")
-    engine = Engine.build(cfg)
-    recorder = Recorder.create(store, cfg, engine.fitness_label, labels)
-    engine.start_texts = baseline_starts(store, recorder.run_id, cfg, engine)
-    extra = [*hooks, *([_progress_hook(recorder.run_id, cfg, progress)] if progress else [])]
-    with rng_scope(cfg.seed):
-        _drive(recorder, engine.run(recorder, extra))
+    with open_workers(cfg) as pool:
+        engine = Engine.build(cfg, pool=pool)
+        recorder = Recorder.create(store, cfg, engine.fitness_label, labels)
+        engine.start_texts = baseline_starts(store, recorder.run_id, cfg, engine)
+        extra = [*hooks, *([_progress_hook(recorder.run_id, cfg, progress)] if progress else [])]
+        with rng_scope(cfg.seed):
+            _drive(recorder, engine.run(recorder, extra))
     return _summary(store, recorder.run_id)
 
 
@@ -269,17 +280,33 @@ def resume_run(
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
     generations: int | None = None,
+    workers: WorkersConfig | None = None,
 ) -> RunSummary:
     """Continue an interrupted run from its last completed generation, exactly; with
     `generations`, extend a finished or interrupted run to that many generations, exactly
-    as if it had been started with them (the stored config records the new count)."""
+    as if it had been started with them (the stored config records the new count); with
+    ``workers`` on those workers (None: in this process), whatever the run started with."""
     cfg = extended_config(store, run_id, generations)
+    cfg = dataclasses.replace(cfg, workers=workers or WorkersConfig()).validate()
     recorder = Recorder(store, run_id)
-    engine = Engine.build(cfg)
-    engine.start_texts = baseline_starts(store, run_id, cfg, engine)
-    recorder.claim()  # refused while another live process runs it
-    if generations is not None:
-        store.set_config(run_id, cfg.to_dict())
+    with open_workers(cfg) as pool:
+        engine = Engine.build(cfg, pool=pool)
+        engine.start_texts = baseline_starts(store, run_id, cfg, engine)
+        recorder.claim()  # refused while another live process runs it
+        if generations is not None:
+            store.set_config(run_id, cfg.to_dict())
+        _resume(recorder, engine, cfg, run_id, progress, hooks)
+    return _summary(store, run_id)
+
+
+def _resume(
+    recorder: Recorder,
+    engine: Engine,
+    cfg: RunConfig,
+    run_id: int,
+    progress: Progress | None,
+    hooks: Sequence[Hook],
+) -> None:
     extra = [*hooks, *([_progress_hook(run_id, cfg, progress)] if progress else [])]
     with rng_scope(cfg.seed):
         point = recorder.resume_point(engine)
@@ -297,7 +324,6 @@ def resume_run(
                 extra,
             )
         _drive(recorder, gens)
-    return _summary(store, run_id)
 
 
 def run_ga(
@@ -320,10 +346,12 @@ def resume_ga(
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
     generations: int | None = None,
+    workers: WorkersConfig | None = None,
 ) -> Run:
-    """Continue an interrupted run in `db` (or extend it to `generations`) and return it."""
+    """Continue an interrupted run in `db` (or extend it to `generations`) and return it
+    (on ``workers`` if given)."""
     store = _open(db)
-    resume_run(run_id, store, progress, hooks, generations)
+    resume_run(run_id, store, progress, hooks, generations, workers)
     return Run(store, run_id)
 
 

@@ -5,6 +5,10 @@ RuntimeError or an AssertionError ("Torch not compiled with CUDA enabled") with 
 after seconds of loading and, in a run, after the run row exists. Configs that name a device
 (`RunConfig`, `BaselineConfig`) call `check_device` in their `validate()`, so a wrong
 `--device` is a `UserError` (one line, exit 2) before any work starts.
+
+``auto`` (the run default) is CUDA when this torch build sees a CUDA device, else the CPU;
+`resolve_device` turns it into the device models are loaded onto. It is resolved where the
+models load (in a worker process, on the worker's machine), so a config stays portable.
 """
 
 from __future__ import annotations
@@ -20,8 +24,19 @@ class DeviceError(UserError):
     """A device that does not exist here, or that this torch build cannot use."""
 
 
+def resolve_device(name: str) -> str:
+    """The device ``auto`` stands for here (``cuda`` when available, else ``cpu``); any
+    other name as it is."""
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(name: str) -> str:
-    """Return `name` if models can be put on that device here; DeviceError otherwise."""
+    """Return `name` if models can be put on that device here; DeviceError otherwise.
+    ``auto`` is always usable."""
+    if name == "auto":
+        return name
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from scoring.devices import resolve_device
 from scoring.errors import ModelLoadError
 from scoring.presets import (
     KIND_WORD,
@@ -125,7 +126,9 @@ _lock = threading.Lock()
 
 
 def load_model(name: str, kind: Kind, device: str = "cpu") -> LoadedModel:
-    """Load (once per process) a masked or causal LM by preset, folder or hub id."""
+    """Load (once per process) a masked or causal LM by preset, folder or hub id
+    (``device="auto"``: CUDA when available, see `scoring.devices.resolve_device`)."""
+    device = resolve_device(device)
     key = (name, kind, device)
     with _lock:
         if key in _cache:

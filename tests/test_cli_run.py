@@ -21,7 +21,14 @@ from helpers_proc import PROMPT
 
 from cli.options import ConfigOptions, config_fields
 from cli.run_cmds import RUN_OPTIONS, run
-from evolve.ga.config import CrossoverConfig, FitnessConfig, MutationConfig, RunConfig
+from evolve.ga.config import (
+    CrossoverConfig,
+    FitnessConfig,
+    IslandConfig,
+    MutationConfig,
+    RunConfig,
+    WorkersConfig,
+)
 from evolve.store import LogStore
 
 Invoke = Callable[..., Result]
@@ -98,13 +105,23 @@ def test_shown_defaults_are_the_dataclass_defaults() -> None:
         if isinstance(param, click.Option) and param.is_flag:
             assert "[default:" not in record[1]
         else:
-            assert record[1].endswith(f"[default: {option.default}]"), record
+            shown = '""' if option.default == "" else option.default  # click quotes ""
+            assert record[1].endswith(f"[default: {shown}]"), record
 
 
 def test_today_names_and_short_flags_keep_working() -> None:
     names = {name for p in run.params for name in (*p.opts, *p.secondary_opts)}
     assert set(NAMES_BEFORE) <= names, set(NAMES_BEFORE) - names
-    new = {"--min-tol"}  # the one new field option
+    scale = {
+        "--workers",
+        "--ray-address",
+        "--gpus-per-worker",
+        "--threads-per-worker",
+        "--islands",
+        "--migration-interval",
+        "--migrants",
+    }  # issue 11
+    new = {"--min-tol", *scale}  # new field options
     new |= {"--config", "--from", "--name", "--tag", "--note", "--log-json"}  # issue 12
     assert new == names - set(NAMES_BEFORE) - {"--help"}
 
@@ -161,6 +178,10 @@ def test_every_option_reaches_its_field() -> None:
             pll_weight=0.5,
             causal_weight=2.0,
         ),
+        workers=WorkersConfig(
+            workers=2, ray_address="auto", gpus_per_worker=0.5, threads_per_worker=2
+        ),
+        island=IslandConfig(islands=2, migration_interval=3, migrants=2),
     )
     args: list[str] = []
     for option in RUN_OPTIONS.options:

@@ -53,6 +53,7 @@ MAX_POPULATION = 100_000  # also for offspring; one generation of that many PLL 
 MAX_GENERATIONS = 1_000_000  # a row per generation; at 1 s each, 11 days
 MAX_LEN = 4096  # tokens; 8x the 512-token window of BERT-family MLMs, and PLL of a text of n
 # tokens costs n forward passes of n tokens
+MAX_WORKERS = 4096  # Ray actors; more than any cluster a run of this tool would get
 MAX_CANDIDATES = 1024  # causal proposer: fills sampled per span, all in one batch
 # Sampling temperature (0 = greedy). Outside these, fp32 sampling is already argmax (logit
 # gaps are multiplied by 100 and more) or uniform (gaps of ~20 nats shrink below 0.2), and at
@@ -191,6 +192,59 @@ class FitnessConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    """Where the model work of a run happens (`evolve.ga.workers`). None of it changes the
+    run's result, so a run may be resumed with other values than it was started with."""
+
+    workers: int = field(
+        default=0,
+        metadata={
+            "help": "Ray workers that fill and score each generation's shards, each with its "
+            "own copy of the models; 0 = everything in this process, without Ray."
+        },
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "Join the Ray cluster at this address (auto: the one RAY_ADDRESS names) "
+            "instead of starting a local Ray; needs `workers`."
+        },
+    )
+    gpus_per_worker: float = field(
+        default=0.0,
+        metadata={"help": "GPUs Ray gives each worker (a fraction shares one); 0 = CPU workers."},
+    )
+    threads_per_worker: int = field(
+        default=1,
+        metadata={
+            "help": "Torch threads (and Ray CPUs) of each worker; 1 lets workers use one core "
+            "each without competing."
+        },
+    )
+
+
+@dataclass(frozen=True)
+class IslandConfig:
+    """Island model (DEAP's ``migRing``): sub-populations evolved in step, exchanging their
+    best individuals around a ring. Changes the run, unlike `WorkersConfig`."""
+
+    islands: int = field(
+        default=1,
+        metadata={"help": "Sub-populations sharing `population` equally; 1 = one population."},
+    )
+    migration_interval: int = field(
+        default=5,
+        metadata={
+            "help": "Generations between migrations; a few, so islands diverge before they mix."
+        },
+    )
+    migrants: int = field(
+        default=1,
+        metadata={"help": "Best individuals each island sends to the next one per migration."},
+    )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     prompt: str = field(metadata={"help": "Fixed prompt prefix that every text continues."})
     seed_texts: tuple[str, ...] = field(
@@ -289,7 +343,11 @@ class RunConfig:
         metadata={"help": "Metropolis-Hastings acceptance of mutations (Goyal et al. 2022)."},
     )
     device: str = field(
-        default="cpu", metadata={"help": "Torch device of the models; cpu runs anywhere."}
+        default="auto",
+        metadata={
+            "help": "Torch device of the models: auto (CUDA when available, else cpu), cpu, "
+            "cuda, cuda:N or mps."
+        },
     )
     mutation: MutationConfig = field(
         default_factory=MutationConfig, metadata={"help": "Span mutation settings."}
@@ -299,6 +357,12 @@ class RunConfig:
     )
     fitness: FitnessConfig = field(
         default_factory=FitnessConfig, metadata={"help": "What is maximised, and how."}
+    )
+    workers: WorkersConfig = field(
+        default_factory=WorkersConfig, metadata={"help": "Ray workers (scale-out)."}
+    )
+    island: IslandConfig = field(
+        default_factory=IslandConfig, metadata={"help": "Island populations."}
     )
 
     def validate(self, *, here: bool = True) -> RunConfig:
@@ -378,6 +442,7 @@ class RunConfig:
         for text in self.seed_texts:
             _require(bool(text.strip()), "a seed text is empty")
         self._validate_combinations()
+        self._validate_scale()
         if here:
             check_device(self.device)
             self._check_memory()
@@ -430,6 +495,55 @@ class RunConfig:
             not (self.init == "mlm" and self.proposer != "mlm"),
             "init 'mlm' fills with the MLM proposer; with --proposer causal use --init sample, "
             "greedy or beam",
+        )
+
+    def _validate_scale(self) -> None:
+        w, isl = self.workers, self.island
+        _require(w.workers >= 0, f"workers must be >= 0 (got {w.workers})")
+        _at_most("workers", w.workers, MAX_WORKERS)
+        _require(
+            w.threads_per_worker >= 1,
+            f"threads_per_worker must be at least 1 (got {w.threads_per_worker})",
+        )
+        _require(
+            math.isfinite(w.gpus_per_worker) and w.gpus_per_worker >= 0,
+            f"gpus_per_worker must be >= 0 (got {w.gpus_per_worker})",
+        )
+        if w.workers == 0:
+            _require(not w.ray_address, "--ray-address needs --workers N (N >= 1)")
+            _require(w.gpus_per_worker == 0, "--gpus-per-worker needs --workers N (N >= 1)")
+        k = isl.islands
+        _require(k >= 1, f"islands must be at least 1 (got {k})")
+        _require(
+            self.population % k == 0 and self.population // k >= 2,
+            f"population {self.population} does not split into {k} islands of 2 or more equal "
+            "parts",
+        )
+        _require(
+            self.offspring % k == 0,
+            f"offspring {self.offspring} does not split equally into {k} islands",
+        )
+        _require(
+            isl.migration_interval >= 1,
+            f"migration_interval must be at least 1 (got {isl.migration_interval})",
+        )
+        if k > 1:
+            _require(
+                0 <= isl.migrants < self.population // k,
+                f"migrants must be in [0, {self.population // k}) (an island's size)",
+            )
+            _require(
+                self.elites < self.population // k,
+                f"elites must be fewer than an island's {self.population // k} individuals",
+            )
+
+    def for_island(self) -> RunConfig:
+        """The config one island evolves under: its share of population and offspring."""
+        k = self.island.islands
+        if k == 1:
+            return self
+        return dataclasses.replace(
+            self, population=self.population // k, offspring=self.offspring // k
         )
 
     @property

@@ -14,33 +14,42 @@ refers to them), then every observer hook (progress bars, logs). Without a `reco
 engine numbers individuals itself, so a run needs no database at all. Exceptions from hooks
 propagate: a caller that records a run marks it interrupted or failed (`evolve.store.recorder`).
 
-Randomness is the global `random`, numpy and torch generators (DEAP and the proposers use
-them); the caller seeds them (`evolve.ga.seeding.rng_scope`) and each `Generation` carries
-their state at its end, which is what makes a resumed run continue exactly.
+Randomness is the global `random`, numpy and torch generators (DEAP uses `random`; each
+fill request gets a seed of its own from torch's, see `evolve.ga.workers`); the caller seeds
+them (`evolve.ga.seeding.rng_scope`) and each `Generation` carries their state at its end,
+which is what makes a resumed run continue exactly.
+
+Model work (fills and scoring) runs in this process, or on Ray workers when the engine is
+given a `WorkerPool` (`evolve.ga.workers`), with the same result. With ``--islands K`` each
+generation is a migration every few generations and one step per island
+(`evolve.ga.islands`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evolve.ga.config import BASELINE_INITS, RunConfig
 from evolve.ga.evaluate import EvalStats, Evaluator, NewScore
 from evolve.ga.individual import Individual
+from evolve.ga.islands import Migration, island_of, migrate, split
 from evolve.ga.objectives import build_objective
 from evolve.ga.operators import OperatorContext
 from evolve.ga.pareto import ParetoIndividual, pareto_ranks, set_diversity
 from evolve.ga.population import StartTexts, from_proposer, from_seed_texts, from_texts
-from evolve.ga.proposers import CausalProposer, MLMProposer, Proposer
 from evolve.ga.representation import Representation
 from evolve.ga.seeding import get_rng_state, set_rng_state
 from evolve.ga.steps import Parts, step_for
+from evolve.ga.wiring import Models, make_proposer, make_scorers
+from evolve.ga.workers import DrivenProposer, ShardedScorer, WorkerPool
 from scoring.causal import CausalScorer
 from scoring.errors import UserError
-from scoring.models import LoadedModel, load_causal, load_mlm
 from scoring.pll import PLLScorer
 from scoring.results import TokenScores
+
+__all__ = ["Engine", "Generation", "Hook", "Models", "Record"]
 
 
 @dataclass
@@ -59,6 +68,8 @@ class Generation:
     stopped: bool  # patience ran out: the loop ends after this generation
     rng_state: str  # the generators' state at the end of this generation
     new_scores: list[NewScore]  # model scores computed in this generation (all texts tried)
+    islands: list[int] | None = None  # island of each individual (runs with --islands K > 1)
+    migrations: list[Migration] = field(default_factory=list)  # made before this step
 
     @property
     def best(self) -> float:
@@ -90,20 +101,6 @@ Record = Callable[[Generation], Sequence[int]]
 Hook = Callable[[Generation], None]
 
 
-@dataclass(frozen=True)
-class Models:
-    """The loaded models a run uses (None where it does not use one)."""
-
-    mlm: LoadedModel | None
-    causal: LoadedModel | None
-
-    @classmethod
-    def load(cls, cfg: RunConfig) -> Models:
-        mlm = load_mlm(cfg.mlm, device=cfg.device) if cfg.uses_mlm else None
-        causal = load_causal(cfg.causal, device=cfg.device) if cfg.uses_causal else None
-        return cls(mlm, causal)
-
-
 class Engine:
     """A configured GA: `run()` evolves from generation 0, `resume()` from a stored one."""
 
@@ -113,17 +110,18 @@ class Engine:
         models: Models,
         *,
         start_texts: StartTexts | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
         self.models = models
         self.start_texts = start_texts
-        rep_lm = models.mlm if cfg.representation == "mlm" else models.causal
-        if rep_lm is None:
-            raise ValueError(f"the {cfg.representation} model is needed but not loaded")
+        self.pool = pool
+        rep_lm = models.representation_lm(cfg)
         self.rep = Representation.build(rep_lm, cfg.prompt)
         self.rep.check_window(cfg.max_len)
-        self.proposer = self._proposer(rep_lm)
+        # Every fill goes through the driven proposer: per-request seeds, local or on workers.
+        self.proposer = DrivenProposer(make_proposer(cfg, rep_lm), pool)
         m = cfg.mutation
         self.ctx = OperatorContext(
             proposer=self.proposer,
@@ -140,22 +138,15 @@ class Engine:
             template=self.rep.template,
         )
         f = cfg.fitness
-        scorers = []
-        pll_name = causal_name = None
-        if f.uses_pll:
-            assert models.mlm is not None
-            pll = PLLScorer(models.mlm, variant=f.variant, dtype="bf16" if f.bf16 else "fp32")
-            scorers.append(pll)
-            pll_name = pll.name
-        if f.uses_causal:
-            assert models.causal is not None
-            clm = CausalScorer(models.causal)
-            scorers.append(clm)
-            causal_name = clm.name
+        local = make_scorers(cfg, models)
+        pll_name = next((x.name for x in local if isinstance(x, PLLScorer)), None)
+        causal_name = next((x.name for x in local if isinstance(x, CausalScorer)), None)
+        scorers = local if pool is None else [ShardedScorer(x, pool) for x in local]
         self.objective = build_objective(f, pll_name, causal_name)
         self.evaluator = Evaluator(self.objective, self.rep, scorers)
         self.multi = f.objective == "nsga2"
-        self.parts = Parts(cfg, self.ctx, self.evaluator, self.make)
+        self.islands = cfg.island.islands
+        self.parts = Parts(cfg.for_island(), self.ctx, self.evaluator, self.make)
         self.step = step_for(cfg)
         self.best_so_far = float("-inf")
         self.stall = 0
@@ -167,15 +158,14 @@ class Engine:
         cfg: RunConfig,
         *,
         start_texts: StartTexts | None = None,
+        pool: WorkerPool | None = None,
     ) -> Engine:
-        """Load the models the config asks for and wire the engine."""
-        return cls(cfg.validate(), Models.load(cfg), start_texts=start_texts)
-
-    def _proposer(self, lm: LoadedModel) -> Proposer:
-        m = self.cfg.mutation
-        if self.cfg.proposer == "mlm":
-            return MLMProposer(lm, temperature=m.temperature, top_k=m.top_k, order=m.order)
-        return CausalProposer(lm, candidates=m.candidates, temperature=m.temperature, top_k=m.top_k)
+        """Load the models the config asks for and wire the engine. With a worker pool the
+        workers hold the models that do the work; this process loads its copy on the CPU
+        (tokenizers, and generation 0 from the causal LM's decoding)."""
+        cfg.validate()
+        models = Models.load(cfg, device="cpu" if pool is not None else None)
+        return cls(cfg, models, start_texts=start_texts, pool=pool)
 
     @property
     def fitness_label(self) -> str:
@@ -248,11 +238,34 @@ class Engine:
     ) -> Iterator[Generation]:
         for number in range(first, self.cfg.generations + 1):
             started = time.perf_counter()
-            pop, stats = self.step(self.parts, pop)
-            gen = self._complete(number, pop, stats, started, record, hooks)
+            pop, stats, moves = self._step(number, pop)
+            gen = self._complete(number, pop, stats, started, record, hooks, moves)
             yield gen
             if gen.stopped:
                 return
+
+    def _step(
+        self, number: int, pop: list[Individual]
+    ) -> tuple[list[Individual], EvalStats, list[Migration]]:
+        """One generation: one step of the whole population, or with islands a migration
+        (every `migration_interval` generations) and then one step per island."""
+        if self.islands == 1:
+            new_pop, stats = self.step(self.parts, pop)
+            return new_pop, stats, []
+        isl = self.cfg.island
+        demes = split(pop, self.islands)
+        moves: list[Migration] = []
+        if number % isl.migration_interval == 0:
+            moves = migrate(demes, isl.migrants, self.evaluator.scalar, self.make)
+        new_pop: list[Individual] = []
+        n_invalid = n_evaluated = n_hits = 0
+        for deme in demes:
+            stepped, st = self.step(self.parts, deme)
+            new_pop.extend(stepped)
+            n_invalid += st.n_invalid
+            n_evaluated += st.n_evaluated
+            n_hits += st.n_cache_hits
+        return new_pop, EvalStats(n_invalid, n_evaluated, n_hits), moves
 
     def _complete(
         self,
@@ -262,6 +275,7 @@ class Engine:
         started: float,
         record: Record | None,
         hooks: Sequence[Hook],
+        migrations: Sequence[Migration] = (),
     ) -> Generation:
         fits = [self.evaluator.scalar(ind) for ind in pop]
         best = max(fits)
@@ -282,6 +296,8 @@ class Engine:
             stopped=bool(self.cfg.patience and self.stall >= self.cfg.patience),
             rng_state=get_rng_state(),
             new_scores=self.evaluator.take_fresh(),
+            islands=island_of(len(pop), self.islands) if self.islands > 1 else None,
+            migrations=list(migrations),
         )
         if record is not None:
             ids = list(record(gen))

@@ -7,8 +7,8 @@ The GA (`evolve.ga.engine`) knows nothing of SQLite; a `Recorder` plugs into it 
   ``running`` while a process works on it, then ``finished``, ``interrupted`` or ``failed``;
 - it writes each generation in one transaction (individuals, parents, operator and span,
   statistics, the random state, the loop state, and every model score computed in that
-  generation into the `scores` table, the one record of model scores) and hands the engine
-  the new row ids;
+  generation into the `scores` table, the one record of model scores; with islands, each
+  individual's island and the generation's migrations) and hands the engine the new row ids;
 - it reads back what a resume needs: the last population, its loop and random state, and
   every score the run stored (`evolve.ga.evaluate` says why that keeps resume exact).
 """
@@ -112,6 +112,8 @@ class Recorder:
             if gen.pareto_ranks is not None:
                 row["objectives"] = list(ind.fitness.values)
                 row["pareto_rank"] = gen.pareto_ranks[pos]
+            if gen.islands is not None:
+                row["island"] = gen.islands[pos]
             rows.append(row)
         return self.store.write_generation(
             self.run_id,
@@ -140,6 +142,15 @@ class Recorder:
                     "per_token": list(new.score.token_logprobs),
                 }
                 for new in gen.new_scores
+            ],
+            migrations=[
+                {
+                    "individual_id": m.individual_id,
+                    "from_island": m.from_island,
+                    "to_island": m.to_island,
+                }
+                for m in gen.migrations
+                if m.individual_id is not None
             ],
         )
 

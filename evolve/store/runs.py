@@ -222,6 +222,7 @@ class RunsMixin(StoreCore):
         rng_state: str,
         state: dict[str, Any],
         scores: Sequence[Mapping[str, Any]] = (),
+        migrations: Sequence[Mapping[str, Any]] = (),
     ) -> list[int]:
         """Write one generation in ONE transaction; returns the new individual ids in order.
 
@@ -272,6 +273,7 @@ class RunsMixin(StoreCore):
                         "created_at": at,
                         "objectives": dumps(list(objectives)) if objectives is not None else None,
                         "pareto_rank": row.get("pareto_rank"),
+                        "island": row.get("island"),
                     }
                 )
                 links.extend(
@@ -283,6 +285,10 @@ class RunsMixin(StoreCore):
             if links:
                 self.db.table("parents").insert_all(links)
             insert_scores(self.db, list(scores), run_id, generation)
+            if migrations:
+                self.db.table("migrations").insert_all(
+                    {"run_id": run_id, "generation": generation, **dict(m)} for m in migrations
+                )
             best_id = stats.get("best_individual_id")
             if best_id is None:
                 best_id = _fittest(rows, ids)
@@ -313,6 +319,16 @@ class RunsMixin(StoreCore):
             )
         self.checkpoint()  # so that a plain copy of the file alone holds this generation
         return ids
+
+    def migrations(self, run_id: int) -> list[dict[str, Any]]:
+        """Every migration of an island run (generation, individual_id, from_island,
+        to_island), in generation and ring order."""
+        self._require_run(run_id)
+        return self._rows(
+            "SELECT generation, individual_id, from_island, to_island FROM migrations "
+            "WHERE run_id = ? ORDER BY generation, to_island, rowid",
+            (run_id,),
+        )
 
     def last_generation(self, run_id: int) -> dict[str, Any] | None:
         """The latest written generation row (with rng_state and decoded state), or None."""
@@ -372,11 +388,11 @@ class RunsMixin(StoreCore):
     def individuals(self, run_id: int) -> list[dict[str, Any]]:
         """Every individual of a run as a plain record, by generation and position: id,
         generation, position, text, token_ids, n_tokens, fitness, op, span_start, span_end,
-        detail, objectives, pareto_rank, parents (ids) and scores."""
+        detail, objectives, pareto_rank, island, parents (ids) and scores."""
         self._require_run(run_id)
         rows = self._rows(
             "SELECT i.id, i.generation, i.position, t.text, i.token_ids, i.n_tokens, i.fitness, "
-            "i.op, i.span_start, i.span_end, i.detail, i.objectives, i.pareto_rank "
+            "i.op, i.span_start, i.span_end, i.detail, i.objectives, i.pareto_rank, i.island "
             "FROM individuals i JOIN texts t ON t.id = i.text_id "
             "WHERE i.run_id = ? ORDER BY i.generation, i.position, i.id",
             (run_id,),

@@ -333,6 +333,26 @@ def _m006_run_labels(db: Database) -> None:
     db.conn.execute("ALTER TABLE runs ADD COLUMN note TEXT")
 
 
+def _m007_islands(db: Database) -> None:
+    """Island runs (``--islands K``, `evolve.ga.islands`): each individual's island (NULL in
+    runs without islands), and every migration: which stored individual was copied from
+    which island into which, before the step of which generation."""
+    db.conn.execute("ALTER TABLE individuals ADD COLUMN island INTEGER")
+    db.conn.execute(
+        """
+        CREATE TABLE migrations (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            generation INTEGER NOT NULL,
+            individual_id INTEGER NOT NULL REFERENCES individuals(id),
+            from_island INTEGER NOT NULL,
+            to_island INTEGER NOT NULL,
+            PRIMARY KEY (run_id, generation, individual_id, to_island)
+        )
+        """
+    )
+    db.conn.execute("CREATE INDEX idx_migrations_individual ON migrations(individual_id)")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _m001_initial,
     _m002_pareto,
@@ -340,6 +360,7 @@ MIGRATIONS: list[Callable[[Database], None]] = [
     _m004_one_score_record,
     _m005_rng_state_json,
     _m006_run_labels,
+    _m007_islands,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -66,6 +66,17 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "created_at": "When it was written (UTC).",
             "objectives": "Objective values of a multi-objective (nsga2) run, JSON list.",
             "pareto_rank": "Non-dominated rank in its generation (0 = Pareto front; nsga2 only).",
+            "island": "Its island (runs with --islands K > 1; NULL otherwise).",
+        },
+    ),
+    "migrations": (
+        "Island runs: each individual copied from one island into the next (DEAP migRing).",
+        {
+            "run_id": "The run.",
+            "generation": "The generation before whose step the migration happened.",
+            "individual_id": "The emigrant: an individual of the previous generation.",
+            "from_island": "The island it left (and stays in).",
+            "to_island": "The island that received a copy, in place of its worst.",
         },
     ),
     "parents": (

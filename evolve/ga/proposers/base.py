@@ -22,7 +22,9 @@ candidates are judged on the text up to the next span still to fill.
 
 Both draw tokens through one `evolve.ga.proposers.sampling.SamplingPolicy` (temperature,
 top-k, banned ids; ``temperature=0`` is greedy argmax) from the global torch RNG unless given
-a ``generator``, so one seed (`evolve.ga.seeding`) reproduces a run. Special tokens (CLS,
+a ``generator``, or, for a request with a ``seed``, from that request's own generator (what
+a run uses, so that its fills are the same however requests are batched or sharded), so one
+seed (`evolve.ga.seeding`) reproduces a run. Special tokens (CLS,
 SEP, PAD, MASK, UNK, ...), BERT's ``[unusedN]`` placeholders and ids the tokenizer does not
 know are never proposed.
 
@@ -53,10 +55,15 @@ class FillRequest:
 
     The positions normally hold the mask id already; the proposer masks them regardless, so
     whatever they hold is never seen by the model.
+
+    ``seed``: the request draws its tokens from its own ``torch.Generator`` seeded with it,
+    so its fill does not depend on which other requests share its batch or its worker
+    (`evolve.ga.workers`); None draws from the proposer's generator (or torch's global one).
     """
 
     input_ids: tuple[int, ...]
     positions: tuple[int, ...]  # indices into input_ids, filled in increasing order
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_ids", tuple(int(i) for i in self.input_ids))

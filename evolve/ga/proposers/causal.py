@@ -10,7 +10,7 @@ from typing import Any, Literal, overload
 import torch
 
 from evolve.ga.proposers.base import FillRequest
-from evolve.ga.proposers.sampling import SamplingPolicy
+from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.causal import length_groups, prefix_cache_of, select_rows
 from scoring.errors import UserError
 from scoring.models import LoadedModel
@@ -122,6 +122,7 @@ class CausalProposer:
         if self.policy.banned_count(size) >= size:
             raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
         self._keep_arg = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+        self._gens: list[torch.Generator | None] | None = None  # per request of the current fill
 
     # -- public API -----------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class CausalProposer:
         self.stats.calls += 1
         rows = [list(r.input_ids) for r in requests]
         spans = [spans_of(r.positions) for r in requests]
+        self._gens = seeded_generators([r.seed for r in requests], self.lm.device)
         for step in range(max((len(s) for s in spans), default=0)):
             gaps = []
             for i, s in enumerate(spans):
@@ -439,8 +441,15 @@ class CausalProposer:
                 last = last.repeat_interleave(k, dim=0)
             score = torch.zeros(rows, dtype=torch.float64, device=device)
             picked: list[torch.Tensor] = []
+            row_gens = (
+                None
+                if self._gens is None
+                else [self._gens[g.owner] for g in gaps for _ in range(k)]
+            )
             for step in range(n_new):
-                token = self._pick(logits)
+                token = (
+                    self._pick(logits) if row_gens is None else self._pick_rows(logits, row_gens)
+                )
                 score += torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
                 picked.append(token)
                 if step + 1 < n_new:
@@ -502,3 +511,10 @@ class CausalProposer:
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         """One token per row, drawn by the sampling policy from raw logits."""
         return self.policy.sample(self.policy.logprobs(logits), self.generator)
+
+    def _pick_rows(
+        self, logits: torch.Tensor, row_gens: Sequence[torch.Generator | None]
+    ) -> torch.Tensor:
+        """Like `_pick`, row i drawn from ``row_gens[i]`` (its request's own generator)."""
+        logp = self.policy.logprobs(logits)
+        return self.policy.sample_rows(logp, [g or self.generator for g in row_gens])

@@ -8,7 +8,7 @@ from typing import Any, Literal, overload
 import torch
 
 from evolve.ga.proposers.base import _UNUSED, ORDERS, FillRequest, Order
-from evolve.ga.proposers.sampling import SamplingPolicy
+from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.errors import UserError
 from scoring.heads import logits_at, pad_id, split_model
 from scoring.models import LoadedModel
@@ -112,11 +112,14 @@ class MLMProposer:
         self._check(requests)
         rows = [self._masked(r) for r in requests]
         logq = [0.0] * len(requests)
+        gens = seeded_generators([r.seed for r in requests], self.lm.device)
         if self.order == "parallel":
             todo = [(i, p) for i, r in enumerate(requests) for p in r.positions]
             if todo:
                 logp = self._logprobs([(rows[i], p) for i, p in todo], distinct_rows=rows)
-                picked, lp = self._sample(logp)
+                picked, lp = self._sample(
+                    logp, None if gens is None else [gens[i] for i, _ in todo]
+                )
                 for (i, p), tok, v in zip(todo, picked.tolist(), lp.tolist(), strict=True):
                     rows[i][p] = int(tok)
                     logq[i] += float(v)
@@ -125,7 +128,8 @@ class MLMProposer:
             for step in range(steps):
                 active = [i for i, r in enumerate(requests) if len(r.positions) > step]
                 queries = [(rows[i], requests[i].positions[step]) for i in active]
-                picked, lp = self._sample(self._logprobs(queries))
+                row_gens = None if gens is None else [gens[i] for i in active]
+                picked, lp = self._sample(self._logprobs(queries), row_gens)
                 for i, tok, v in zip(active, picked.tolist(), lp.tolist(), strict=True):
                     rows[i][requests[i].positions[step]] = int(tok)
                     logq[i] += float(v)
@@ -254,7 +258,13 @@ class MLMProposer:
             logits = logits_at(self.lm, self._split, ids, mask, r, p)
         return logits.float()
 
-    def _sample(self, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token per row (the policy's draw) and its log-probability."""
-        picked = self.policy.sample(logp, self.generator)
+    def _sample(
+        self, logp: torch.Tensor, row_gens: Sequence[torch.Generator | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row (the policy's draw; row i from ``row_gens[i]`` when given) and
+        its log-probability."""
+        if row_gens is None:
+            picked = self.policy.sample(logp, self.generator)
+        else:
+            picked = self.policy.sample_rows(logp, [g or self.generator for g in row_gens])
         return picked.cpu(), SamplingPolicy.logprob_of(logp, picked.to(logp.device)).cpu()

@@ -8,7 +8,8 @@ proposal probabilities (``fill(return_logq=True)``, ``logprob_of``) off the same
 `logprobs` the draw used.
 
 Draws come from an explicit ``torch.Generator``, or the global torch RNG when it is None
-(what a run seeded by `evolve.ga.seeding` uses, so one seed reproduces a run). The
+(what a run seeded by `evolve.ga.seeding` uses, so one seed reproduces a run);
+`sample_rows` gives each row its own generator (per-request seeds, `FillRequest.seed`). The
 generator must live on the device of the logits.
 
 Validation of temperature and top-k is here, once (`SamplingPolicy.validate`): building a
@@ -18,7 +19,7 @@ policy checks them, and config validation calls the same function.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -101,7 +102,33 @@ class SamplingPolicy:
             return logprobs.argmax(dim=-1)
         return torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
 
+    def sample_rows(
+        self, logprobs: torch.Tensor, generators: Sequence[torch.Generator | None]
+    ) -> torch.Tensor:
+        """One token per row, row i drawn from ``generators[i]`` alone (None: the global
+        RNG), so a row's draw does not depend on the other rows of the batch."""
+        if self.greedy:
+            return logprobs.argmax(dim=-1)
+        probs = logprobs.exp()
+        picked = [
+            torch.multinomial(probs[i : i + 1], 1, generator=g).view(1)
+            for i, g in enumerate(generators)
+        ]
+        return torch.cat(picked) if picked else logprobs.new_zeros(0, dtype=torch.long)
+
     @staticmethod
     def logprob_of(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The log-probability of ``tokens[i]`` in row i of `logprobs`."""
         return logprobs.gather(-1, tokens.view(-1, 1)).squeeze(-1)
+
+
+def seeded_generators(
+    seeds: Sequence[int | None], device: torch.device | str
+) -> list[torch.Generator | None] | None:
+    """One generator per seed (None where a seed is None); None when no seed is given at all,
+    so callers keep their single-generator path."""
+    if all(s is None for s in seeds):
+        return None
+    return [
+        None if s is None else torch.Generator(device=device).manual_seed(int(s)) for s in seeds
+    ]
