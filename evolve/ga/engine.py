@@ -33,14 +33,17 @@ from evolve.ga.operators import OperatorContext
 from evolve.ga.pareto import ParetoIndividual, pareto_ranks, set_diversity
 from evolve.ga.population import StartTexts, from_proposer, from_seed_texts, from_texts
 from evolve.ga.proposers import CausalProposer, MLMProposer, Proposer
+from evolve.ga.proposers.sampling import ban_token_ids
 from evolve.ga.representation import Representation
 from evolve.ga.seeding import get_rng_state, set_rng_state
 from evolve.ga.steps import Parts, step_for
+from scoring.base import Scorer
 from scoring.causal import CausalScorer
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_causal, load_mlm
 from scoring.pll import PLLScorer
 from scoring.results import TokenScores
+from scoring.typical import TypicalCausalScorer, TypicalScorer
 
 
 @dataclass
@@ -138,21 +141,33 @@ class Engine:
             tokenizer=rep_lm.tokenizer,
             with_logq=cfg.mh,
             template=self.rep.template,
+            no_repeat_ngram=m.no_repeat_ngram,
         )
         f = cfg.fitness
-        scorers = []
-        pll_name = causal_name = None
+        scorers: list[Scorer] = []
+        pll_name = causal_name = typical_name = None
+        typical_mlm = f.uses_typical and f.typical_model == "mlm"
         if f.uses_pll:
             assert models.mlm is not None
-            pll = PLLScorer(models.mlm, variant=f.variant, dtype="bf16" if f.bf16 else "fp32")
+            dtype = "bf16" if f.bf16 else "fp32"
+            # typicality reads the entropies of this same PLL pass (no extra forward)
+            pll = PLLScorer(models.mlm, variant=f.variant, dtype=dtype, entropy=typical_mlm)
             scorers.append(pll)
             pll_name = pll.name
+            if typical_mlm:
+                typ: Scorer = TypicalScorer(pll)
+                scorers.append(typ)
+                typical_name = typ.name
         if f.uses_causal:
             assert models.causal is not None
             clm = CausalScorer(models.causal)
             scorers.append(clm)
             causal_name = clm.name
-        self.objective = build_objective(f, pll_name, causal_name)
+            if f.uses_typical and not typical_mlm:
+                typ = TypicalCausalScorer(models.causal)
+                scorers.append(typ)
+                typical_name = typ.name
+        self.objective = build_objective(f, pll_name, causal_name, typical_name)
         self.evaluator = Evaluator(self.objective, self.rep, scorers)
         self.multi = f.objective == "nsga2"
         self.parts = Parts(cfg, self.ctx, self.evaluator, self.make)
@@ -173,9 +188,24 @@ class Engine:
 
     def _proposer(self, lm: LoadedModel) -> Proposer:
         m = self.cfg.mutation
+        banned = ban_token_ids(lm, m.ban_tokens)
         if self.cfg.proposer == "mlm":
-            return MLMProposer(lm, temperature=m.temperature, top_k=m.top_k, order=m.order)
-        return CausalProposer(lm, candidates=m.candidates, temperature=m.temperature, top_k=m.top_k)
+            return MLMProposer(
+                lm,
+                temperature=m.temperature,
+                top_k=m.top_k,
+                order=m.order,
+                banned_ids=banned,
+                no_repeat_ngram=m.no_repeat_ngram,
+            )
+        return CausalProposer(
+            lm,
+            candidates=m.candidates,
+            temperature=m.temperature,
+            top_k=m.top_k,
+            banned_ids=banned,
+            no_repeat_ngram=m.no_repeat_ngram,
+        )
 
     @property
     def fitness_label(self) -> str:
