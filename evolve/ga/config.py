@@ -144,15 +144,18 @@ class CrossoverConfig:
 class FitnessConfig:
     """What is maximised. ``pll``: MLM pseudo-log-likelihood; ``causal``: causal-LM
     log p(continuation | prompt); ``sum``: ``pll_weight * pll + causal_weight * causal``;
-    ``nsga2``: Pareto selection over (pll, causal, diversity). `normalise` and `length_bonus`
+    ``nsga2``: Pareto selection over (pll, causal, diversity); ``typical``: local typicality
+    (also a weighted term of sum/nsga2 with ``typical_weight``); ``rep_penalty`` subtracts
+    a repetition share from any of them. `normalise` and `length_bonus`
     turn each model score into a value the same way (per token, or total plus a prior)."""
 
     objective: Objective = field(
         default="pll",
         metadata={
             "help": "What is maximised: pll (MLM pseudo-log-likelihood, Salazar et al. 2020), "
-            "causal (log p(continuation | prompt)), sum (weighted) or nsga2 (Pareto over pll, "
-            "causal and diversity)."
+            "causal (log p(continuation | prompt)), sum (weighted), nsga2 (Pareto over pll, "
+            "causal and diversity) or typical (local typicality, Meister et al. 2022, under "
+            "`typical_model`; docs/degeneration.md)."
         },
     )
     variant: PLLVariant = field(
@@ -414,7 +417,7 @@ class RunConfig:
         if f.objective == "sum":
             _require(
                 f.pll_weight + f.causal_weight + f.typical_weight > 0,
-                "fitness sum needs a positive pll_weight, causal_weight or typical_weight",
+                "fitness sum needs a positive pll_weight or causal_weight (or typical_weight)",
             )
         _choice("proposer", self.proposer, PROPOSERS)
         _choice("init", self.init, INITS)
