@@ -95,7 +95,7 @@ def test_shown_defaults_are_the_dataclass_defaults() -> None:
         assert param.get_default(ctx) == option.default, option.path
         record = param.get_help_record(ctx)
         assert record is not None
-        if isinstance(param, click.Option) and param.is_flag:
+        if isinstance(param, click.Option) and (param.is_flag or param.multiple):
             assert "[default:" not in record[1]
         else:
             assert record[1].endswith(f"[default: {option.default}]"), record
@@ -104,7 +104,10 @@ def test_shown_defaults_are_the_dataclass_defaults() -> None:
 def test_today_names_and_short_flags_keep_working() -> None:
     names = {name for p in run.params for name in (*p.opts, *p.secondary_opts)}
     assert set(NAMES_BEFORE) <= names, set(NAMES_BEFORE) - names
-    assert {"--min-tol"} == names - set(NAMES_BEFORE) - {"--help"}  # the one new field option
+    new = {"--min-tol"}  # field options added since
+    new |= {"--no-repeat-ngram", "--ban-token", "--typical-weight", "--typical-model"}
+    new |= {"--rep-penalty", "--rep-n"}  # issue 14
+    assert new == names - set(NAMES_BEFORE) - {"--help"}
 
 
 def test_every_config_field_but_the_prompt_is_an_option() -> None:
@@ -147,7 +150,14 @@ def test_every_option_reaches_its_field() -> None:
         mh=True,
         device="meta",
         mutation=MutationConfig(
-            max_span=2, indel_prob=0.1, temperature=0.7, top_k=9, order="parallel", candidates=3
+            max_span=2,
+            indel_prob=0.1,
+            temperature=0.7,
+            top_k=9,
+            order="parallel",
+            candidates=3,
+            no_repeat_ngram=3,
+            ban_tokens=("the", "and"),
         ),
         crossover=CrossoverConfig(points="two", seam=2),
         fitness=FitnessConfig(
@@ -158,6 +168,10 @@ def test_every_option_reaches_its_field() -> None:
             bf16=True,
             pll_weight=0.5,
             causal_weight=2.0,
+            typical_weight=0.25,
+            typical_model="causal",
+            rep_penalty=0.5,
+            rep_n=3,
         ),
     )
     args: list[str] = []
@@ -168,6 +182,9 @@ def test_every_option_reaches_its_field() -> None:
         assert value != option.default, f"the test leaves {option.path} at its default"
         if isinstance(value, bool):
             args.append(option.long)
+        elif isinstance(value, tuple):  # a repeatable option
+            for item in value:
+                args += [option.long, item]
         else:
             args += [option.long, str(value)]
     assert _parse(*args) == changed
