@@ -281,5 +281,8 @@ def test_field_types_are_the_option_types() -> None:
             assert tuple(param.type.choices) == typing.get_args(kind)
         elif kind is bool:
             assert isinstance(param, click.Option) and param.is_flag
+        elif typing.get_origin(kind) is tuple:  # tuple[str, ...]: a repeatable text option
+            assert isinstance(param, click.Option) and param.multiple
+            assert param.type.name == "text"
         else:
             assert param.type.name == {int: "integer", float: "float", str: "text"}[kind]
