@@ -77,7 +77,7 @@ CONFIGS: dict[str, tuple[FitnessConfig, MutationConfig, dict[str, Any]]] = {
     "pll+guard": (FitnessConfig(objective="pll"), GUARD, {}),
     "sum+guard+rep": (FitnessConfig(objective="sum", rep_penalty=1.0), GUARD, {}),
     # SmolLM2 proposes (best of 4 sampled fills, in its own tokens) starting from samples of
-    # itself, fitness causal, under the guard: ~12 min per prompt at 16 x 10 on 2 shared
+    # itself, fitness causal, under the guard: ~12 min per prompt at 16 x 10 on 2 shared (est.)
     # cores, so not run by default; docs/degeneration.md ran it with -p 8 -g 5
     "causal-proposer+guard": (
         FitnessConfig(objective="causal"),
