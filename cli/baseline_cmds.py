@@ -197,6 +197,7 @@ def compare(
         _print_comparison(cmp)
         legend = "; ".join(f"{c.header}: {c.about}" for c in COLUMNS[3:])
         click.echo(f"\nColumns: {legend}.")
+        click.echo(f"{cmp.normalisation[0].upper()}{cmp.normalisation[1:]}.")
 
 
 @click.command()

@@ -137,9 +137,11 @@ def _make_option(
         attrs = {"type": click.Choice(typing.get_args(kind)), "default": default}
     elif kind in (int, float, str):
         attrs = {"type": kind, "default": default}
+    elif typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, Ellipsis):
+        attrs = {"type": str, "multiple": True, "default": default}  # repeatable option
     else:
         raise TypeError(f"no option type for config field {path} ({kind})")
-    if kind is not bool:
+    if kind is not bool and not attrs.get("multiple"):
         attrs["show_default"] = True
     attrs["help"] = text
     decls = (short, long) if short else (long,)

@@ -59,6 +59,7 @@ RUN_OPTIONS = ConfigOptions(
         "mutation.order": "--fill-order",
         "crossover.points": "--cx-points",
         "fitness.objective": "--fitness",
+        "mutation.ban_tokens": "--ban-token",
     },
     short={"population": "-p", "generations": "-g"},
     skip=("prompt", "seed_texts"),

@@ -14,6 +14,10 @@ head (transform + vocabulary projection, the costliest single matmul) is applied
 one scored position per row instead of all ``L`` positions. Scores match a one-forward-per-
 position reference to float rounding (~1e-6); see ``naive_pll`` and ``bench/pll_speed.py``.
 
+``entropy=True`` also keeps the entropy of the model's distribution at each masked position
+(`TokenScores.entropies`): the log-softmax over the vocabulary is there already, so it costs
+one more elementwise pass over it and no forward pass (`scoring.typical` reads it).
+
 ``dtype="bf16"`` runs under CPU/GPU bfloat16 autocast: roughly 2x faster on CPUs with bf16
 matmul units, but approximate (PLL off by ~0.05-0.5 nats per text); fp32 is the default.
 """
@@ -58,6 +62,7 @@ class _Job:
     cont: torch.Tensor  # [n] continuation ids
     masks: torch.Tensor  # [n, n] bool: row j masks continuation tokens k where masks[j, k]
     logprobs: torch.Tensor | None = None  # [n] filled in by the forward passes
+    entropies: torch.Tensor | None = None  # [n] when the scorer keeps entropies
 
     @property
     def length(self) -> int:
@@ -73,6 +78,7 @@ class PLLScorer(CachedScorer):
 
     ``variant``: ``"original"`` (Salazar et al. 2020) or ``"word_l2r"`` (Kauf & Ivanova 2023).
     ``dtype``: ``"fp32"`` (exact) or ``"bf16"`` (autocast; faster, approximate).
+    ``entropy``: also keep each masked position's entropy (`TokenScores.entropies`).
     ``tokens_per_batch``: tokens (rows x padded length) per forward pass; 2-4k is fastest on
     CPU, and it bounds memory for long texts. ``cache_size``: texts remembered (LRU).
     """
@@ -84,6 +90,7 @@ class PLLScorer(CachedScorer):
         dtype: DType = "fp32",
         tokens_per_batch: int = 4096,
         cache_size: int = 200_000,
+        entropy: bool = False,
     ) -> None:
         if variant not in PLL_VARIANTS:
             raise UserError(
@@ -101,6 +108,7 @@ class PLLScorer(CachedScorer):
         self.dtype: DType = dtype
         self.name = pll_scorer_name(variant, lm.name, bf16=dtype == "bf16")
         self.tokens_per_batch = tokens_per_batch
+        self.entropy = bool(entropy)
         self.stats: PLLStats = PLLStats()
         self._mask_id = int(mask_id)
         self._pad_id = pad_id(lm)
@@ -141,6 +149,19 @@ class PLLScorer(CachedScorer):
             out.append(job.logprobs.tolist())
         return out
 
+    def _scores(self, prefix: tuple[int, ...], todo: list[Key]) -> list[TokenScores]:
+        if not self.entropy:
+            return super()._scores(prefix, todo)
+        jobs = [self._make_job(key) for key in todo]
+        self._run(jobs)
+        out = []
+        for job in jobs:
+            assert job.logprobs is not None and job.entropies is not None
+            lps = TokenScores.from_logprobs(job.logprobs.tolist())
+            ents = tuple(float(x) for x in job.entropies.tolist())
+            out.append(TokenScores(lps.total, lps.token_logprobs, lps.n_tokens, ents))
+        return out
+
     def _make_job(self, key: Key) -> _Job:
         prefix, cont = key
         ids = [*self._head_ids, *prefix, *cont, *self._tail_ids]
@@ -153,6 +174,7 @@ class PLLScorer(CachedScorer):
             cont=torch.tensor(cont, dtype=torch.long),
             masks=masks,
             logprobs=torch.empty(n, dtype=torch.float32),
+            entropies=torch.empty(n, dtype=torch.float32) if self.entropy else None,
         )
 
     def _plan(self, jobs: list[_Job], budget: int) -> list[list[tuple[_Job, int, int]]]:
@@ -199,12 +221,15 @@ class PLLScorer(CachedScorer):
                 targets[rows] = job.cont[a:b]
                 r += k
             padded = bool((attn == 0).any())
-            logprobs = self._forward(
+            forward = self._forward_entropy if self.entropy else self._forward
+            result = forward(
                 ids.to(device),
                 attn.to(device) if padded else None,
                 positions.to(device),
                 targets.to(device),
-            ).cpu()
+            )
+            logprobs, ents = result if isinstance(result, tuple) else (result, None)
+            logprobs = logprobs.cpu()
             self.stats.forward_passes += 1
             self.stats.forward_rows += n_rows
             self.stats.forward_tokens += n_rows * width
@@ -212,6 +237,8 @@ class PLLScorer(CachedScorer):
             for job, a, b in batch:
                 assert job.logprobs is not None
                 job.logprobs[a:b] = logprobs[r : r + b - a]
+                if ents is not None and job.entropies is not None:
+                    job.entropies[a:b] = ents[r : r + b - a].cpu()
                 r += b - a
 
     def _forward(
@@ -227,6 +254,21 @@ class PLLScorer(CachedScorer):
             logits = logits_at(self.lm, self._split, ids, attn, rows, positions)
             logp = torch.log_softmax(logits.float(), dim=-1)
             return logp[rows, targets]
+
+    def _forward_entropy(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor | None,
+        positions: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_forward` plus the entropy of each row's distribution at its position."""
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        with torch.inference_mode(), self._autocast():
+            logits = logits_at(self.lm, self._split, ids, attn, rows, positions)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            entropy = -(logp.exp() * logp).nan_to_num(0.0, 0.0, 0.0).sum(dim=-1)  # 0 log 0 = 0
+            return logp[rows, targets], entropy
 
     def _autocast(self) -> Any:
         if self.dtype == "bf16":

@@ -2,13 +2,16 @@
 
 PLL (scoring.pll) and causal log-probability (scoring.causal) report the same shape, so
 fitness, comparison and storage code handle either without caring which model scored.
+A scorer that has the model's whole distribution at each scored token anyway (PLL does) can
+attach its entropies (``entropies``, nats), from which `scoring.typical` computes typicality
+without another forward pass; they are not part of a score's identity (equality) nor stored.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,8 @@ class TokenScores:
     total: float
     token_logprobs: tuple[float, ...]
     n_tokens: int
+    # entropy (nats) of the model's distribution at each scored token, when the scorer had it
+    entropies: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_logprobs(cls, logprobs: Iterable[float]) -> TokenScores:

@@ -102,7 +102,7 @@ def test_shown_defaults_are_the_dataclass_defaults() -> None:
         assert param.get_default(ctx) == option.default, option.path
         record = param.get_help_record(ctx)
         assert record is not None
-        if isinstance(param, click.Option) and param.is_flag:
+        if isinstance(param, click.Option) and (param.is_flag or param.multiple):
             assert "[default:" not in record[1]
         else:
             shown = '""' if option.default == "" else option.default  # click quotes ""
@@ -123,6 +123,8 @@ def test_today_names_and_short_flags_keep_working() -> None:
     }  # issue 11
     new = {"--min-tol", *scale}  # new field options
     new |= {"--config", "--from", "--name", "--tag", "--note", "--log-json"}  # issue 12
+    new |= {"--no-repeat-ngram", "--ban-token", "--typical-weight", "--typical-model"}
+    new |= {"--rep-penalty", "--rep-n"}  # issue 14
     assert new == names - set(NAMES_BEFORE) - {"--help"}
 
 
@@ -166,7 +168,14 @@ def test_every_option_reaches_its_field() -> None:
         mh=True,
         device="meta",
         mutation=MutationConfig(
-            max_span=2, indel_prob=0.1, temperature=0.7, top_k=9, order="parallel", candidates=3
+            max_span=2,
+            indel_prob=0.1,
+            temperature=0.7,
+            top_k=9,
+            order="parallel",
+            candidates=3,
+            no_repeat_ngram=3,
+            ban_tokens=("the", "and"),
         ),
         crossover=CrossoverConfig(points="two", seam=2),
         fitness=FitnessConfig(
@@ -177,6 +186,10 @@ def test_every_option_reaches_its_field() -> None:
             bf16=True,
             pll_weight=0.5,
             causal_weight=2.0,
+            typical_weight=0.25,
+            typical_model="causal",
+            rep_penalty=0.5,
+            rep_n=3,
         ),
         workers=WorkersConfig(
             workers=2, ray_address="auto", gpus_per_worker=0.5, threads_per_worker=2
@@ -191,6 +204,9 @@ def test_every_option_reaches_its_field() -> None:
         assert value != option.default, f"the test leaves {option.path} at its default"
         if isinstance(value, bool):
             args.append(option.long)
+        elif isinstance(value, tuple):  # a repeatable option
+            for item in value:
+                args += [option.long, item]
         else:
             args += [option.long, str(value)]
     assert _parse(*args) == changed
@@ -287,5 +303,8 @@ def test_field_types_are_the_option_types() -> None:
             assert tuple(param.type.choices) == typing.get_args(kind)
         elif kind is bool:
             assert isinstance(param, click.Option) and param.is_flag
+        elif typing.get_origin(kind) is tuple:  # tuple[str, ...]: a repeatable text option
+            assert isinstance(param, click.Option) and param.multiple
+            assert param.type.name == "text"
         else:
             assert param.type.name == {int: "integer", float: "float", str: "text"}[kind]

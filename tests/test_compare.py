@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -163,7 +164,11 @@ def test_scores_are_stored_and_reused(db: RunDB) -> None:
     run_scorer, l2r, judge = a.scorers  # the run's own fitness is pll/original/<mlm>
     assert set(first.calls.values()) == {1}  # one batched call per scorer
     # The run stored the PLL of every text it evolved: only the others are scored.
-    expected = {run_scorer: n_texts - len(evolved), l2r: n_texts, judge: n_texts}
+    # The judge also scores the baselines and reference after the round trip through the
+    # MLM's tokenizer (the n- columns), in the same call.
+    every = {t for r in a.rows for t in r.texts}
+    n_norm = len(set(a.normalised.values()) - every)
+    expected = {run_scorer: n_texts - len(evolved), l2r: n_texts, judge: n_texts + n_norm}
     assert first.texts == expected and a.computed == expected
     second = Counting()
     with LogStore(db.path) as store:
@@ -171,12 +176,13 @@ def test_scores_are_stored_and_reused(db: RunDB) -> None:
         ((count,),) = store.query("SELECT COUNT(*) FROM scores WHERE scorer != ?", (run_scorer,))[1]
     assert second.calls == {} and b.computed == {name: 0 for name in b.scorers}
     assert b.table_rows() == a.table_rows()
-    assert count == 2 * n_texts
-    # A new text is the only one scored.
+    assert count == 2 * n_texts + n_norm
+    # A new text is the only one scored (and its round-tripped form, where it differs).
     third = Counting()
     with LogStore(db.path) as store:
-        compare_run(store, db.run_id, reference="blue.", factory=third)
-    assert third.texts == {name: 1 for name in a.scorers}
+        c = compare_run(store, db.run_id, reference="Blue.", factory=third)
+    assert c.normalised[" Blue."] == " blue."
+    assert third.texts == {run_scorer: 1, l2r: 1, judge: 2}
 
 
 def test_compare_right_after_a_run_scores_none_of_its_texts_again(
@@ -311,3 +317,23 @@ def test_commands_are_registered_in_the_main_group() -> None:
     from cli.main import cli
 
     assert {"baseline", "compare", "plot"} <= set(cli.commands)
+
+
+def test_normalised_columns_judge_baselines_as_the_mlm_writes_them(db: RunDB) -> None:
+    reference = "Yellow and\nSharp when old."
+    with LogStore(db.path) as store:
+        cmp = compare_run(store, db.run_id, reference=reference)
+    judge = default_scorer(f"causal/{db.causal}")
+    ref = cmp.rows[-1]
+    assert cmp.normalised[" " + reference] == " yellow and sharp when old."
+    want = judge.score([" yellow and sharp when old."], PROMPT)[0]
+    assert ref.norm_causal_tok == pytest.approx(want.mean, abs=1e-5)
+    assert ref.norm_ppl == pytest.approx(math.exp(-want.mean))
+    assert ref.causal_tok != pytest.approx(ref.norm_causal_tok)  # the as-written one differs
+    for row in cmp.rows[:2]:  # evolved texts are judged as they are
+        assert row.norm_causal_tok == pytest.approx(row.causal_tok)
+    assert "lower-cased" in cmp.normalisation and "newlines dropped" in cmp.normalisation
+    assert cmp.to_dict()["normalisation"] == cmp.normalisation
+    result = invoke("compare", str(db.run_id), "--reference", reference, "--db", str(db.path))
+    assert result.exit_code == 0, result.output
+    assert "N- columns: every text judged after a round trip" in result.output

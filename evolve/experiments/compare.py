@@ -18,17 +18,27 @@ run computed while evolving; only missing ones are computed (models load only th
 second comparison costs no model time and any text can later be judged by another model. The model-score columns of the table are means over each row's texts and
 can be recomputed with plain SQL (`COMPARE_SQL`); the word statistics are cheap pure
 functions of the texts (`scoring.metrics`) and are recomputed each time.
+
+A fair judge: evolved texts are written in the tokens of the run's proposer, and an uncased
+MLM writes lower-case text without newlines, which the causal judge scores worse than the
+cased text a baseline wrote (issue 14 saw -27.0 against -9.37 for the same words). So every
+text is also judged after a round trip through the proposer's tokenizer (encode, then decode
+after the prompt, exactly as evolved texts are made: `Representation.text_of`): the ``norm``
+columns. Evolved texts are in that form already and are judged as they are;
+`Comparison.normalisation` says
+for the table's legend whether, and how, it changed the others. Texts are shown as written.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from evolve.experiments.baselines import settings_label
+from evolve.ga.representation import Representation
 from evolve.store import LogStore, ScoreBook, ScorerFactory, TextScorer
 from scoring import metrics
 from scoring.devices import check_device
@@ -74,6 +84,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("causal_tok", "clm/tok", "causal LM log p(continuation | prompt) per token (nats)"),
     Column("causal", "clm", "causal LM log p(continuation | prompt), total (nats)"),
     Column("ppl", "ppl", "causal LM perplexity, exp(-clm/tok)"),
+    Column(
+        "norm_causal_tok",
+        "n-clm/tok",
+        "clm/tok of the text after a round trip through the proposer's tokenizer (the form "
+        "evolved texts are written in: an uncased MLM lower-cases and drops newlines)",
+    ),
+    Column("norm_ppl", "n-ppl", "perplexity of the round-tripped text, exp(-n-clm/tok)"),
     Column("rep2", "rep-2", "share of repeated word bigrams within a text"),
     Column("rep3", "rep-3", "share of repeated word trigrams within a text"),
     Column("distinct1", "dist-1", "unique words / words across the row's texts"),
@@ -101,6 +118,8 @@ class CompareRow:
     causal_tok: float | None
     causal: float | None
     ppl: float | None
+    norm_causal_tok: float | None
+    norm_ppl: float | None
     rep2: float
     rep3: float
     distinct1: float
@@ -125,6 +144,8 @@ class Comparison:
     scorers: tuple[str, ...]  # the scorer names of the model-score columns
     computed: dict[str, int] = field(default_factory=dict)  # texts newly scored, per scorer
     notes: tuple[str, ...] = ()
+    normalisation: str = ""  # for the legend: what the round trip of the n- columns did
+    normalised: dict[str, str] = field(default_factory=dict)  # baseline/reference text -> n-
 
     def headers(self) -> list[str]:
         return [c.header for c in COLUMNS]
@@ -155,6 +176,8 @@ class Comparison:
             ],
             "computed": self.computed,
             "notes": list(self.notes),
+            "normalisation": self.normalisation,
+            "normalised": self.normalised,
         }
 
 
@@ -223,6 +246,47 @@ def _groups(store: LogStore, run_id: int, reference: str | None) -> tuple[list[_
     return groups, notes
 
 
+Normaliser = Callable[[str], str]
+
+
+def round_trip(rep: Representation) -> Normaliser:
+    """A continuation as the run's representation would write it: encoded into its tokens
+    and decoded after the prompt (`Representation.text_of`)."""
+    return lambda text: rep.text_of(rep.encode(text))
+
+
+def run_normaliser(run: dict[str, Any], device: str = "cpu") -> Normaliser:
+    """The round trip through the tokenizer of the run's proposer (its MLM unless the run's
+    config says ``proposer: causal``)."""
+    from scoring.models import load_model
+
+    config = run.get("config") or {}
+    causal = config.get("proposer") == "causal"
+    name = (config.get("causal") or run["causal"]) if causal else run["mlm"]
+    lm = load_model(name, "causal" if causal else "mlm", device=device)
+    return round_trip(Representation.build(lm, run["prompt"]))
+
+
+def _describe(changed: Sequence[tuple[str, str]], total: int, model: str) -> str:
+    """The legend's sentence on what the round trip did to the non-evolved texts."""
+    if not changed:
+        return (
+            f"n- columns: no baseline or reference text changes in a round trip through "
+            f"{model}'s tokenizer, so they equal the as-written ones"
+        )
+    how = []
+    if any(a != a.lower() and b == b.lower() for a, b in changed):
+        how.append("lower-cased")
+    if any("\n" in a and "\n" not in b for a, b in changed):
+        how.append("newlines dropped")
+    what = f" ({', '.join(how)})" if how else ""
+    return (
+        f"n- columns: every text judged after a round trip through {model}'s tokenizer, "
+        f"the form evolved texts are written in; it changes {len(changed)} of {total} "
+        f"baseline/reference texts{what}"
+    )
+
+
 def compare_run(
     store: LogStore,
     run_id: int,
@@ -230,11 +294,13 @@ def compare_run(
     causal: str | None = None,
     factory: ScorerFactory | None = None,
     device: str = "cpu",
+    normaliser: Normaliser | None = None,
 ) -> Comparison:
     """Compare a run's evolved texts with its stored baselines (and a reference), see module doc.
 
     `causal` overrides the run's judge model; `factory` makes scorers from scorer names
-    (default: `default_scorer` on `device`).
+    (default: `default_scorer` on `device`); `normaliser` is the round trip of the n-
+    columns (default: `run_normaliser`).
     """
     check_device(device)  # before any scoring: a wrong --device is one line, not a traceback
     run = store.run(run_id)
@@ -248,12 +314,21 @@ def compare_run(
     book = ScoreBook(store, prompt, factory or (lambda name: default_scorer(name, device)))
     every = [t for g in groups for t in g.texts]
     names = (*(pll_scorer_name(v, run["mlm"]) for v in PLL_VARIANTS), causal_scorer_name(judge))
-    scores = {name: book.get(name, every) for name in names}
+    others = [t for g in groups if not g.method.startswith("evolved") for t in g.texts]
+    norm_of = normaliser or run_normaliser(run, device)
+    norm = {t: t for t in every}  # evolved texts are in the proposer's form already
+    norm.update({t: norm_of(t) for t in others})
+    changed = [(t, norm[t]) for t in dict.fromkeys(others) if norm[t] != t]
+    extra = [n for n in dict.fromkeys(norm.values()) if n not in norm]  # judged in one call
+    scores = {
+        name: book.get(name, [*every, *extra] if name == names[-1] else every) for name in names
+    }
     original, l2r, clm = (scores[name] for name in names)
     rows = []
     for g in groups:
         texts = g.texts
         causal_tok = _mean([_per_token(clm[t]) for t in texts])
+        norm_tok = _mean([_per_token(clm[norm[t]]) for t in texts])
         rows.append(
             CompareRow(
                 method=g.method,
@@ -268,6 +343,8 @@ def compare_run(
                 causal_tok=causal_tok,
                 causal=_mean([clm[t]["total"] for t in texts]),
                 ppl=math.exp(-causal_tok) if causal_tok is not None else None,
+                norm_causal_tok=norm_tok,
+                norm_ppl=math.exp(-norm_tok) if norm_tok is not None else None,
                 rep2=math.fsum(metrics.rep_n(t, 2) for t in texts) / len(texts),
                 rep3=math.fsum(metrics.rep_n(t, 3) for t in texts) / len(texts),
                 distinct1=metrics.distinct_n(texts, 1),
@@ -288,7 +365,16 @@ def compare_run(
         scorers=names,
         computed=book.computed,
         notes=tuple(notes),
+        normalisation=_describe(changed, len(set(others)), _proposer_model(run)),
+        normalised={t: norm[t] for t in others},
     )
+
+
+def _proposer_model(run: dict[str, Any]) -> str:
+    config = run.get("config") or {}
+    if config.get("proposer") == "causal":
+        return str(config.get("causal") or run["causal"])
+    return str(run["mlm"])
 
 
 # The model-score columns of `compare_run`, from the database alone. Parameters: :run (run

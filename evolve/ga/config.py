@@ -31,7 +31,8 @@ from scoring.names import PLL_VARIANTS, PLLVariant
 Algorithm = Literal["simple", "mu_plus_lambda"]
 Normalisation = Literal["mean", "total"]
 ProposerKind = Literal["mlm", "causal"]
-Objective = Literal["pll", "causal", "sum", "nsga2"]
+Objective = Literal["pll", "causal", "sum", "nsga2", "typical"]
+TypicalModel = Literal["mlm", "causal"]
 BaselineInit = Literal["beam", "greedy", "sample"]  # starts made by decoding with the causal LM
 Init = Literal["auto", "seed", "mlm", BaselineInit]
 
@@ -41,6 +42,7 @@ CX_POINTS: tuple[CxPoints, ...] = get_args(CxPoints)
 NORMALISATIONS: tuple[Normalisation, ...] = get_args(Normalisation)
 PROPOSERS: tuple[ProposerKind, ...] = get_args(ProposerKind)
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
+TYPICAL_MODELS: tuple[TypicalModel, ...] = get_args(TypicalModel)
 BASELINE_INITS: tuple[BaselineInit, ...] = get_args(BaselineInit)
 INITS: tuple[Init, ...] = get_args(Init)  # a nested Literal is flattened
 
@@ -123,6 +125,22 @@ class MutationConfig:
         default=8,
         metadata={"help": "Causal proposer: fills sampled per span; the likeliest text is kept."},
     )
+    no_repeat_ngram: int = field(
+        default=0,
+        metadata={
+            "help": "N-gram guard: no fill, splice or deletion may make an N-gram that already "
+            "occurs in the continuation (the prompt's last N-1 tokens count as context), as "
+            "no_repeat_ngram_size of Hugging Face generate; 0 = off (the proposer's plain "
+            "distribution). Against the repetition loops likelihood rewards."
+        },
+    )
+    ban_tokens: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "A vocabulary token never to propose (repeatable); a bare word also bans "
+            "its word-start form (Ġword, ▁word). None by default: the proposer's own choice."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -141,15 +159,18 @@ class CrossoverConfig:
 class FitnessConfig:
     """What is maximised. ``pll``: MLM pseudo-log-likelihood; ``causal``: causal-LM
     log p(continuation | prompt); ``sum``: ``pll_weight * pll + causal_weight * causal``;
-    ``nsga2``: Pareto selection over (pll, causal, diversity). `normalise` and `length_bonus`
+    ``nsga2``: Pareto selection over (pll, causal, diversity); ``typical``: local typicality
+    (also a weighted term of sum/nsga2 with ``typical_weight``); ``rep_penalty`` subtracts
+    a repetition share from any of them. `normalise` and `length_bonus`
     turn each model score into a value the same way (per token, or total plus a prior)."""
 
     objective: Objective = field(
         default="pll",
         metadata={
             "help": "What is maximised: pll (MLM pseudo-log-likelihood, Salazar et al. 2020), "
-            "causal (log p(continuation | prompt)), sum (weighted) or nsga2 (Pareto over pll, "
-            "causal and diversity)."
+            "causal (log p(continuation | prompt)), sum (weighted), nsga2 (Pareto over pll, "
+            "causal and diversity) or typical (local typicality, Meister et al. 2022, under "
+            "`typical_model`; docs/degeneration.md)."
         },
     )
     variant: PLLVariant = field(
@@ -181,14 +202,50 @@ class FitnessConfig:
         default=1.0,
         metadata={"help": "sum/nsga2: weight of the causal value; both are per token, so ~1:1."},
     )
+    typical_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "sum/nsga2: weight of the typicality value (a third objective when > 0); "
+            "0 by default, which keeps sum and nsga2 as they were."
+        },
+    )
+    typical_model: TypicalModel = field(
+        default="mlm",
+        metadata={
+            "help": "Whose distribution typicality is measured under: mlm (masked conditional, "
+            "free with the PLL pass) or causal (left-to-right)."
+        },
+    )
+    rep_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Subtract this times rep-n (share of repeated word n-grams, 0..1) of the "
+            "continuation from the fitness; 0 = off, as likelihood alone is the default."
+        },
+    )
+    rep_n: int = field(
+        default=2,
+        metadata={"help": "n of the repetition penalty: 2 (bigrams) catches word loops early."},
+    )
+
+    @property
+    def uses_typical(self) -> bool:
+        """Whether a typicality value is part of the fitness."""
+        return self.objective == "typical" or (
+            self.objective in ("sum", "nsga2") and self.typical_weight > 0
+        )
 
     @property
     def uses_pll(self) -> bool:
-        return self.objective in ("pll", "sum", "nsga2")
+        return self.objective in ("pll", "sum", "nsga2") or (
+            self.uses_typical and self.typical_model == "mlm"
+        )
 
     @property
     def uses_causal(self) -> bool:
-        return self.objective in ("causal", "sum", "nsga2")
+        return self.objective in ("causal", "sum", "nsga2") or (
+            self.uses_typical and self.typical_model == "causal"
+        )
 
 
 @dataclass(frozen=True)
@@ -419,6 +476,12 @@ class RunConfig:
         )
         SamplingPolicy.validate(m.temperature, m.top_k)  # the rule every sampler shares
         _choice("fill order", m.order, FILL_ORDERS)
+        _require(
+            m.no_repeat_ngram >= 0,
+            f"no_repeat_ngram must be at least 1, or 0 for off (got {m.no_repeat_ngram})",
+        )
+        for token in m.ban_tokens:
+            _require(bool(token.strip()), "a ban token is empty")
         _require(m.candidates >= 1, f"candidates must be at least 1 (got {m.candidates})")
         _at_most("candidates", m.candidates, MAX_CANDIDATES)
         _choice("crossover points", self.crossover.points, CX_POINTS)
@@ -429,13 +492,19 @@ class RunConfig:
         _choice("PLL variant", f.variant, PLL_VARIANTS)
         _choice("normalisation", f.normalise, NORMALISATIONS)
         _require(math.isfinite(f.length_bonus), "length_bonus must be finite")
-        for name in ("pll_weight", "causal_weight"):
+        _choice("typical model", f.typical_model, TYPICAL_MODELS)
+        _require(
+            math.isfinite(f.rep_penalty) and f.rep_penalty >= 0,
+            f"rep_penalty must be a finite number >= 0 (got {f.rep_penalty})",
+        )
+        _require(f.rep_n >= 1, f"rep_n must be at least 1 (got {f.rep_n})")
+        for name in ("pll_weight", "causal_weight", "typical_weight"):
             value = getattr(f, name)
             _require(math.isfinite(value) and value >= 0, f"{name} must be >= 0 (got {value})")
         if f.objective == "sum":
             _require(
-                f.pll_weight + f.causal_weight > 0,
-                "fitness sum needs a positive pll_weight or causal_weight",
+                f.pll_weight + f.causal_weight + f.typical_weight > 0,
+                "fitness sum needs a positive pll_weight or causal_weight (or typical_weight)",
             )
         _choice("proposer", self.proposer, PROPOSERS)
         _choice("init", self.init, INITS)

@@ -48,6 +48,7 @@ from scoring.causal import CausalScorer
 from scoring.errors import UserError
 from scoring.pll import PLLScorer
 from scoring.results import TokenScores
+from scoring.typical import TypicalCausalScorer, TypicalScorer
 
 __all__ = ["Engine", "Generation", "Hook", "Models", "Record"]
 
@@ -136,13 +137,17 @@ class Engine:
             tokenizer=rep_lm.tokenizer,
             with_logq=cfg.mh,
             template=self.rep.template,
+            no_repeat_ngram=m.no_repeat_ngram,
         )
         f = cfg.fitness
         local = make_scorers(cfg, models)
-        pll_name = next((x.name for x in local if isinstance(x, PLLScorer)), None)
-        causal_name = next((x.name for x in local if isinstance(x, CausalScorer)), None)
+        pll_name = next((x.name for x in local if type(x) is PLLScorer), None)
+        causal_name = next((x.name for x in local if type(x) is CausalScorer), None)
+        typical_name = next(
+            (x.name for x in local if isinstance(x, TypicalScorer | TypicalCausalScorer)), None
+        )
         scorers = local if pool is None else [ShardedScorer(x, pool) for x in local]
-        self.objective = build_objective(f, pll_name, causal_name)
+        self.objective = build_objective(f, pll_name, causal_name, typical_name)
         self.evaluator = Evaluator(self.objective, self.rep, scorers)
         self.multi = f.objective == "nsga2"
         self.islands = cfg.island.islands

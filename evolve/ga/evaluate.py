@@ -105,7 +105,7 @@ class Evaluator:
 
     def energy(self, ind: Individual) -> float:
         """Metropolis-Hastings energy of an evaluated individual."""
-        return self.objective.energy(ind.scores)
+        return self.objective.energy(ind.scores, self.rep.text_of(ind))
 
     def warm(self, stored: Mapping[str, Mapping[str, TokenScores]]) -> None:
         """Prime the cache with scores the run stored earlier ({text: {scorer: score}})."""
@@ -136,5 +136,5 @@ class Evaluator:
                 sent.update(unknown)
         for text, ind in zip(texts, invalid, strict=True):
             ind.scores = {name: ch.known[text] for name, ch in self.channels.items()}
-            ind.fitness.values = self.objective.values(ind.scores)
+            ind.fitness.values = self.objective.values(ind.scores, text)
         return EvalStats(len(invalid), len(sent), len(ids_of) - len(sent))

@@ -10,6 +10,12 @@ An individual's scores are `scoring.TokenScores` keyed by scorer name (e.g.
 Each model score becomes a value the same way (`Normalise`): per token (``mean``), or the
 total plus ``length_bonus`` nats per token (``total``). A new fitness kind is one new class
 here plus one line in `build_objective`.
+
+Against degeneration (docs/degeneration.md): `Typicality` is the locally typical objective
+(Meister et al. 2022; `scoring.typical`), alone or as one more weighted term of `WeightedSum`
+and `Pareto`; `RepetitionPenalty` wraps any objective and subtracts ``weight * rep-n`` of
+the continuation's text (`scoring.metrics.rep_n`) from every value. Objectives get the text
+beside the scores for that (``values(scores, text)``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from evolve.ga.config import FitnessConfig
+from scoring.metrics import rep_n
 from scoring.results import TokenScores
 
 OBJECTIVE_FLOOR = -1e9  # Pareto values: an empty text's -inf per token as a finite number
@@ -55,11 +62,11 @@ class Objective(Protocol):
     @property
     def label(self) -> str: ...  # what the fitness is, stored as the run's `fitness`
 
-    def values(self, scores: Scores) -> tuple[float, ...]: ...
+    def values(self, scores: Scores, text: str = "") -> tuple[float, ...]: ...
 
     def scalar(self, values: Sequence[float]) -> float: ...
 
-    def energy(self, scores: Scores) -> float: ...
+    def energy(self, scores: Scores, text: str = "") -> float: ...
 
 
 @dataclass(frozen=True)
@@ -78,13 +85,13 @@ class LogLikelihood:
     def label(self) -> str:
         return f"{self.scorer}/{self.norm.label}"
 
-    def values(self, scores: Scores) -> tuple[float, ...]:
+    def values(self, scores: Scores, text: str = "") -> tuple[float, ...]:
         return (self.norm.value(scores[self.scorer]),)
 
     def scalar(self, values: Sequence[float]) -> float:
         return values[0]
 
-    def energy(self, scores: Scores) -> float:
+    def energy(self, scores: Scores, text: str = "") -> float:
         return -scores[self.scorer].total
 
 
@@ -105,13 +112,13 @@ class WeightedSum:
         inner = " + ".join(f"{w:g}*{name}" for w, name in self.terms)
         return f"sum({inner})/{self.norm.label}"
 
-    def values(self, scores: Scores) -> tuple[float, ...]:
+    def values(self, scores: Scores, text: str = "") -> tuple[float, ...]:
         return (sum(w * self.norm.value(scores[name]) for w, name in self.terms),)
 
     def scalar(self, values: Sequence[float]) -> float:
         return values[0]
 
-    def energy(self, scores: Scores) -> float:
+    def energy(self, scores: Scores, text: str = "") -> float:
         return -sum(w * scores[name].total for w, name in self.terms)
 
 
@@ -135,19 +142,78 @@ class Pareto:
     def label(self) -> str:
         return f"nsga2({', '.join(self.scorers)}, diversity)/{self.norm.label}"
 
-    def values(self, scores: Scores) -> tuple[float, ...]:
+    def values(self, scores: Scores, text: str = "") -> tuple[float, ...]:
         model = (max(self.norm.value(scores[name]), OBJECTIVE_FLOOR) for _, name in self.terms)
         return (*model, 0.0)
 
     def scalar(self, values: Sequence[float]) -> float:
         return sum(w * v for (w, _), v in zip(self.terms, values, strict=False))
 
-    def energy(self, scores: Scores) -> float:
+    def energy(self, scores: Scores, text: str = "") -> float:
         return -sum(w * scores[name].total for w, name in self.terms)
 
 
-def build_objective(cfg: FitnessConfig, pll: str | None, causal: str | None) -> Objective:
-    """The objective a FitnessConfig asks for, given the scorer names of the run's models."""
+@dataclass(frozen=True)
+class Typicality(LogLikelihood):
+    """Local typicality: the mean (or total) of ``-|surprisal - entropy|`` per token under
+    one model (`scoring.typical`); 0 is perfectly typical. Its MH energy is minus the total,
+    a pseudo-energy like the others."""
+
+
+@dataclass(frozen=True)
+class RepetitionPenalty:
+    """Any objective minus ``weight * rep_n(text, n)`` on each model value (rep-n: the share
+    of the continuation's word n-grams that repeat an earlier one, 0..1). The MH energy adds
+    the penalty per token of the first scorer's count, so it scales like a total."""
+
+    inner: Objective
+    weight: float
+    n: int = 2
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        return self.inner.scorers
+
+    @property
+    def n_values(self) -> int:
+        return self.inner.n_values
+
+    @property
+    def label(self) -> str:
+        return f"{self.inner.label}-{self.weight:g}*rep{self.n}"
+
+    def penalty(self, text: str) -> float:
+        return self.weight * rep_n(text, self.n)
+
+    def values(self, scores: Scores, text: str = "") -> tuple[float, ...]:
+        vals = self.inner.values(scores, text)
+        pen = self.penalty(text)
+        if isinstance(self.inner, Pareto):  # the last value is diversity, set by the loop
+            return (*(v - pen for v in vals[:-1]), vals[-1])
+        return tuple(v - pen for v in vals)
+
+    def scalar(self, values: Sequence[float]) -> float:
+        return self.inner.scalar(values)
+
+    def energy(self, scores: Scores, text: str = "") -> float:
+        first = scores[self.scorers[0]]
+        return self.inner.energy(scores, text) + self.penalty(text) * first.n_tokens
+
+
+def build_objective(
+    cfg: FitnessConfig, pll: str | None, causal: str | None, typical: str | None = None
+) -> Objective:
+    """The objective a FitnessConfig asks for, given the scorer names of the run's models
+    (``typical``: the typicality scorer's, when the fitness uses one)."""
+    inner = _plain_objective(cfg, pll, causal, typical)
+    if cfg.rep_penalty > 0:
+        return RepetitionPenalty(inner, cfg.rep_penalty, cfg.rep_n)
+    return inner
+
+
+def _plain_objective(
+    cfg: FitnessConfig, pll: str | None, causal: str | None, typical: str | None
+) -> Objective:
     norm = Normalise(cfg.normalise, cfg.length_bonus)
     if cfg.objective == "pll":
         assert pll is not None
@@ -155,8 +221,14 @@ def build_objective(cfg: FitnessConfig, pll: str | None, causal: str | None) -> 
     if cfg.objective == "causal":
         assert causal is not None
         return LogLikelihood(causal, norm)
+    if cfg.objective == "typical":
+        assert typical is not None
+        return Typicality(typical, norm)
     assert pll is not None and causal is not None
-    terms = ((cfg.pll_weight, pll), (cfg.causal_weight, causal))
+    terms: tuple[tuple[float, str], ...] = ((cfg.pll_weight, pll), (cfg.causal_weight, causal))
+    if cfg.typical_weight > 0:
+        assert typical is not None
+        terms = (*terms, (cfg.typical_weight, typical))
     if cfg.objective == "sum":
         return WeightedSum(terms, norm)
     return Pareto(terms, norm)

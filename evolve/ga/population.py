@@ -137,4 +137,12 @@ def from_texts(
         for (ind, k), ids in zip(short, filled, strict=True):
             ind[:] = ctx.continuation_of(ids)
             ind.origin.detail.update(extended=ctx.min_len - k, proposer=ctx.proposer.name)
+    if ctx.no_repeat_ngram:  # decodings repeat themselves: refill under the guard
+        broken = [(ind, ctx.repeat_breaks(ind)) for ind in pop]
+        broken = [(ind, at) for ind, at in broken if at]
+        if broken:
+            filled = ctx.proposer.fill([ctx.request(list(ind), at) for ind, at in broken])
+            for (ind, at), ids in zip(broken, filled, strict=True):
+                ind[:] = ctx.continuation_of(ids)
+                ind.origin.detail.update(unrepeated=at, proposer=ctx.proposer.name)
     return pop

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from evolve.ga.config import RunConfig
 from evolve.ga.proposers import CausalProposer, MLMProposer, Proposer
+from evolve.ga.proposers.sampling import ban_token_ids
 from scoring.base import Scorer
 from scoring.causal import CausalScorer
 from scoring.models import LoadedModel, load_causal, load_mlm
 from scoring.pll import PLLScorer
+from scoring.typical import TypicalCausalScorer, TypicalScorer
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,27 @@ class Models:
 
 
 def make_proposer(cfg: RunConfig, lm: LoadedModel) -> Proposer:
-    """The proposer the config names, on the representation's model."""
+    """The proposer the config names, on the representation's model, with the run's
+    proposal guards (banned tokens, no repeated n-grams)."""
     m = cfg.mutation
+    banned = ban_token_ids(lm, m.ban_tokens)
     if cfg.proposer == "mlm":
-        return MLMProposer(lm, temperature=m.temperature, top_k=m.top_k, order=m.order)
-    return CausalProposer(lm, candidates=m.candidates, temperature=m.temperature, top_k=m.top_k)
+        return MLMProposer(
+            lm,
+            temperature=m.temperature,
+            top_k=m.top_k,
+            order=m.order,
+            banned_ids=banned,
+            no_repeat_ngram=m.no_repeat_ngram,
+        )
+    return CausalProposer(
+        lm,
+        candidates=m.candidates,
+        temperature=m.temperature,
+        top_k=m.top_k,
+        banned_ids=banned,
+        no_repeat_ngram=m.no_repeat_ngram,
+    )
 
 
 CPU_TOKENS_PER_BATCH = 4096  # 2-4k tokens per PLL pass is fastest on a CPU (scoring.pll)
@@ -69,20 +87,27 @@ def pll_tokens_per_batch(lm: LoadedModel) -> int:
 
 
 def make_scorers(cfg: RunConfig, models: Models) -> list[Scorer]:
-    """The scorers the fitness uses: PLL under the MLM and/or log p under the causal LM."""
+    """The scorers the fitness uses: PLL under the MLM and/or log p under the causal LM, and
+    the typicality scorer when the fitness has a typicality term (under the MLM it reads the
+    entropies of the same PLL pass: no extra forward)."""
     f = cfg.fitness
     scorers: list[Scorer] = []
+    typical_mlm = f.uses_typical and f.typical_model == "mlm"
     if f.uses_pll:
         assert models.mlm is not None
-        scorers.append(
-            PLLScorer(
-                models.mlm,
-                variant=f.variant,
-                dtype="bf16" if f.bf16 else "fp32",
-                tokens_per_batch=pll_tokens_per_batch(models.mlm),
-            )
+        pll = PLLScorer(
+            models.mlm,
+            variant=f.variant,
+            dtype="bf16" if f.bf16 else "fp32",
+            tokens_per_batch=pll_tokens_per_batch(models.mlm),
+            entropy=typical_mlm,
         )
+        scorers.append(pll)
+        if typical_mlm:
+            scorers.append(TypicalScorer(pll))
     if f.uses_causal:
         assert models.causal is not None
         scorers.append(CausalScorer(models.causal))
+        if f.uses_typical and not typical_mlm:
+            scorers.append(TypicalCausalScorer(models.causal))
     return scorers

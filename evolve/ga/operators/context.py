@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from evolve.ga.proposers import FillRequest, InputTemplate, Proposer
+from evolve.ga.proposers.sampling import repeated_ngram_ends
 from scoring.errors import UserError
 from scoring.words import word_starts
 
@@ -56,6 +57,9 @@ class OperatorContext:
     cx_points: CxPoints = "random"  # one-point, two-point, or either with equal chance
     seam: int = 1  # tokens re-masked on each side of a crossover cut (0 = no repair)
     with_logq: bool = False  # record MH proposal log-probabilities on mutated children
+    # n-gram guard (the proposer's policy applies it; the operators also keep splices and
+    # deletions from making a repeated n-gram): 0 = off
+    no_repeat_ngram: int = 0
     template: InputTemplate | None = None  # None: read off the tokenizer
 
     def __post_init__(self) -> None:
@@ -79,6 +83,10 @@ class OperatorContext:
             )
         if self.seam < 0:
             raise UserError(f"seam must be >= 0 (got {self.seam})")
+        if self.no_repeat_ngram < 0:
+            raise UserError(
+                f"no_repeat_ngram must be >= 1, or 0 for off (got {self.no_repeat_ngram})"
+            )
 
     @property
     def offset(self) -> int:
@@ -97,7 +105,43 @@ class OperatorContext:
         pos = tuple(off + int(p) for p in positions)
         for p in pos:
             ids[p] = self.mask_id
-        return FillRequest(tuple(ids), pos)
+        region = None
+        if self.no_repeat_ngram:
+            lo = off - min(len(self.prompt_ids), self.no_repeat_ngram - 1)
+            region = (lo, off + len(cont_ids))
+        return FillRequest(tuple(ids), pos, region=region)
+
+    @property
+    def guard_context(self) -> tuple[int, ...]:
+        """The prompt's last N - 1 tokens, which the n-gram guard counts as context."""
+        n = self.no_repeat_ngram
+        return (
+            self.prompt_ids[len(self.prompt_ids) - min(len(self.prompt_ids), n - 1) :] if n else ()
+        )
+
+    def repeats(self, cont_ids: Sequence[int]) -> set[tuple[int, ...]]:
+        """The n-grams (guard's N, prompt tail as context) that occur more than once."""
+        n = self.no_repeat_ngram
+        if not n:
+            return set()
+        region = [*self.guard_context, *cont_ids]
+        grams = [tuple(region[s : s + n]) for s in range(len(region) - n + 1)]
+        seen: set[tuple[int, ...]] = set()
+        twice: set[tuple[int, ...]] = set()
+        for g in grams:
+            (twice if g in seen else seen).add(g)
+        return twice
+
+    def repeat_breaks(self, cont_ids: Sequence[int], refill: Iterable[int] = ()) -> list[int]:
+        """Continuation positions to refill (beside ``refill``) so that, refilled under the
+        guard, ``cont_ids`` holds no repeated n-gram (`repeated_ngram_ends`)."""
+        if not self.no_repeat_ngram:
+            return []
+        ctx = self.guard_context
+        blank = set(refill)
+        region = [*ctx, *(None if i in blank else t for i, t in enumerate(cont_ids))]
+        ends = repeated_ngram_ends(region, self.no_repeat_ngram, frozen=len(ctx))
+        return [e - len(ctx) for e in ends]
 
     def continuation_of(self, input_ids: Sequence[int]) -> list[int]:
         """The continuation ids out of a filled model input."""
@@ -115,4 +159,3 @@ class _Random(Protocol):
 
 
 # -- mutation ------------------------------------------------------------------------------
-

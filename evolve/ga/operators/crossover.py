@@ -1,4 +1,12 @@
-"""Word-boundary one/two-point crossover with seam repair."""
+"""Word-boundary one/two-point crossover with seam repair.
+
+Under the n-gram guard (``ctx.no_repeat_ngram``) a splice can join two halves that each are
+free of repeats into a child that is not (``the cat sat`` + ``on the cat``). The seam repair
+then also refills the last token of every n-gram that repeats an earlier one
+(`OperatorContext.repeat_breaks`), in the same proposer call, under the guard; a child that
+still holds a repeated n-gram after that (it cannot, short of a proposer that ignores its
+policy) is rejected: it stays a copy of its parent.
+"""
 
 from __future__ import annotations
 
@@ -205,6 +213,8 @@ def crossover_batch(
             (b, plan.child_b, plan.span_b, plan.seams_b),
         ):
             repair = _repair_positions(len(ids), seams, ctx.seam)
+            if ctx.no_repeat_ngram:
+                repair = sorted({*repair, *ctx.repeat_breaks(ids, repair)})
             children.append(_Child(ind, list(ids), span, repair, parents, plan))
     todo = [c for c in children if c.repair]
     if todo:
@@ -212,6 +222,8 @@ def crossover_batch(
         for c, ids in zip(todo, filled, strict=True):
             c.ids = ctx.continuation_of(ids)
     for c in children:
+        if ctx.no_repeat_ngram and ctx.repeats(c.ids):
+            continue  # rejected: the individual stays its parent, fitness kept
         c.ind[:] = c.ids
         detail: dict[str, Any] = {
             "proposer": ctx.proposer.name,
@@ -231,5 +243,3 @@ def cx_span(
     """Word-boundary one- or two-point crossover of one pair with seam repair."""
     crossover_batch([(a, b)], ctx=ctx, points=points)
     return a, b
-
-

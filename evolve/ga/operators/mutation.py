@@ -156,9 +156,12 @@ def mutate_batch(
     else:
         filled = ctx.proposer.fill(requests)
     for k, ((ind, p), ids) in enumerate(zip(todo, filled, strict=True)):
+        new = ctx.continuation_of(ids)
+        if p.inserted == 0 and ctx.no_repeat_ngram and not ctx.repeats(new) <= ctx.repeats(ind):
+            continue  # a pure deletion joined two n-grams into a repeat: the guard refuses it
         fresh = ind.fitness.valid or ind.origin.op in ("init", "seed")
         parents = (ind.db_id,) if ind.db_id is not None else ()
-        ind[:] = ctx.continuation_of(ids)
+        ind[:] = new
         detail: dict[str, Any] = {"proposer": ctx.proposer.name, "removed": p.removed}
         if ctx.with_logq and fresh:
             detail["log_q_forward"] = _json_float(p.log_select_forward + log_fwd[k])
@@ -188,5 +191,3 @@ def mut_delete(ind: Individual, *, ctx: OperatorContext) -> tuple[Individual]:
     """Refill a span with one token fewer (``mut_span`` when already at ``min_len``)."""
     mutate_batch([ind], ctx=ctx, op="mut_delete")
     return (ind,)
-
-

@@ -64,6 +64,9 @@ class FillRequest:
     input_ids: tuple[int, ...]
     positions: tuple[int, ...]  # indices into input_ids, filled in increasing order
     seed: int | None = None
+    # [lo, hi) of input_ids that the n-gram guard counts (the prompt's last N - 1 tokens and
+    # the continuation, see `OperatorContext.request`); None: the whole input
+    region: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_ids", tuple(int(i) for i in self.input_ids))
@@ -71,6 +74,18 @@ class FillRequest:
         if pos and (pos[0] < 0 or pos[-1] >= len(self.input_ids)):
             raise ValueError(f"fill positions {pos} outside an input of {len(self.input_ids)}")
         object.__setattr__(self, "positions", pos)
+        if self.region is not None:
+            lo, hi = (int(x) for x in self.region)
+            if not 0 <= lo <= hi <= len(self.input_ids):
+                raise ValueError(
+                    f"guard region {self.region} outside an input of {len(self.input_ids)}"
+                )
+            object.__setattr__(self, "region", (lo, hi))
+
+    def guard_region(self, row: Sequence[int], unknown: int | None) -> tuple[int, list[int | None]]:
+        """(lo, the guarded tokens of ``row``) with ``unknown`` ids (the mask) as None."""
+        lo, hi = self.region if self.region is not None else (0, len(row))
+        return lo, [None if t == unknown else int(t) for t in row[lo:hi]]
 
 
 @runtime_checkable

@@ -55,6 +55,9 @@ class _Gap:
     left: list[int]
     length: int
     right: list[int]  # up to the next span still to fill (or the end of the input)
+    # n-gram guard: the request's guarded tokens (unfilled positions None) and where the
+    # span starts in them; None when the guard is off or the span lies outside the region
+    guard: tuple[list[int | None], int] | None = None
 
 
 class CausalProposer:
@@ -77,7 +80,10 @@ class CausalProposer:
 
     ``temperature``, ``top_k`` and ``banned_ids`` (more ids never to propose, beside the
     special ones) make up ``policy``, the `SamplingPolicy` `MLMProposer` samples with too
-    (temperature 0: one greedy fill). ``tokens_per_batch``: bounds rows x (right context + 1)
+    (temperature 0: one greedy fill); ``no_repeat_ngram`` is the n-gram guard, applied to
+    every candidate token by token with the request's `FillRequest.region` as context (the
+    spans still to fill unknown), so every candidate, and hence the one kept, obeys it.
+    ``tokens_per_batch``: bounds rows x (right context + 1)
     per round, hence the memory of the scoring pass's logits. ``generator``: the torch RNG to
     draw from (None: the global one). ``batched=False``: the path before the shared prefix
     and one batch per step (one round per span length, no prefix cache, every candidate
@@ -97,12 +103,13 @@ class CausalProposer:
         tokens_per_batch: int = 4096,
         generator: torch.Generator | None = None,
         batched: bool = True,
+        no_repeat_ngram: int = 0,
     ) -> None:
         if lm.kind != "causal":
             raise UserError(f"the causal proposer needs a causal LM; {lm.name!r} is a {lm.kind}")
         if candidates < 1:
             raise UserError(f"candidates must be at least 1 (got {candidates})")
-        SamplingPolicy.validate(temperature, top_k)
+        SamplingPolicy.validate(temperature, top_k, no_repeat_ngram)
         self.lm = lm
         self.candidates = int(candidates) if temperature > 0 else 1  # greedy: one fill
         self.tokens_per_batch = max(1, int(tokens_per_batch))
@@ -117,7 +124,7 @@ class CausalProposer:
         banned = {int(i) for i in tok.all_special_ids} | {int(i) for i in banned_ids}
         banned |= set(range(len(tok), size))  # model rows with no token behind them
         self.policy = SamplingPolicy(
-            temperature, top_k, frozenset(i for i in banned if 0 <= i < size)
+            temperature, top_k, frozenset(i for i in banned if 0 <= i < size), no_repeat_ngram
         )
         if self.policy.banned_count(size) >= size:
             raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
@@ -158,7 +165,8 @@ class CausalProposer:
                     continue
                 start, n = s[step]
                 end = s[step + 1][0] if step + 1 < len(s) else len(rows[i])
-                gaps.append(_Gap(i, rows[i][:start], n, rows[i][start + n : end]))
+                guard = self._guard(requests[i], rows[i], s[step:], start)
+                gaps.append(_Gap(i, rows[i][:start], n, rows[i][start + n : end], guard))
             best = self._chunks(gaps) if self.batched else self._best_fills(gaps)
             for gap, fill in zip(gaps, best, strict=True):
                 start = len(gap.left)
@@ -173,6 +181,47 @@ class CausalProposer:
         raise UserError(NO_LOGQ)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _guard(
+        self,
+        request: FillRequest,
+        row: Sequence[int],
+        todo: Sequence[tuple[int, int]],
+        start: int,
+    ) -> tuple[list[int | None], int] | None:
+        """The guarded region of ``row`` with the spans in ``todo`` unknown, and where
+        ``start`` lies in it (None when the guard is off or ``start`` is outside)."""
+        if not self.policy.guards:
+            return None
+        lo, hi = request.region if request.region is not None else (0, len(row))
+        if not lo <= start < hi:
+            return None
+        unknown = {p for a, n in todo for p in range(a, a + n)}
+        return [None if p in unknown else int(row[p]) for p in range(lo, hi)], start - lo
+
+    def _guard_bans(
+        self, gaps: Sequence[_Gap], picked: Sequence[torch.Tensor]
+    ) -> list[set[int]] | None:
+        """The n-gram guard's bans for each candidate row's next token, given its tokens so
+        far (``picked``, one [rows] tensor per step); None when no gap is guarded."""
+        if not any(g.guard is not None for g in gaps):
+            return None
+        k = self.candidates
+        so_far = (
+            torch.stack(picked, dim=1).tolist() if picked else [[] for _ in range(len(gaps) * k)]
+        )
+        out: list[set[int]] = []
+        for r, tokens in enumerate(so_far):
+            guard = gaps[r // k].guard
+            if guard is None:
+                out.append(set())
+                continue
+            region, at = guard
+            here = list(region)
+            here[at : at + len(tokens)] = tokens
+            index = at + len(tokens)
+            out.append(self.policy.bans_for(here, index) if index < len(here) else set())
+        return out
 
     def _check(self, requests: Sequence[FillRequest]) -> None:
         limit = self.lm.max_length
@@ -274,7 +323,13 @@ class CausalProposer:
                 token = right[arange, (step - lengths).clamp(0, right_w - 1)]
                 real = sampling | (step - lengths < right_len)
                 if bool(sampling.any()):
-                    token[sampling] = self._pick(logits[sampling])
+                    live = sampling.nonzero()[:, 0].tolist()
+                    bans = self._guard_bans(gaps, [fills[:, j] for j in range(step)])
+                    token[sampling] = self._pick(
+                        logits[sampling],
+                        None if bans is None else [bans[r] for r in live],
+                        None if self._gens is None else [self._gens[gaps[r // k].owner] for r in live],
+                    )
                     fills[sampling, step] = token[sampling]
                 token = torch.where(real, token, self._pad_id)
                 gained = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
@@ -447,9 +502,8 @@ class CausalProposer:
                 else [self._gens[g.owner] for g in gaps for _ in range(k)]
             )
             for step in range(n_new):
-                token = (
-                    self._pick(logits) if row_gens is None else self._pick_rows(logits, row_gens)
-                )
+                bans = self._guard_bans(gaps, picked)
+                token = self._pick(logits, bans, row_gens)
                 score += torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
                 picked.append(token)
                 if step + 1 < n_new:
@@ -508,13 +562,16 @@ class CausalProposer:
         picked = logits.gather(-1, feed[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
         return (picked * feed_mask[:, 1:]).sum(dim=-1).double()
 
-    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
-        """One token per row, drawn by the sampling policy from raw logits."""
-        return self.policy.sample(self.policy.logprobs(logits), self.generator)
-
-    def _pick_rows(
-        self, logits: torch.Tensor, row_gens: Sequence[torch.Generator | None]
+    def _pick(
+        self,
+        logits: torch.Tensor,
+        bans: list[set[int]] | None = None,
+        row_gens: Sequence[torch.Generator | None] | None = None,
     ) -> torch.Tensor:
-        """Like `_pick`, row i drawn from ``row_gens[i]`` (its request's own generator)."""
-        logp = self.policy.logprobs(logits)
+        """One token per row, drawn by the sampling policy from raw logits (``bans``: the
+        n-gram guard's, per row; row i drawn from ``row_gens[i]``, its request's own
+        generator, when given)."""
+        logp = self.policy.logprobs(logits, bans)
+        if row_gens is None:
+            return self.policy.sample(logp, self.generator)
         return self.policy.sample_rows(logp, [g or self.generator for g in row_gens])

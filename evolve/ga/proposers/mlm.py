@@ -20,7 +20,10 @@ class MLMProposer:
 
     ``temperature``: divides the logits; 0 means greedy argmax. ``top_k``: sample among the
     k likeliest tokens only (0 = the full vocabulary). ``banned_ids``: more ids never to
-    propose, beside the special ones. All three make up ``policy`` (`SamplingPolicy`).
+    propose, beside the special ones. ``no_repeat_ngram``: the n-gram guard (0 = off). All
+    make up ``policy`` (`SamplingPolicy`); the guard reads each request's `FillRequest.region`
+    with the positions still to fill (holding the mask) as unknown, in fill order, so
+    `logprob_of` applies the same bans the draw did.
     ``tokens_per_batch``: rows x padded length per forward pass (bounds memory for large
     calls). ``generator``: the torch RNG to draw from (None: the global one).
     """
@@ -36,8 +39,9 @@ class MLMProposer:
         banned_ids: Sequence[int] = (),
         tokens_per_batch: int = 4096,
         generator: torch.Generator | None = None,
+        no_repeat_ngram: int = 0,
     ) -> None:
-        SamplingPolicy.validate(temperature, top_k)
+        SamplingPolicy.validate(temperature, top_k, no_repeat_ngram)
         if order not in ORDERS:
             raise UserError(f"unknown fill order {order!r}; choose from {', '.join(ORDERS)}")
         mask_id = getattr(lm.tokenizer, "mask_token_id", None)
@@ -51,7 +55,9 @@ class MLMProposer:
         self.template = InputTemplate.from_tokenizer(lm.tokenizer)
         self._pad_id = pad_id(lm)
         self.vocab_size = self._vocab_size()
-        self.policy = SamplingPolicy(temperature, top_k, self._banned_ids(banned_ids))
+        self.policy = SamplingPolicy(
+            temperature, top_k, self._banned_ids(banned_ids), no_repeat_ngram
+        )
         if self.policy.banned_count(self.vocab_size) >= self.vocab_size:
             raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
         probe = [*self.template.head, *self._some_ids(6), self.mask_id, *self.template.tail]
@@ -113,7 +119,9 @@ class MLMProposer:
         rows = [self._masked(r) for r in requests]
         logq = [0.0] * len(requests)
         gens = seeded_generators([r.seed for r in requests], self.lm.device)
-        if self.order == "parallel":
+        if self.order == "parallel" and self.policy.guards:
+            self._fill_parallel_guarded(requests, rows, logq, gens)
+        elif self.order == "parallel":
             todo = [(i, p) for i, r in enumerate(requests) for p in r.positions]
             if todo:
                 logp = self._logprobs([(rows[i], p) for i, p in todo], distinct_rows=rows)
@@ -129,7 +137,8 @@ class MLMProposer:
                 active = [i for i, r in enumerate(requests) if len(r.positions) > step]
                 queries = [(rows[i], requests[i].positions[step]) for i in active]
                 row_gens = None if gens is None else [gens[i] for i in active]
-                picked, lp = self._sample(self._logprobs(queries), row_gens)
+                bans = self._bans([requests[i] for i in active], queries)
+                picked, lp = self._sample(self._logprobs(queries, bans=bans), row_gens)
                 for i, tok, v in zip(active, picked.tolist(), lp.tolist(), strict=True):
                     rows[i][requests[i].positions[step]] = int(tok)
                     logq[i] += float(v)
@@ -152,6 +161,8 @@ class MLMProposer:
         if len(targets) != len(requests):
             raise ValueError(f"{len(targets)} target lists for {len(requests)} requests")
         queries: list[tuple[list[int], int]] = []
+        seen: list[tuple[list[int], int]] = []  # what the guard sees at each query
+        owners: list[FillRequest] = []
         wanted: list[int] = []
         owner: list[int] = []
         distinct: list[list[int]] = []
@@ -165,18 +176,21 @@ class MLMProposer:
             if self.order == "parallel":
                 distinct.append(base)
                 queries.extend((base, p) for p in req.positions)
-            else:
-                for step, p in enumerate(req.positions):
-                    row = list(base)
-                    for q, t in zip(req.positions[:step], tgt[:step], strict=True):
-                        row[q] = t
+            for step, p in enumerate(req.positions):
+                row = list(base)
+                for q, t in zip(req.positions[:step], tgt[:step], strict=True):
+                    row[q] = t
+                if self.order != "parallel":
                     queries.append((row, p))
+                seen.append((row, p))
+                owners.append(req)
             wanted.extend(tgt)
             owner.extend([i] * len(tgt))
         out = [0.0] * len(requests)
         if not queries:
             return out
-        logp = self._logprobs(queries, distinct_rows=distinct or None)
+        bans = self._bans(owners, seen)
+        logp = self._logprobs(queries, distinct_rows=distinct or None, bans=bans)
         lp = SamplingPolicy.logprob_of(logp, torch.tensor(wanted, device=logp.device))
         for i, v in zip(owner, lp.tolist(), strict=True):
             out[i] += float(v)
@@ -201,12 +215,65 @@ class MLMProposer:
             row[p] = self.mask_id
         return row
 
+    def _fill_parallel_guarded(
+        self,
+        requests: Sequence[FillRequest],
+        rows: list[list[int]],
+        logq: list[float],
+        gens: Sequence[torch.Generator | None] | None = None,
+    ) -> None:
+        """Parallel order under the n-gram guard: one forward pass on the masked inputs, then
+        the positions are drawn left to right from those logits, each under the bans of the
+        tokens drawn before it (so the proposal stays a product of known factors)."""
+        todo = [(i, p) for i, r in enumerate(requests) for p in r.positions]
+        if not todo:
+            return
+        raw = self._logits([(rows[i], p) for i, p in todo], distinct_rows=rows)
+        where = {q: n for n, q in enumerate(todo)}
+        steps = max(len(r.positions) for r in requests)
+        for step in range(steps):
+            active = [i for i, r in enumerate(requests) if len(r.positions) > step]
+            queries = [(rows[i], requests[i].positions[step]) for i in active]
+            bans = self._bans([requests[i] for i in active], queries)
+            index = torch.tensor([where[(i, p)] for i, (_, p) in zip(active, queries, strict=True)])
+            row_gens = None if gens is None else [gens[i] for i in active]
+            picked, lp = self._sample(self.policy.logprobs(raw[index], bans), row_gens)
+            for i, (_, p), tok, v in zip(
+                active, queries, picked.tolist(), lp.tolist(), strict=True
+            ):
+                rows[i][p] = int(tok)
+                logq[i] += float(v)
+
+    def _bans(
+        self, owners: Sequence[FillRequest], queries: Sequence[tuple[list[int], int]]
+    ) -> list[set[int]] | None:
+        """The n-gram guard's bans at each (row, position), the row's masks unknown; None
+        when the guard is off."""
+        if not self.policy.guards:
+            return None
+        out = []
+        for req, (row, p) in zip(owners, queries, strict=True):
+            lo, region = req.guard_region(row, self.mask_id)
+            inside = 0 <= p - lo < len(region)
+            out.append(self.policy.bans_for(region, p - lo) if inside else set())
+        return out
+
     def _logprobs(
         self,
         queries: Sequence[tuple[list[int], int]],
         distinct_rows: Sequence[list[int]] | None = None,
+        bans: Sequence[set[int]] | None = None,
     ) -> torch.Tensor:
-        """Log-probabilities [len(queries), vocab] of the proposal at each (row, position).
+        """Log-probabilities [len(queries), vocab] of the proposal at each (row, position),
+        with ``bans[i]`` forbidden at query i (the n-gram guard)."""
+        return self.policy.logprobs(self._logits(queries, distinct_rows), bans)
+
+    def _logits(
+        self,
+        queries: Sequence[tuple[list[int], int]],
+        distinct_rows: Sequence[list[int]] | None = None,
+    ) -> torch.Tensor:
+        """Raw logits [len(queries), vocab] at each (row, position).
 
         ``distinct_rows``: when many queries share a row (parallel order), the rows to run
         once each; queries then refer to them by identity.
@@ -237,7 +304,7 @@ class MLMProposer:
             )
             for n, q in enumerate(qs):
                 found[q] = logits[n]
-        return self.policy.logprobs(torch.stack(found))
+        return torch.stack(found)
 
     def _forward(
         self, inputs: Sequence[list[int]], rows: Sequence[int], positions: Sequence[int]
