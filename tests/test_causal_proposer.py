@@ -95,8 +95,8 @@ def test_picks_the_candidate_with_the_likeliest_whole_text(gpt2, rep, monkeypatc
     picks: list[torch.Tensor] = []
     original = proposer._pick
 
-    def spy(logits: torch.Tensor) -> torch.Tensor:
-        token = original(logits)
+    def spy(logits: torch.Tensor, *guards_and_generators: object) -> torch.Tensor:
+        token = original(logits, *guards_and_generators)
         picks.append(token.clone())
         return token
 

@@ -281,7 +281,8 @@ def test_ban_tokens_are_never_proposed_and_unknown_ones_refused(bert, tiny_bert_
     )
     engine = Engine.build(cfg)
     the = bert.tokenizer.convert_tokens_to_ids("the")
-    assert the in engine.proposer.policy.banned_ids  # type: ignore[attr-defined]
+    proposer = engine.proposer.local  # type: ignore[attr-defined]  # the driver's wrapper
+    assert the in proposer.policy.banned_ids
     bad = dataclasses.replace(cfg, mutation=MutationConfig(ban_tokens=("zzqqxx",)))
     with pytest.raises(UserError, match="ban token 'zzqqxx' is not in the vocabulary"):
         Engine.build(bad)
@@ -415,3 +416,15 @@ def test_bad_degeneration_options_give_one_line(invoke, tiny_bert_dir, tmp_path,
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], lines
+
+
+def test_typicality_on_ray_workers_is_refused_up_front():
+    from evolve.ga.config import ConfigError, FitnessConfig, RunConfig, WorkersConfig
+
+    cfg = RunConfig(
+        prompt="Cheddar is",
+        fitness=FitnessConfig(objective="typical"),
+        workers=WorkersConfig(workers=2),
+    )
+    with pytest.raises(ConfigError, match="not computed on Ray workers"):
+        cfg.validate()

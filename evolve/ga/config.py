@@ -538,6 +538,10 @@ class RunConfig:
     def _validate_combinations(self) -> None:
         """Options that are valid alone but not together."""
         f = self.fitness
+        _require(
+            not (f.uses_typical and self.workers.workers),
+            "typicality is not computed on Ray workers yet: drop --workers or the typical term",
+        )
         if self.mh:
             _require(
                 self.proposer == "mlm",
