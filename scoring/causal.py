@@ -29,7 +29,7 @@ import copy
 import inspect
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,11 +333,12 @@ class CausalScorer(CachedScorer):
                 out[i] = tuple(float(x) for x in logp[r, : len(conts[i])].tolist())
         return out
 
-    def _run(
+    def _batches(
         self, context: tuple[int, ...], conts: list[tuple[int, ...]]
-    ) -> list[tuple[float, ...]]:
-        """Per-token log-probs of each continuation after ``context``, in input order."""
-        out: list[tuple[float, ...]] = [() for _ in conts]
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Right-padded batches of ``context`` + each continuation, longest first, about
+        ``tokens_per_batch`` tokens each: yields (indices into ``conts``, the continuation
+        tokens [rows, n], the float logits predicting them [rows, n, vocab]), on the device."""
         order = sorted(range(len(conts)), key=lambda i: -len(conts[i]))
         c = len(context)
         device = self.lm.device
@@ -361,12 +362,20 @@ class CausalScorer(CachedScorer):
             with torch.inference_mode():
                 logits = self.lm.model(input_ids=ids.to(device), **kwargs).logits
                 logits = logits[:, -(n_cont + 1) : -1].float()
-                targets = ids[:, c:].to(device)
-                picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                logp = (picked - torch.logsumexp(logits, dim=-1)).cpu()
             self.stats.forward_passes += 1
             self.stats.forward_rows += len(batch)
             self.stats.forward_tokens += len(batch) * width
+            yield batch, ids[:, c:].to(device), logits
+
+    def _run(
+        self, context: tuple[int, ...], conts: list[tuple[int, ...]]
+    ) -> list[tuple[float, ...]]:
+        """Per-token log-probs of each continuation after ``context``, in input order."""
+        out: list[tuple[float, ...]] = [() for _ in conts]
+        for batch, targets, logits in self._batches(context, conts):
+            with torch.inference_mode():
+                picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                logp = (picked - torch.logsumexp(logits, dim=-1)).cpu()
             for r, i in enumerate(batch):
                 out[i] = tuple(float(x) for x in logp[r, : len(conts[i])].tolist())
         return out

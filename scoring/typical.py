@@ -19,15 +19,14 @@ Two contexts, two scorers (each stored under ``typical/<base scorer name>``):
   position, so a PLL scorer made with ``entropy=True`` keeps H_t beside log p and this costs
   no forward pass; sharing that PLL scorer with the PLL fitness answers both from its cache.
 - `TypicalCausalScorer` (a `scoring.causal.CausalScorer`): c_t is prompt + x_<t. It runs its
-  own forward (`_typical_run`, apart from `CausalScorer._run`, whose batching it leaves
-  alone); ``score``/``score_ids`` of plain causal scorers are unchanged.
+  own computation per batch (`_typical_run`) on the batches `CausalScorer._batches` makes for
+  scoring too; ``score``/``score_ids`` of plain causal scorers are unchanged.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -104,32 +103,12 @@ class TypicalCausalScorer(CausalScorer):
         right-padded batches of about ``tokens_per_batch`` tokens, full-vocabulary logits
         from the context's last position on."""
         out: list[tuple[float, ...]] = [() for _ in conts]
-        order = sorted(range(len(conts)), key=lambda i: -len(conts[i]))
-        c = len(context)
-        device = self.lm.device
-        start = 0
-        while start < len(order):
-            width = c + len(conts[order[start]])
-            batch = order[start : start + max(1, self.tokens_per_batch // width)]
-            start += len(batch)
-            ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                seq = [*context, *conts[i]]
-                ids[r, : len(seq)] = torch.tensor(seq)
-                attn[r, : len(seq)] = 1
-            n_cont = width - c
-            kwargs: dict[str, Any] = {"attention_mask": attn.to(device)}
-            if self._keep_arg:
-                kwargs["logits_to_keep"] = n_cont + 1
+        for batch, targets, logits in self._batches(context, conts):
             with torch.inference_mode():
-                logits = self.lm.model(input_ids=ids.to(device), **kwargs).logits
-                logp = torch.log_softmax(logits[:, -(n_cont + 1) : -1].float(), dim=-1)
+                logp = torch.log_softmax(logits, dim=-1)
                 entropy = -(logp.exp() * logp).nan_to_num(0.0, 0.0, 0.0).sum(dim=-1)  # 0 log 0 = 0
-                picked = logp.gather(-1, ids[:, c:].to(device).unsqueeze(-1)).squeeze(-1)
+                picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
                 typ = (-(picked.neg() - entropy).abs()).cpu()
-            self.stats.forward_passes += 1
-            self.stats.forward_rows += len(batch)
             for r, i in enumerate(batch):
                 values = typ[r, : len(conts[i])].tolist()
                 out[i] = tuple(float(x) if math.isfinite(x) else -math.inf for x in values)
