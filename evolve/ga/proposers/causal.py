@@ -337,15 +337,7 @@ class CausalProposer:
                 if step + 1 < n_max:
                     attn = torch.cat([attn, real[:, None].long()], dim=1)
                     last = last + 1
-                    out = self._forward(
-                        input_ids=token[:, None],
-                        attention_mask=attn,
-                        position_ids=last[:, None],
-                        past_key_values=cache,
-                        use_cache=True,
-                        **keep,
-                    )
-                    cache, logits = out.past_key_values, out.logits[:, -1].float()
+                    cache, logits = self._advance(token, attn, last, cache, keep)
             if k > 1:
                 score += self._rest_logprobs(gaps, fills, token, real, attn, last, cache)
         self.stats.rounds += 1
@@ -509,15 +501,7 @@ class CausalProposer:
                 if step + 1 < n_new:
                     attn = torch.cat([attn, attn.new_ones((rows, 1))], dim=1)
                     last = last + 1
-                    out = self._forward(
-                        input_ids=token[:, None],
-                        attention_mask=attn,
-                        position_ids=last[:, None],
-                        past_key_values=cache,
-                        use_cache=True,
-                        **keep,
-                    )
-                    cache, logits = out.past_key_values, out.logits[:, -1].float()
+                    cache, logits = self._advance(token, attn, last, cache, keep)
             fills = torch.stack(picked, dim=1)
             if k > 1 and any(g.right for g in gaps):
                 score += self._right_logprobs(gaps, fills[:, -1], attn, last, cache)
@@ -561,6 +545,26 @@ class CausalProposer:
         logits = out.logits[:, :-1].float()
         picked = logits.gather(-1, feed[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
         return (picked * feed_mask[:, 1:]).sum(dim=-1).double()
+
+    def _advance(
+        self,
+        token: torch.Tensor,
+        attn: torch.Tensor,
+        last: torch.Tensor,
+        cache: Any,
+        keep: dict[str, int],
+    ) -> tuple[Any, torch.Tensor]:
+        """Feed one more token to every row on its key/value cache (``attn`` already covers
+        it, ``last`` is its position): the grown cache and each row's next-token logits."""
+        out = self._forward(
+            input_ids=token[:, None],
+            attention_mask=attn,
+            position_ids=last[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            **keep,
+        )
+        return out.past_key_values, out.logits[:, -1].float()
 
     def _pick(
         self,
