@@ -16,7 +16,6 @@ The GA (`evolve.ga.engine`) knows nothing of SQLite; a `Recorder` plugs into it 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,17 +23,9 @@ from evolve.ga.config import RunConfig
 from evolve.ga.engine import Engine, Generation
 from evolve.ga.individual import Individual
 from evolve.store import LogStore
+from evolve.store.scores import score_row, to_token_scores
 from scoring.errors import UserError
 from scoring.results import TokenScores
-
-
-def to_token_scores(row: Mapping[str, Any]) -> TokenScores:
-    """A stored score row (total, n_tokens, per_token) as TokenScores."""
-    return TokenScores(
-        total=float(row["total"]),
-        token_logprobs=tuple(float(x) for x in row.get("per_token") or ()),
-        n_tokens=int(row["n_tokens"]),
-    )
 
 
 @dataclass(frozen=True)
@@ -133,15 +124,7 @@ class Recorder:
             rng_state=gen.rng_state,
             state={"best_so_far": gen.best_so_far, "stall": gen.stall, "stopped": gen.stopped},
             scores=[
-                {
-                    "text": new.text,
-                    "prefix": self.prompt,
-                    "scorer": new.scorer,
-                    "total": new.score.total,
-                    "n_tokens": new.score.n_tokens,
-                    "per_token": list(new.score.token_logprobs),
-                }
-                for new in gen.new_scores
+                score_row(new.text, self.prompt, new.scorer, new.score) for new in gen.new_scores
             ],
             migrations=[
                 {

@@ -79,6 +79,27 @@ def insert_scores(
         )
 
 
+def score_row(text: str, prefix: str, scorer: str, s: TokenScores) -> dict[str, Any]:
+    """One score as the row `put_scores` / `write_generation(scores=...)` take."""
+    return {
+        "text": text,
+        "prefix": prefix,
+        "scorer": scorer,
+        "total": float(s.total),
+        "n_tokens": int(s.n_tokens),
+        "per_token": list(s.token_logprobs),
+    }
+
+
+def to_token_scores(row: Mapping[str, Any]) -> TokenScores:
+    """A stored score row (total, n_tokens, per_token) as TokenScores."""
+    return TokenScores(
+        total=float(row["total"]),
+        token_logprobs=tuple(float(x) for x in row.get("per_token") or ()),
+        n_tokens=int(row["n_tokens"]),
+    )
+
+
 def score_summary(total: float | None, n_tokens: int | None) -> dict[str, Any]:
     """What an individual's `scores` holds per scorer: total, n_tokens and mean per token
     (None for an empty text: JSON has no infinities)."""
@@ -200,14 +221,7 @@ class ScoreBook:
             results = self._scorers[scorer].score(missing, self.prefix)
             self.store.put_scores(
                 [
-                    {
-                        "text": text,
-                        "prefix": self.prefix,
-                        "scorer": scorer,
-                        "total": float(r.total),
-                        "n_tokens": int(r.n_tokens),
-                        "per_token": list(r.token_logprobs),
-                    }
+                    score_row(text, self.prefix, scorer, r)
                     for text, r in zip(missing, results, strict=True)
                 ]
             )
