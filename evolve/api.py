@@ -110,7 +110,7 @@ class Run:
                 generation=row["generation"],
                 text=row["text"],
                 fitness=row["fitness"],
-                scores=self.store.individual(row["id"])["scores"],
+                scores=row["scores"],
             )
             for row in self.store.best(self.id, n)
         ]
