@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-import evolve.ga.engine as engine_mod
+import evolve.ga.wiring as wiring
 from evolve.api import run_ga
 from evolve.ga.config import FitnessConfig, RunConfig
 from evolve.ga.engine import Generation
@@ -86,15 +86,15 @@ class RunResult:
 @contextmanager
 def path(lm: LoadedModel, new: bool) -> Iterator[None]:
     """The engine wired to the loaded ``lm`` and to the old or the new causal path."""
-    saved = engine_mod.load_causal, engine_mod.CausalScorer, engine_mod.CausalProposer
-    engine_mod.load_causal = lambda *a, **k: lm  # type: ignore[assignment]
-    engine_mod.CausalScorer = partial(CausalScorer, prefix_cache=new)  # type: ignore[misc]
-    engine_mod.CausalProposer = partial(saved[2], batched=new)  # type: ignore[misc]
+    saved = wiring.load_causal, wiring.CausalScorer, wiring.CausalProposer
+    wiring.load_causal = lambda *a, **k: lm  # type: ignore[assignment]
+    wiring.CausalScorer = partial(CausalScorer, prefix_cache=new)  # type: ignore[misc]
+    wiring.CausalProposer = partial(saved[2], batched=new)  # type: ignore[misc]
     prefix_cache_of(lm).clear()  # each path pays for its own prompt
     try:
         yield
     finally:
-        engine_mod.load_causal, engine_mod.CausalScorer, engine_mod.CausalProposer = saved
+        wiring.load_causal, wiring.CausalScorer, wiring.CausalProposer = saved
 
 
 def run_once(lm: LoadedModel, counter: Counter, cfg: RunConfig, new: bool, label: str) -> RunResult:
