@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -9,7 +10,7 @@ import sqlite_utils
 
 from evolve import RunConfig, run_ga
 from evolve.api import RunInterrupted, resume_ga
-from evolve.ga.config import MutationConfig
+from evolve.ga.config import FitnessConfig, MutationConfig
 from evolve.store import LogStore
 from scoring import CausalScorer, load_causal
 
@@ -72,3 +73,24 @@ def test_run_ga_on_an_injected_database_and_resume_ga(tmp_path, tiny_bert_dir):
     whole = run_ga(cfg)  # the same seed and config, never interrupted
     assert [c.text for c in run.best(3)] == [c.text for c in whole.best(3)]
     assert [c.fitness for c in run.best(3)] == pytest.approx([c.fitness for c in whole.best(3)])
+
+
+def test_a_causal_run_stores_the_proposer_dtype_it_resolved(
+    monkeypatch, tiny_bert_dir, tiny_gpt2_dir
+):
+    """`--proposer-dtype auto` is decided once, when the run starts, and stored: the resume
+    (on any machine) proposes in the same precision."""
+    import evolve.ga.config as config_module
+
+    monkeypatch.setattr(config_module, "native_bf16", lambda device: True)
+    gpt2 = str(tiny_gpt2_dir)
+    fitness = FitnessConfig(objective="causal")
+    cfg = config(str(tiny_bert_dir), causal=gpt2, proposer="causal", init="sample", fitness=fitness)
+    cfg = dataclasses.replace(cfg, generations=1)
+    run = run_ga(cfg)
+    stored = run.store.run(run.id)["config"]
+    assert stored["mutation"]["proposer_dtype"] == "bf16"
+    monkeypatch.setattr(config_module, "native_bf16", lambda device: False)
+    resumed = resume_ga(run.id, run.store, generations=2)
+    assert resumed.status == "finished"
+    assert resumed.store.run(run.id)["config"]["mutation"]["proposer_dtype"] == "bf16"

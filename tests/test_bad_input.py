@@ -104,6 +104,10 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
         lambda m: run_cmd(m, "--prompt", PROMPT, "--max-span", "11"),
         "max_span 11 is larger than the longest continuation (10)",
     ),
+    "bf16 proposer with the MLM proposer": (
+        lambda m: run_cmd(m, "--prompt", PROMPT, "--proposer-dtype", "bf16"),
+        "proposer_dtype bf16 applies to the causal proposer",
+    ),
     "unknown model name": (
         lambda m: run_cmd(m, "--prompt", PROMPT, mlm="no-such-org/no-such-model"),
         "cannot load 'no-such-org/no-such-model' as a masked LM",

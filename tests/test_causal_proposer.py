@@ -233,3 +233,27 @@ def test_unchanged_texts_are_not_scored_again(gpt2, rep):
     assert scorer.stats.texts == 4  # only the new text reached the scorer
     assert scorer.stats.forward_passes == passes + 1
     assert [a.fitness.values for a in again[:3]] == [p.fitness.values for p in pop]
+
+
+def test_bf16_proposer_samples_in_a_bf16_copy_and_leaves_the_model_exact(gpt2, rep):
+    """dtype="bf16": the proposer runs a bfloat16 copy (one per model object, shared), the
+    loaded model stays fp32 for the scorers, and same seed still means same fills."""
+    proposer = CausalProposer(gpt2, candidates=4, top_k=20, dtype="bf16")
+    assert next(proposer.lm.model.parameters()).dtype == torch.bfloat16
+    assert next(gpt2.model.parameters()).dtype == torch.float32
+    assert CausalProposer(gpt2, dtype="bf16").lm.model is proposer.lm.model
+    requests = requests_for(rep)
+    runs = []
+    for _ in range(2):
+        seed_everything(4)
+        runs.append(proposer.fill(requests))
+    assert runs[0] == runs[1]
+    n_prompt = len(rep.template.head) + len(rep.prompt_ids)
+    banned = set(gpt2.tokenizer.all_special_ids) | {rep.placeholder_id}
+    for req, row in zip(requests, runs[0], strict=True):
+        assert row[:n_prompt] == list(req.input_ids[:n_prompt])
+        assert all(row[p] not in banned for p in req.positions)
+        others = [p for p in range(len(row)) if p not in req.positions]
+        assert [row[p] for p in others] == [req.input_ids[p] for p in others]
+    with pytest.raises(UserError, match="fp32 or bf16"):
+        CausalProposer(gpt2, dtype="fp16")  # type: ignore[arg-type]

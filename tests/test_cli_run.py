@@ -125,6 +125,7 @@ def test_today_names_and_short_flags_keep_working() -> None:
     new |= {"--config", "--from", "--name", "--tag", "--note", "--log-json"}  # issue 12
     new |= {"--no-repeat-ngram", "--ban-token", "--typical-weight", "--typical-model"}
     new |= {"--rep-penalty", "--rep-n"}  # issue 14
+    new |= {"--proposer-dtype"}  # issue 16
     assert new == names - set(NAMES_BEFORE) - {"--help"}
 
 
@@ -174,6 +175,7 @@ def test_every_option_reaches_its_field() -> None:
             top_k=9,
             order="parallel",
             candidates=3,
+            proposer_dtype="bf16",
             no_repeat_ngram=3,
             ban_tokens=("the", "and"),
         ),
