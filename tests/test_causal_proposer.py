@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -257,3 +259,26 @@ def test_bf16_proposer_samples_in_a_bf16_copy_and_leaves_the_model_exact(gpt2, r
         assert [row[p] for p in others] == [req.input_ids[p] for p in others]
     with pytest.raises(UserError, match="fp32 or bf16"):
         CausalProposer(gpt2, dtype="fp16")  # type: ignore[arg-type]
+
+
+def test_a_mutation_keeps_the_best_candidate_that_changes_the_span(gpt2, rep, monkeypatch):
+    """`FillRequest.avoid` (the span's old tokens): the same draws, but the old tokens never
+    win while another candidate was drawn, so a mutation does not give its parent back;
+    when every candidate is the old fill, that is what comes back."""
+    proposer = CausalProposer(gpt2, candidates=6)
+    request = requests_for(rep)[0]  # one 1-token span
+    at = request.positions[0]
+    seed_everything(1)
+    first = proposer.fill([request])[0]
+    avoid = tuple(first[at : at + 1])
+    seed_everything(1)
+    changed = proposer.fill([dataclasses.replace(request, avoid=avoid)])[0]
+    assert tuple(changed[at : at + 1]) != avoid
+    assert changed[:at] == first[:at] and changed[at + 1 :] == first[at + 1 :]
+    monkeypatch.setattr(
+        proposer,
+        "_pick",
+        lambda logits, *rest: torch.full_like(logits[:, 0], avoid[0], dtype=torch.long),
+    )
+    same = proposer.fill([dataclasses.replace(request, avoid=avoid)])[0]
+    assert tuple(same[at : at + 1]) == avoid

@@ -473,3 +473,28 @@ def test_tiny_bert_preset_mutates_into_words():
         assert text.strip() and re.fullmatch(r"[a-z0-9 ,.;:'!?()\-#\"&/$%]+", text), text
         words = re.findall(r"[a-z]+", text)
         assert len(words) >= 3
+
+
+def test_a_same_length_mutation_tells_the_proposer_the_old_tokens(bert):
+    """A refill of the same length carries the span's old tokens (`FillRequest.avoid`), so a
+    choosing proposer can return a change; an indel changes the length and carries none."""
+    ctx = make_ctx(bert, indel_prob=0.5)
+    spy = ctx.proposer
+    assert isinstance(spy, SpyProposer)
+    off = len(spy.inner.template.head) + len(spy.prompt_ids)
+    seen = {"same": 0, "indel": 0}
+    for seed in range(4):
+        seed_everything(seed)
+        pop = population(bert, ctx)
+        before = [list(ind) for ind in pop]
+        mutate_batch(pop, ctx=ctx)
+        assert len(spy.calls[-1]) == len(pop)
+        for old, new, req in zip(before, pop, spy.calls[-1], strict=True):
+            if len(new) == len(old):
+                lo, hi = req.positions[0] - off, req.positions[-1] - off + 1
+                assert req.avoid == tuple(old[lo:hi])
+                seen["same"] += 1
+            else:
+                assert req.avoid is None
+                seen["indel"] += 1
+    assert seen["same"] and seen["indel"]

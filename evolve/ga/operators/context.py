@@ -94,10 +94,16 @@ class OperatorContext:
         assert self.template is not None
         return self.template.offset(self.prompt_ids)
 
-    def request(self, cont_ids: Sequence[int], positions: Iterable[int]) -> FillRequest:
+    def request(
+        self,
+        cont_ids: Sequence[int],
+        positions: Iterable[int],
+        avoid: Sequence[int] | None = None,
+    ) -> FillRequest:
         """A fill request for a continuation; ``positions`` are continuation indices.
 
-        The positions are set to the mask id in the request's input.
+        The positions are set to the mask id in the request's input. ``avoid``: the tokens
+        they held (`FillRequest.avoid`).
         """
         assert self.template is not None and self.mask_id is not None
         ids = self.template.build(self.prompt_ids, cont_ids)
@@ -109,7 +115,9 @@ class OperatorContext:
         if self.no_repeat_ngram:
             lo = off - min(len(self.prompt_ids), self.no_repeat_ngram - 1)
             region = (lo, off + len(cont_ids))
-        return FillRequest(tuple(ids), pos, region=region)
+        return FillRequest(
+            tuple(ids), pos, region=region, avoid=None if avoid is None else tuple(avoid)
+        )
 
     @property
     def guard_context(self) -> tuple[int, ...]:

@@ -144,7 +144,9 @@ def mutate_batch(
     requests = []
     for ind, p in todo:
         cont = [*ind[: p.start], *([ctx.mask_id] * p.inserted), *ind[p.start + p.removed :]]
-        requests.append(ctx.request(cont, range(p.start, p.start + p.inserted)))
+        # a same-length refill could give the parent back: ask for a change where possible
+        avoid = ind[p.start : p.start + p.removed] if p.inserted == p.removed else None
+        requests.append(ctx.request(cont, range(p.start, p.start + p.inserted), avoid))
     log_fwd = log_rev = [0.0] * len(todo)
     if ctx.with_logq:
         # The undoing edit masks the same context with `removed` masks and must put the old

@@ -67,6 +67,10 @@ class FillRequest:
     # [lo, hi) of input_ids that the n-gram guard counts (the prompt's last N - 1 tokens and
     # the continuation, see `OperatorContext.request`); None: the whole input
     region: tuple[int, int] | None = None
+    # the tokens the positions held before (a mutation's span): a proposer that chooses
+    # among candidates keeps the best one that differs from them when it drew one, so that
+    # a mutation mutates; None: no such preference (the MLM proposer samples, never chooses)
+    avoid: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_ids", tuple(int(i) for i in self.input_ids))
@@ -81,6 +85,8 @@ class FillRequest:
                     f"guard region {self.region} outside an input of {len(self.input_ids)}"
                 )
             object.__setattr__(self, "region", (lo, hi))
+        if self.avoid is not None:
+            object.__setattr__(self, "avoid", tuple(int(i) for i in self.avoid))
 
     def guard_region(self, row: Sequence[int], unknown: int | None) -> tuple[int, list[int | None]]:
         """(lo, the guarded tokens of ``row``) with ``unknown`` ids (the mask) as None."""

@@ -58,6 +58,7 @@ class _Gap:
     # n-gram guard: the request's guarded tokens (unfilled positions None) and where the
     # span starts in them; None when the guard is off or the span lies outside the region
     guard: tuple[list[int | None], int] | None = None
+    avoid: tuple[int, ...] | None = None  # `FillRequest.avoid`, for a request's only span
 
 
 class CausalProposer:
@@ -77,6 +78,9 @@ class CausalProposer:
     The sum is log p(fill + right | left), and since ``left`` is the same for all candidates
     of a span, ranking by it is ranking by the log-probability of the whole text. Left
     context and sampled tokens are run once, not once per candidate and again for scoring.
+    A request's ``avoid`` (a mutation's old tokens, `FillRequest.avoid`) is never kept, nor
+    rescored, while the span drew any other candidate: a mutation mutates, rather than
+    giving the parent back for duplicate suppression to mutate again.
 
     ``temperature``, ``top_k`` and ``banned_ids`` (more ids never to propose, beside the
     special ones) make up ``policy``, the `SamplingPolicy` `MLMProposer` samples with too
@@ -173,7 +177,10 @@ class CausalProposer:
                 start, n = s[step]
                 end = s[step + 1][0] if step + 1 < len(s) else len(rows[i])
                 guard = self._guard(requests[i], rows[i], s[step:], start)
-                gaps.append(_Gap(i, rows[i][:start], n, rows[i][start + n : end], guard))
+                avoid = requests[i].avoid
+                if len(s) > 1 or avoid is None or len(avoid) != n:
+                    avoid = None
+                gaps.append(_Gap(i, rows[i][:start], n, rows[i][start + n : end], guard, avoid))
             best = self._chunks(gaps) if self.batched else self._best_fills(gaps)
             for gap, fill in zip(gaps, best, strict=True):
                 start = len(gap.left)
@@ -346,7 +353,9 @@ class CausalProposer:
                     last = last + 1
                     cache, logits = self._advance(token, attn, last, cache, keep)
             if k > 1:
-                score += self._rest_logprobs(gaps, fills, token, real, attn, last, cache)
+                avoided = self._avoided(gaps, fills)
+                score += self._rest_logprobs(gaps, fills, token, real, attn, last, cache, avoided)
+                score[avoided] = -torch.inf
         self.stats.rounds += 1
         self.stats.candidates += rows
         best = score.view(n_gaps, k).argmax(dim=-1).tolist()  # first of equals
@@ -355,6 +364,19 @@ class CausalProposer:
             chosen[r, b, : g.length].tolist()
             for r, (g, b) in enumerate(zip(gaps, best, strict=True))
         ]
+
+    def _avoided(self, gaps: Sequence[_Gap], fills: torch.Tensor) -> torch.Tensor:
+        """Bool [rows]: candidates equal to their gap's ``avoid`` (the tokens the span held),
+        where the gap drew at least one other candidate; those never win."""
+        k = self.candidates
+        out = torch.zeros(fills.shape[0], dtype=torch.bool, device=fills.device)
+        for r, g in enumerate(gaps):
+            if g.avoid is None:
+                continue
+            same = [tuple(c[: g.length]) == g.avoid for c in fills[r * k : (r + 1) * k].tolist()]
+            if not all(same):
+                out[r * k : (r + 1) * k] = torch.tensor(same, device=fills.device)
+        return out
 
     def _rest_logprobs(
         self,
@@ -365,12 +387,13 @@ class CausalProposer:
         attn: torch.Tensor,
         last: torch.Tensor,
         cache: Any,
+        avoided: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """log p(the right context not yet fed | left + fill + the part fed) per candidate
         row: the last token fed in the sampling loop and the rest of the right context, in a
         pass over the distinct candidates of each gap (a copy answers for its twins; a gap
-        with one distinct candidate is skipped), split into batches of similar rest lengths
-        (`scoring.causal.length_groups`)."""
+        with one distinct candidate left, once ``avoided`` rows are out, is skipped), split
+        into batches of similar rest lengths (`scoring.causal.length_groups`)."""
         k = self.candidates
         n_max = fills.shape[1]
         rests: list[list[int]] = []
@@ -383,13 +406,15 @@ class CausalProposer:
         twin = []
         for row, key in enumerate(keys):
             twin.append(first_of.setdefault((row // k, tuple(key)), row))
-        # distinct candidates, longest rest first, in batches of similar rest lengths; a gap
-        # whose candidates are all the same has its fill already (nothing to rank)
+        # distinct candidates still in the running, longest rest first, in batches of similar
+        # rest lengths; a gap with one such candidate has its fill already (nothing to rank)
+        out = set() if avoided is None else set(avoided.nonzero()[:, 0].tolist())
+        running = {row for row in twin if row not in out}
         choices: dict[int, int] = {}
-        for row in set(twin):
+        for row in running:
             choices[row // k] = choices.get(row // k, 0) + 1
         distinct = sorted(
-            (row for row in set(twin) if choices[row // k] > 1),
+            (row for row in running if choices[row // k] > 1),
             key=lambda row: (-len(rests[row // k]), row),
         )
         device = attn.device
