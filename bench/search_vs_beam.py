@@ -21,8 +21,11 @@ and rep-3 are the share of repeated word bigrams/trigrams in the text (`scoring.
 
 Cost: ``calls`` counts forward calls of the model (a forward pre-hook; one per decoding step
 for beam search), ``positions`` the rows x tokens they ran (keys/values reused from a cache
-are not counted again), ``s`` the wall-clock seconds. The GA's cost includes its own beam or
-sampling start and every evaluation; the rescoring for the table is not counted anywhere.
+are not counted again), ``s`` the wall-clock seconds. Every measured method starts with the
+model's shared prompt cache (`scoring.causal.prefix_cache_of`) empty, so each pays for its own
+prompt pass, as it would alone (without this, the first beam width paid for the prompt and the
+later widths and the GA reused it). The GA's cost includes its own beam or sampling start and
+every evaluation; the rescoring for the table is not counted anywhere.
 
 The defaults (3 prompts, 12 tokens, population 8, 8 offspring, 12 generations, 6 candidates
 per span) are small so that the whole run takes about 10 minutes on 2 CPU cores; bigger
@@ -49,7 +52,7 @@ from evolve.api import start_run
 from evolve.experiments.baselines import BaselineConfig, generate_baselines
 from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
 from evolve.store import LogStore
-from scoring.causal import CausalScorer
+from scoring.causal import CausalScorer, prefix_cache_of
 from scoring.metrics import rep_n
 from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
 
@@ -71,6 +74,7 @@ class Counter:
     """Forward calls and token positions of one model, via a forward pre-hook."""
 
     def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
         self.calls = 0
         self.positions = 0
         lm.model.register_forward_pre_hook(self._hook, with_kwargs=True)
@@ -82,6 +86,8 @@ class Counter:
 
     @contextmanager
     def measure(self) -> Iterator[Cost]:
+        """The cost of the block, which starts without a cached prompt (pays for its own)."""
+        prefix_cache_of(self.lm).clear()
         cost = Cost()
         calls, positions, start = self.calls, self.positions, time.perf_counter()
         yield cost
