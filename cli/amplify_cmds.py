@@ -1,8 +1,9 @@
 """`evolve amplify`: does beam-search lookahead help a causal LM predict real text?
 
-Options in, `AmplifyConfig` out; the experiment itself lives in `evolve.experiments.amplify`. Results go
-to the store as an experiment of kind "amplify" (summary + one row per scored position) and
-are printed as a table, or as JSON with `--json`.
+Options in, `AmplifyConfig` out: the config's fields make the options (cli/options.py), so
+each default and its help live once, in the config. The experiment itself lives in
+`evolve.experiments.amplify`. Results go to the store as an experiment of kind "amplify"
+(summary + one row per scored position) and are printed as a table, or as JSON with `--json`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 from cli.common import COUNT, absolute_model, db_option, resolve_db
+from cli.options import ConfigOptions
 from cli.process import interrupted_exit, interruption
 from cli.tables import format_table
 from evolve.experiments.amplify import (
@@ -22,13 +24,22 @@ from evolve.experiments.amplify import (
     AmplifyConfig,
     AmplifyResult,
     load_documents,
-    parse_lambdas,
     run_amplify,
 )
 from evolve.store import LogStore
 from scoring.models import load_model
 
-_d = AmplifyConfig()
+# Every AmplifyConfig field but the device is an option (help and default from its metadata).
+# Counts are COUNT, so a number past SQLite's integers is click's one-line error.
+AMPLIFY_OPTIONS = ConfigOptions(
+    AmplifyConfig,
+    short={"beams": "-B", "depth": "-D"},
+    skip=("device",),
+    toggles=("length_norm", "unwrap"),
+    types=dict.fromkeys(
+        ("beams", "depth", "max_positions", "stride", "start", "batch_tokens"), COUNT
+    ),
+)
 
 
 class _Bar:
@@ -62,78 +73,15 @@ class _Bar:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="UTF-8 text file; blank lines separate documents. Repeatable.",
 )
-@click.option("--causal", default=_d.causal, show_default=True, help="Causal LM preset/folder/id.")
-@click.option("--beams", "-B", type=COUNT, default=_d.beams, show_default=True, help="Beam width.")
-@click.option(
-    "--depth", "-D", type=COUNT, default=_d.depth, show_default=True, help="Lookahead tokens."
-)
-@click.option(
-    "--lambdas",
-    default=",".join(f"{x:g}" for x in _d.lambdas),
-    show_default=True,
-    help="Comma-separated mixing weights of q, each in [0, 1].",
-)
-@click.option(
-    "--epsilon",
-    type=float,
-    default=_d.epsilon,
-    show_default=True,
-    help="Geometric mix: q_eps = (1-eps)*q + eps*p keeps off-beam tokens possible.",
-)
-@click.option(
-    "--length-norm/--no-length-norm",
-    default=_d.length_norm,
-    show_default=True,
-    help="Weight beams by exp(logprob / depth) instead of exp(logprob).",
-)
-@click.option(
-    "--max-positions",
-    type=COUNT,
-    default=_d.max_positions,
-    show_default=True,
-    help="Cap on scored tokens.",
-)
-@click.option(
-    "--stride", type=COUNT, default=_d.stride, show_default=True, help="Score every S-th token."
-)
-@click.option(
-    "--start",
-    type=COUNT,
-    default=_d.start,
-    show_default=True,
-    help="First scored token of each document.",
-)
-@click.option(
-    "--unwrap/--no-unwrap",
-    default=_d.unwrap,
-    show_default=True,
-    help="Join hard-wrapped lines within a paragraph.",
-)
-@click.option(
-    "--batch-tokens",
-    type=COUNT,
-    default=_d.batch_tokens,
-    show_default=True,
-    help="Beam rows per forward pass (speed only).",
-)
+@AMPLIFY_OPTIONS
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @db_option
 def amplify(
     text: str | None,
     files: tuple[Path, ...],
-    causal: str,
-    beams: int,
-    depth: int,
-    lambdas: str,
-    epsilon: float,
-    length_norm: bool,
-    max_positions: int,
-    stride: int,
-    start: int,
-    unwrap: bool,
-    batch_tokens: int,
     as_json: bool,
     db_path: Path | None,
+    **opts: Any,
 ) -> None:
     """Score real text under a causal LM p and under p amplified by beam-search lookahead.
 
@@ -141,20 +89,10 @@ def amplify(
     beam-weighted distribution of the beams' first tokens; the mixes (1-λ)p + λq and
     p^(1-λ) q_eps^λ are compared with p on the real next token.
     """
-    config = AmplifyConfig(
-        beams=beams,
-        depth=depth,
-        lambdas=parse_lambdas(lambdas),
-        epsilon=epsilon,
-        length_norm=length_norm,
-        max_positions=max_positions,
-        stride=stride,
-        start=start,
-        unwrap=unwrap,
-        causal=absolute_model(causal),
-        batch_tokens=batch_tokens,
-    ).validate()
-    docs = load_documents([text] if text is not None else [], files, unwrap=unwrap)
+    values = AMPLIFY_OPTIONS.values(opts)
+    values["causal"] = absolute_model(values["causal"])
+    config = AmplifyConfig(**values).validate()
+    docs = load_documents([text] if text is not None else [], files, unwrap=config.unwrap)
     db = resolve_db(db_path)
     with LogStore(db):  # fail on a bad --db before minutes of scoring
         pass

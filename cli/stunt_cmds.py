@@ -1,8 +1,10 @@
 """`evolve stunt`: fine-tune a causal LM with or without stunting, monitoring lookahead gain.
 
-Options in, `StuntConfig` out; the experiment lives in `evolve.experiments.stunting`. A run is
-stored as an experiment of kind "stunt" (summary + one row per step and per dev evaluation);
-`evolve stunt --compare` puts stored runs side by side as a table and a PNG.
+Options in, `StuntConfig` out: the config's fields make the options (cli/options.py), so each
+default and its help live once, in the config. The experiment lives in
+`evolve.experiments.stunting`. A run is stored as an experiment of kind "stunt" (summary + one
+row per step and per dev evaluation); `evolve stunt --compare` puts stored runs side by side
+as a table and a PNG.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any
 import click
 
 from cli.common import db_option, open_existing, resolve_db
+from cli.options import ConfigOptions
 from cli.process import interrupted_exit
 from cli.tables import format_table
 from evolve.experiments.amplify import load_documents
 from evolve.experiments.stunting import (
-    DEFAULT_STEPS,
     DEV_COLUMNS,
     KIND,
     TRAIN_COLUMNS,
@@ -34,7 +36,10 @@ from evolve.store import LogStore
 from scoring.errors import UserError
 from scoring.models import check_kind, load_model
 
-_d = StuntConfig()
+# Every StuntConfig field but the device is an option (help and default from its metadata).
+STUNT_OPTIONS = ConfigOptions(
+    StuntConfig, short={"beams": "-B", "depth": "-D"}, skip=("device",), toggles=("unwrap",)
+)
 
 
 class _Bar:
@@ -83,72 +88,7 @@ def _parse_ids(text: str | None) -> list[int] | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="UTF-8 held-out text for monitoring.",
 )
-@click.option(
-    "--variant",
-    type=click.Choice(VARIANTS),
-    default=_d.variant,
-    show_default=True,
-    help="none: plain; skip: drop positions where lookahead beats p; penalty: push away from "
-    "lookahead; balance: reweight toward/away positions.",
-)
-@click.option(
-    "--alpha", type=float, default=_d.alpha, show_default=True, help="Penalty weight (penalty)."
-)
-@click.option("--steps", type=int, default=None, help=f"Optimiser steps [default {DEFAULT_STEPS}].")
-@click.option(
-    "--epochs", type=float, default=None, help="Passes over the text, instead of --steps."
-)
-@click.option("--lr", type=float, default=_d.lr, show_default=True, help="AdamW learning rate.")
-@click.option(
-    "--seq-len", type=int, default=_d.seq_len, show_default=True, help="Target tokens per window."
-)
-@click.option(
-    "--batch-tokens",
-    type=int,
-    default=_d.batch_tokens,
-    show_default=True,
-    help="Target tokens per step (windows per step = this // seq-len).",
-)
-@click.option("--beams", "-B", type=int, default=_d.beams, show_default=True, help="Beam width.")
-@click.option(
-    "--depth", "-D", type=int, default=_d.depth, show_default=True, help="Lookahead tokens."
-)
-@click.option(
-    "--eval-every",
-    type=int,
-    default=_d.eval_every,
-    show_default=True,
-    help="Steps between dev evaluations (also at step 0 and the last).",
-)
-@click.option(
-    "--dev-positions",
-    type=int,
-    default=_d.dev_positions,
-    show_default=True,
-    help="Dev positions per evaluation.",
-)
-@click.option(
-    "--dev-stride",
-    type=int,
-    default=_d.dev_stride,
-    show_default=True,
-    help="Score every k-th dev token.",
-)
-@click.option(
-    "--balance-cap",
-    type=float,
-    default=_d.balance_cap,
-    show_default=True,
-    help="Largest toward/away weight ratio (balance).",
-)
-@click.option(
-    "--unwrap/--no-unwrap",
-    default=_d.unwrap,
-    show_default=True,
-    help="Join hard-wrapped lines within a paragraph.",
-)
-@click.option("--model", default=_d.model, show_default=True, help="Causal LM preset/folder/id.")
-@click.option("--seed", type=int, default=_d.seed, show_default=True, help="Random seed.")
+@STUNT_OPTIONS
 @click.option(
     "--save",
     "save_dir",
@@ -173,28 +113,13 @@ def _parse_ids(text: str | None) -> list[int] | None:
 def stunt(
     train_file: Path | None,
     dev_file: Path | None,
-    variant: str,
-    alpha: float,
-    steps: int | None,
-    epochs: float | None,
-    lr: float,
-    seq_len: int,
-    batch_tokens: int,
-    beams: int,
-    depth: int,
-    eval_every: int,
-    dev_positions: int,
-    dev_stride: int,
-    balance_cap: float,
-    unwrap: bool,
-    model: str,
-    seed: int,
     save_dir: Path | None,
     compare: bool,
     experiments: str | None,
     png: Path | None,
     as_json: bool,
     db_path: Path | None,
+    **opts: Any,
 ) -> None:
     """Fine-tune a causal LM, optionally refusing updates toward its beam-search lookahead.
 
@@ -211,26 +136,9 @@ def stunt(
         raise UserError("--experiments and --png go with --compare")
     if train_file is None or dev_file is None:
         raise UserError("give --train FILE and --dev FILE (or --compare)")
-    config = StuntConfig(
-        variant=variant,
-        alpha=alpha,
-        steps=steps,
-        epochs=epochs,
-        lr=lr,
-        seq_len=seq_len,
-        batch_tokens=batch_tokens,
-        beams=beams,
-        depth=depth,
-        eval_every=eval_every,
-        dev_positions=dev_positions,
-        dev_stride=dev_stride,
-        balance_cap=balance_cap,
-        unwrap=unwrap,
-        model=model,
-        seed=seed,
-    ).validate()
-    train = load_documents(files=[train_file], unwrap=unwrap)
-    dev = load_documents(files=[dev_file], unwrap=unwrap)
+    config = StuntConfig(**STUNT_OPTIONS.values(opts)).validate()
+    train = load_documents(files=[train_file], unwrap=config.unwrap)
+    dev = load_documents(files=[dev_file], unwrap=config.unwrap)
     if save_dir is not None and save_dir.exists() and any(save_dir.iterdir()):
         raise UserError(f"--save folder {save_dir} is not empty")
     db = resolve_db(db_path)

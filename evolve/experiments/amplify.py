@@ -57,20 +57,88 @@ Progress = Callable[[int, int], None]  # (positions done, positions in all)
 
 @dataclass(frozen=True)
 class AmplifyConfig:
-    """Everything that defines an amplification experiment; stored with its results."""
+    """Everything that defines an amplification experiment; stored with its results.
 
-    beams: int = 4  # B: a handful of beams already covers most of p's mass on text
-    depth: int = 3  # D: tokens of lookahead; D=1 just renormalises p's top B tokens
-    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS  # dense near 0, where a gain would show first
-    epsilon: float = 0.01  # floor of q_eps = (1-eps)*q + eps*p for the geometric mix
-    length_norm: bool = False  # weight beams by exp(logprob / D) instead of exp(logprob)
-    max_positions: int = 200  # scored positions over all documents, taken in order
-    stride: int = 1  # score every stride-th token of a document
-    start: int = 1  # first scored token of each document; token 0 sees only the start token
-    unwrap: bool = False  # join hard-wrapped lines inside a paragraph with spaces
-    causal: str = DEFAULT_CAUSAL  # the causal LM, preset, folder or hub id
-    batch_tokens: int = 64  # beam rows per tree forward (positions per group = this // B)
-    device: str = "cpu"
+    Each field's `metadata["help"]` says what it sets and why its default is what it is;
+    `evolve amplify` makes its options from them (cli/options.py).
+    """
+
+    beams: int = field(
+        default=4,
+        metadata={
+            "help": "Beam width B: a handful of beams already covers most of p's mass on text."
+        },
+    )
+    depth: int = field(
+        default=3,
+        metadata={
+            "help": "Lookahead tokens D: D = 1 only renormalises p's top B tokens, so the "
+            "default looks a few tokens further."
+        },
+    )
+    lambdas: tuple[float, ...] = field(
+        default=DEFAULT_LAMBDAS,
+        metadata={
+            "help": "Comma-separated mixing weights λ of q, each in [0, 1]: dense near 0, "
+            "where a gain would show first."
+        },
+    )
+    epsilon: float = field(
+        default=0.01,
+        metadata={
+            "help": "Geometric mix: q_eps = (1-eps)*q + eps*p keeps off-beam tokens possible; "
+            "a small eps keeps q_eps close to q."
+        },
+    )
+    length_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "Weight beams by exp(logprob / `depth`) instead of exp(logprob); off, "
+            "each beam counts with its probability under p."
+        },
+    )
+    max_positions: int = field(
+        default=200,
+        metadata={
+            "help": "Cap on scored tokens over all documents, taken in order (the cost grows "
+            "with it)."
+        },
+    )
+    stride: int = field(
+        default=1,
+        metadata={
+            "help": "Score every S-th token of a document; more than 1 spreads "
+            "`max_positions` over more text."
+        },
+    )
+    start: int = field(
+        default=1,
+        metadata={
+            "help": "First scored token of each document: token 0 sees only the start token."
+        },
+    )
+    unwrap: bool = field(
+        default=False,
+        metadata={
+            "help": "Join hard-wrapped lines within a paragraph (with spaces); off, the text "
+            "is read as written."
+        },
+    )
+    causal: str = field(
+        default=DEFAULT_CAUSAL,
+        metadata={
+            "help": "Causal LM preset/folder/id; the default causal preset is small enough for "
+            "a CPU."
+        },
+    )
+    batch_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "Beam rows per forward pass (positions per group = this // B): speed and "
+            "memory only."
+        },
+    )
+    device: str = "cpu"  # no option: `evolve amplify` scores on the CPU
 
     def validate(self) -> AmplifyConfig:
         """Check every field once; raise UserError with a one-line message on bad input."""

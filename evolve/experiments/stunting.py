@@ -72,7 +72,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,8 @@ from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel
 
 KIND = "stunt"  # experiment kind in the store
-VARIANTS = ("none", "skip", "penalty", "balance")
+Variant = Literal["none", "skip", "penalty", "balance"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 EVAL_LAMBDAS = (0.0, 0.01, 0.1)  # λ = 0 is p itself; 0.01 and 0.1 are the issue's small λ
 DEFAULT_STEPS = 20  # when neither steps nor epochs is given
 TREE_ROWS = 64  # beam rows per tree forward, as `evolve amplify`'s default batch_tokens
@@ -101,25 +102,123 @@ Progress = Callable[[int, int, dict[str, Any]], None]  # (steps done, steps, lat
 
 @dataclass(frozen=True)
 class StuntConfig:
-    """Everything that defines a stunting run; stored with its results."""
+    """Everything that defines a stunting run; stored with its results.
 
-    variant: str = "none"
-    alpha: float = 0.5  # penalty weight: strong enough to show in a short run, ≤ 1 (see above)
-    steps: int | None = None  # optimiser steps; None: `epochs`, else DEFAULT_STEPS
-    epochs: float | None = None  # passes over the training windows, instead of `steps`
-    lr: float = 1e-4  # a usual fine-tuning rate for a ~100M model with AdamW
-    seq_len: int = 32  # target tokens per window: short, so lookahead per token stays cheap
-    batch_tokens: int = 64  # target tokens per step (windows per step = this // seq_len)
-    beams: int = 4  # B, as `evolve amplify`
-    depth: int = 2  # D: the shortest real lookahead (D = 1 only renormalises p's top B)
-    eval_every: int = 10  # steps between dev evaluations (plus step 0 and the last)
-    dev_positions: int = 128  # dev positions per evaluation: one evaluation window
-    dev_stride: int = 1  # score every k-th dev token (spreads the window over more text)
-    balance_cap: float = 10.0  # R: largest ratio between toward and away weights in v3
-    unwrap: bool = False  # join hard-wrapped lines inside a paragraph (both texts)
-    model: str = DEFAULT_CAUSAL  # any causal LM: preset, folder or hub id
-    seed: int = 0  # drives the window order (and torch's global generator)
-    device: str = "cpu"
+    Each field's `metadata["help"]` says what it sets and why its default is what it is;
+    `evolve stunt` makes its options from them (cli/options.py).
+    """
+
+    variant: Variant = field(
+        default="none",
+        metadata={
+            "help": "What an update does where the lookahead beats p at the real token: none "
+            "(plain fine-tuning, the control the others are compared with), skip (drop those "
+            "positions), penalty (also push p away from the lookahead's tokens, weight "
+            "`alpha`), balance (reweight toward and away positions, ratio at most "
+            "`balance_cap`)."
+        },
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Penalty weight (penalty variant): 0.5 is strong enough to show in a short "
+            "run, and any weight up to 1 never pushes the real token itself down."
+        },
+    )
+    steps: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Optimiser steps [default: {DEFAULT_STEPS}, or as many as `epochs` "
+            "takes when that is given]."
+        },
+    )
+    epochs: float | None = field(
+        default=None,
+        metadata={"help": "Passes over the training windows, instead of `steps`."},
+    )
+    lr: float = field(
+        default=1e-4,
+        metadata={
+            "help": "AdamW learning rate: a usual fine-tuning rate for a ~100M-parameter model."
+        },
+    )
+    seq_len: int = field(
+        default=32,
+        metadata={
+            "help": "Target tokens per training window: short, so that lookahead per token "
+            "stays cheap."
+        },
+    )
+    batch_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "Target tokens per step (windows per step = this // `seq_len`): two "
+            "default windows."
+        },
+    )
+    beams: int = field(
+        default=4,
+        metadata={
+            "help": "Beam width B of the lookahead: 4 as in evolve amplify, so they compare."
+        },
+    )
+    depth: int = field(
+        default=2,
+        metadata={
+            "help": "Lookahead tokens D: 2 is the shortest real lookahead (D = 1 only "
+            "renormalises p's top B tokens)."
+        },
+    )
+    eval_every: int = field(
+        default=10,
+        metadata={
+            "help": "Steps between dev evaluations (also at step 0 and the last): a default "
+            "run is evaluated at its start, middle and end."
+        },
+    )
+    dev_positions: int = field(
+        default=128,
+        metadata={
+            "help": "Dev positions per evaluation: one evaluation window, the same positions "
+            "every time, so that changes are paired."
+        },
+    )
+    dev_stride: int = field(
+        default=1,
+        metadata={
+            "help": "Score every k-th dev token; more than 1 spreads the evaluation window "
+            "over more text."
+        },
+    )
+    balance_cap: float = field(
+        default=10.0,
+        metadata={
+            "help": "Largest ratio R between toward and away weights (balance variant), so "
+            "that a few positions cannot take over a batch's update."
+        },
+    )
+    unwrap: bool = field(
+        default=False,
+        metadata={
+            "help": "Join hard-wrapped lines within a paragraph (both texts); off, the text "
+            "is read as written."
+        },
+    )
+    model: str = field(
+        default=DEFAULT_CAUSAL,
+        metadata={
+            "help": "Causal LM preset/folder/id: any causal LM; the default causal preset is "
+            "small enough to fine-tune on a CPU."
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Random seed: drives the window order (and torch's global generator), so "
+            "that a run repeats exactly."
+        },
+    )
+    device: str = "cpu"  # no option: `evolve stunt` trains on the CPU
 
     def validate(self) -> StuntConfig:
         """Check every field once; raise UserError with a one-line message on bad input."""
