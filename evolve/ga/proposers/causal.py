@@ -607,7 +607,6 @@ class CausalProposer:
         """One token per row, drawn by the sampling policy from raw logits (``bans``: the
         n-gram guard's, per row; row i drawn from ``row_gens[i]``, its request's own
         generator, when given)."""
-        logp = self.policy.logprobs(logits, bans)
         if row_gens is None:
-            return self.policy.sample(logp, self.generator)
-        return self.policy.sample_rows(logp, [g or self.generator for g in row_gens])
+            return self.policy.sample(self.policy.logprobs(logits, bans), self.generator)
+        return self.policy.draw_rows(logits, bans, [g or self.generator for g in row_gens])

@@ -124,6 +124,21 @@ class SamplingPolicy:
         rather than sampling from nothing (it cannot happen with a real vocabulary: a
         region of L tokens bans at most 2 * N * L ids).
         """
+        logits = self._banned(logits, bans)
+        if self.greedy:
+            best = logits.argmax(dim=-1, keepdim=True)
+            out = torch.full_like(logits, -math.inf)
+            return out.scatter_(-1, best, 0.0)
+        logits = logits / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        return torch.log_softmax(logits, dim=-1)
+
+    def _banned(
+        self, logits: torch.Tensor, bans: Sequence[Collection[int]] | None
+    ) -> torch.Tensor:
+        """``logits`` with the banned ids, and each row's ``bans``, at -inf."""
         banned = self.banned_mask(logits.shape[-1], logits.device)
         logits = logits.masked_fill(banned, -math.inf)
         if bans is not None and any(bans):
@@ -136,15 +151,7 @@ class SamplingPolicy:
             extra = extra.to(logits.device) | banned
             keep = extra.all(dim=-1, keepdim=True)  # nothing left: leave the row unguarded
             logits = logits.masked_fill(extra & ~keep, -math.inf)
-        if self.greedy:
-            best = logits.argmax(dim=-1, keepdim=True)
-            out = torch.full_like(logits, -math.inf)
-            return out.scatter_(-1, best, 0.0)
-        logits = logits / self.temperature
-        if 0 < self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        return torch.log_softmax(logits, dim=-1)
+        return logits
 
     def sample(
         self, logprobs: torch.Tensor, generator: torch.Generator | None = None
@@ -162,17 +169,55 @@ class SamplingPolicy:
         RNG), so a row's draw does not depend on the other rows of the batch."""
         if self.greedy:
             return logprobs.argmax(dim=-1)
-        probs = logprobs.exp()
-        picked = [
-            torch.multinomial(probs[i : i + 1], 1, generator=g).view(1)
-            for i, g in enumerate(generators)
-        ]
-        return torch.cat(picked) if picked else logprobs.new_zeros(0, dtype=torch.long)
+        return _inverse_cdf(logprobs.exp(), generators)
+
+    def draw_rows(
+        self,
+        logits: torch.Tensor,
+        bans: Sequence[Collection[int]] | None,
+        generators: Sequence[torch.Generator | None],
+    ) -> torch.Tensor:
+        """`sample_rows` of `logprobs` (same distribution, row i from ``generators[i]``),
+        computed on each row's top-k only: what a proposer that needs the token but not its
+        log-probability calls. Rows where ties at the k-th logit keep more than k ids (what
+        `logprobs` does) take the full path."""
+        if self.greedy or not 0 < self.top_k < logits.shape[-1] or logits.shape[0] == 0:
+            return self.sample_rows(self.logprobs(logits, bans), generators)
+        masked = self._banned(logits, bans) / self.temperature
+        values, ids = torch.topk(masked, self.top_k, dim=-1)
+        kth = values[:, -1:]
+        tied = (masked >= kth).sum(dim=-1) > self.top_k
+        probs = torch.softmax(values, dim=-1)
+        picked = ids.gather(-1, _inverse_cdf(probs, generators)[:, None])[:, 0]
+        if bool(tied.any()):
+            rows = tied.nonzero()[:, 0].tolist()
+            full = self.logprobs(logits[rows], None if bans is None else [bans[r] for r in rows])
+            picked[rows] = self.sample_rows(full, [generators[r] for r in rows])
+        return picked
 
     @staticmethod
     def logprob_of(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The log-probability of ``tokens[i]`` in row i of `logprobs`."""
         return logprobs.gather(-1, tokens.view(-1, 1)).squeeze(-1)
+
+
+def _inverse_cdf(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One index per row of ``probs`` (non-negative, any scale), drawn by inverse CDF with a
+    uniform from the row's generator (None: the global RNG).
+
+    The same distribution as ``torch.multinomial(row, 1)``, whose one-sample draw takes an
+    exponential per column: for 128 rows of SmolLM2's 49,152 ids it took 165 ms on one CPU
+    core, this ~50 ms (and ~10 ms on a top-k of 50).
+    """
+    if probs.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=probs.device)
+    cdf = probs.float().cumsum(dim=-1)
+    total = cdf[:, -1:].contiguous()
+    u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in generators])
+    picked = torch.searchsorted(cdf, u[:, None] * total, right=True)
+    # u * total may round up to the total: the last column with mass is the first at it
+    last = torch.searchsorted(cdf, total, right=False)
+    return torch.minimum(picked, last)[:, 0]
 
 
 def seeded_generators(
