@@ -41,7 +41,7 @@ from evolve.api import run_ga
 from evolve.ga.config import FitnessConfig, RunConfig
 from evolve.ga.engine import Generation
 from scoring.causal import CausalScorer, prefix_cache_of
-from scoring.models import LoadedModel, load_causal
+from scoring.models import LoadedModel, in_bf16, load_causal
 from scoring.results import TokenScores
 
 PROMPT = "Mozzarella is white\nSo you can see it at night\nCheddar is"
@@ -54,7 +54,10 @@ class Counter:
     def __init__(self, lm: LoadedModel) -> None:
         self.calls = 0
         self.tokens = 0
-        lm.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        # the bf16 proposer's copy too, made now, before the hook (a copy made later would
+        # carry a deep copy of this counter)
+        for model in (lm.model, in_bf16(lm).model):
+            model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -73,6 +76,8 @@ class RunResult:
     gen_tokens: list[int] = field(default_factory=list)
     texts: list[list[str]] = field(default_factory=list)  # per generation
     scores: dict[str, TokenScores] = field(default_factory=dict)  # causal score by text
+    ids: dict[str, list[int]] = field(default_factory=dict)  # the token ids of each text
+    best: list[float] = field(default_factory=list)  # best fitness per generation
 
     @property
     def evolve_seconds(self) -> float:
@@ -90,7 +95,8 @@ def path(lm: LoadedModel, new: bool) -> Iterator[None]:
     wiring.load_causal = lambda *a, **k: lm  # type: ignore[assignment]
     wiring.CausalScorer = partial(CausalScorer, prefix_cache=new)  # type: ignore[misc]
     wiring.CausalProposer = partial(saved[2], batched=new)  # type: ignore[misc]
-    prefix_cache_of(lm).clear()  # each path pays for its own prompt
+    for model in (lm, in_bf16(lm)):
+        prefix_cache_of(model).clear()  # each path pays for its own prompt
     try:
         yield
     finally:
@@ -107,6 +113,9 @@ def run_once(lm: LoadedModel, counter: Counter, cfg: RunConfig, new: bool, label
         result.gen_tokens.append(counter.tokens - mark[1])
         mark[:] = [now, counter.tokens]
         result.texts.append(list(gen.texts))
+        result.best.append(gen.best)
+        for text, ind in zip(gen.texts, gen.population, strict=True):
+            result.ids.setdefault(text, list(ind))
         for s in gen.new_scores:
             if s.scorer.startswith("causal/"):
                 result.scores.setdefault(s.text, s.score)
@@ -118,7 +127,8 @@ def run_once(lm: LoadedModel, counter: Counter, cfg: RunConfig, new: bool, label
     print(
         f"(a) {label:<10} gen 0 {result.gen_seconds[0]:6.1f} s {result.gen_tokens[0]:>8,} tok"
         f" | gens 1-{len(result.gen_seconds) - 1}: {result.evolve_seconds:6.1f} s"
-        f" {result.evolve_tokens:>9,} tok  (per generation: {secs})",
+        f" {result.evolve_tokens:>9,} tok  (per generation: {secs}; best fitness "
+        f"{result.best[-1]:.3f})",
         flush=True,
     )
     return result
@@ -174,8 +184,11 @@ def bench_a(lm: LoadedModel, counter: Counter, args: argparse.Namespace) -> tupl
         seed=args.seed,
         fitness=replace(FitnessConfig(), objective="causal"),
     )
-    old = run_once(lm, counter, cfg, new=False, label="old path")
-    new = run_once(lm, counter, cfg, new=True, label="new path")
+    fp32 = replace(cfg, mutation=replace(cfg.mutation, proposer_dtype="fp32"))
+    old = run_once(lm, counter, fp32, new=False, label="old path")
+    new32 = run_once(lm, counter, fp32, new=True, label="new fp32")
+    dtype = cfg.resolved().mutation.proposer_dtype
+    new = run_once(lm, counter, cfg, new=True, label=f"new {dtype}")
     short = replace(cfg, generations=min(cfg.generations, args.repro_generations))
     again = run_once(lm, counter, short, new=True, label="new again")
     ok = True
@@ -190,19 +203,23 @@ def bench_a(lm: LoadedModel, counter: Counter, args: argparse.Namespace) -> tupl
     ok &= check_scores(
         "texts both runs scored", [(old.scores[t], new.scores[t]) for t in common], args.own
     )
+    # rescored from the very ids the run scored: a causal proposer may write a text in a
+    # split that encoding the text again would not give (docs/search.md)
     legacy = CausalScorer(lm, prefix_cache=False)
+    prompt_ids = lm.tokenizer(cfg.prompt, add_special_tokens=False)["input_ids"]
     texts = sorted(new.scores)
-    rescored = legacy.score(texts, cfg.prompt) if texts else []
+    rescored = legacy.score_ids([new.ids[t] for t in texts], prompt_ids) if texts else []
     ok &= check_scores(
         "every text of the new run, rescored by the old scorer",
         [(new.scores[t], r) for t, r in zip(texts, rescored, strict=True)],
         args.own,
     )
     print(
-        f"    generation 0 (beam search, on the shared prompt cache in both runs, + scoring): "
-        f"old {old.gen_seconds[0]:.1f} s, "
-        f"new {new.gen_seconds[0]:.1f} s; forward tokens gens 1..: "
-        f"old {old.evolve_tokens:,}, new {new.evolve_tokens:,}"
+        f"    generation 0 (beam search, on the shared prompt cache in every run, + scoring): "
+        f"old {old.gen_seconds[0]:.1f} s, new {new.gen_seconds[0]:.1f} s; forward tokens "
+        f"gens 1..: old {old.evolve_tokens:,}, new fp32 {new32.evolve_tokens:,}, "
+        f"new {dtype} {new.evolve_tokens:,}; old / new fp32 "
+        f"{old.evolve_seconds / max(new32.evolve_seconds, 1e-9):.2f}x"
     )
     return old.evolve_seconds / max(new.evolve_seconds, 1e-9), ok
 

@@ -126,7 +126,7 @@ def _typed_options(ctx: click.Context, opts: Mapping[str, Any]) -> dict[str, Any
 
 def _stored_config(db_path: Path | None, run_id: int) -> dict[str, Any]:
     with open_for_reading(db_path) as store:
-        return RunConfig.from_stored(_config_of(store, run_id)).to_dict()
+        return RunConfig.from_dict(_config_of(store, run_id)).to_dict()
 
 
 @click.command()

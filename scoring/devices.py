@@ -32,20 +32,6 @@ def resolve_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def native_bf16(name: str) -> bool:
-    """Whether the device ``name`` (``auto`` resolved first) multiplies bfloat16 matrices in
-    hardware: a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or AMX. Elsewhere
-    torch emulates bf16, slower than fp32, so ``auto`` precisions stay fp32 there."""
-    kind = torch.device(resolve_device(name)).type
-    if kind == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if kind == "cpu":
-        cpu = getattr(torch, "cpu", None)  # the checks are private torch API: absent = no
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
-    return False
-
-
 def check_device(name: str) -> str:
     """Return `name` if models can be put on that device here; DeviceError otherwise.
     ``auto`` is always usable."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -75,22 +74,29 @@ def test_run_ga_on_an_injected_database_and_resume_ga(tmp_path, tiny_bert_dir):
     assert [c.fitness for c in run.best(3)] == pytest.approx([c.fitness for c in whole.best(3)])
 
 
-def test_a_causal_run_stores_the_proposer_dtype_it_resolved(
-    monkeypatch, tiny_bert_dir, tiny_gpt2_dir
-):
-    """`--proposer-dtype auto` is decided once, when the run starts, and stored: the resume
-    (on any machine) proposes in the same precision."""
-    import evolve.ga.config as config_module
-
-    monkeypatch.setattr(config_module, "native_bf16", lambda device: True)
+def test_a_bf16_causal_run_resumes_in_bf16_and_repeats(tiny_bert_dir, tiny_gpt2_dir):
+    """--proposer-dtype bf16 is stored with the run: its resume proposes in bf16 too, and
+    (same worker count) an interrupted bf16 run resumed equals an uninterrupted one."""
     gpt2 = str(tiny_gpt2_dir)
     fitness = FitnessConfig(objective="causal")
-    cfg = config(str(tiny_bert_dir), causal=gpt2, proposer="causal", init="sample", fitness=fitness)
-    cfg = dataclasses.replace(cfg, generations=1)
-    run = run_ga(cfg)
-    stored = run.store.run(run.id)["config"]
-    assert stored["mutation"]["proposer_dtype"] == "bf16"
-    monkeypatch.setattr(config_module, "native_bf16", lambda device: False)
-    resumed = resume_ga(run.id, run.store, generations=2)
-    assert resumed.status == "finished"
-    assert resumed.store.run(run.id)["config"]["mutation"]["proposer_dtype"] == "bf16"
+    mutation = MutationConfig(max_span=2, top_k=10, proposer_dtype="bf16")
+    cfg = config(
+        str(tiny_bert_dir),
+        causal=gpt2,
+        proposer="causal",
+        init="sample",
+        fitness=fitness,
+        mutation=mutation,
+        generations=3,
+    )
+
+    def stop(report):
+        if report.generation == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted) as info:
+        run_ga(cfg, progress=stop, db=(store := LogStore(":memory:")))
+    assert store.run(info.value.run_id)["config"]["mutation"]["proposer_dtype"] == "bf16"
+    resumed = resume_ga(info.value.run_id, store)
+    whole = run_ga(cfg)
+    assert [c.text for c in resumed.best(3)] == [c.text for c in whole.best(3)]

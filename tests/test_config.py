@@ -109,20 +109,6 @@ def test_validate_still_checks_choices() -> None:
     assert RunConfig(prompt="x").validate() == RunConfig(prompt="x")
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_proposer_dtype_auto_resolves_per_machine_once(monkeypatch, native):
-    """auto: bf16 where the hardware has it, else fp32, made concrete by `resolved()` (what a
-    run stores); an explicit choice and MLM-proposer runs are left as they are."""
-    monkeypatch.setattr(config_module, "native_bf16", lambda device: native)
-    cfg = RunConfig(prompt="p", proposer="causal")
-    assert cfg.mutation.proposer_dtype == "auto"
-    assert cfg.resolved().mutation.proposer_dtype == ("bf16" if native else "fp32")
-    pinned = RunConfig(prompt="p", proposer="causal", mutation=MutationConfig(proposer_dtype="fp32"))
-    assert pinned.resolved() == pinned
-    mlm = RunConfig(prompt="p")
-    assert mlm.resolved() == mlm
-
-
 def test_proposer_dtype_bf16_needs_the_causal_proposer():
     cfg = RunConfig(prompt="p", mutation=MutationConfig(proposer_dtype="bf16"))
     with pytest.raises(ConfigError, match="applies to the causal proposer"):
@@ -131,14 +117,3 @@ def test_proposer_dtype_bf16_needs_the_causal_proposer():
         RunConfig(
             prompt="p", proposer="causal", mutation=MutationConfig(proposer_dtype="fp16")  # type: ignore[arg-type]
         ).validate(here=False)
-
-
-def test_a_stored_config_from_before_proposer_dtype_resumes_in_fp32():
-    """Runs stored before the option sampled in fp32: `from_stored` keeps that, while a
-    config file (`from_dict`) gets today's default."""
-    data = RunConfig(prompt="p", proposer="causal").to_dict()
-    del data["mutation"]["proposer_dtype"]
-    assert RunConfig.from_stored(data).mutation.proposer_dtype == "fp32"
-    assert RunConfig.from_dict(data).mutation.proposer_dtype == "auto"
-    stored = RunConfig(prompt="p", proposer="causal", mutation=MutationConfig(proposer_dtype="bf16"))
-    assert RunConfig.from_stored(stored.to_dict()) == stored

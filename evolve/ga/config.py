@@ -16,14 +16,14 @@ import math
 import os
 import typing
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 from evolve.ga.operators.context import CxPoints
 from evolve.ga.proposers.base import Order
 from evolve.ga.proposers.sampling import SamplingPolicy
-from scoring.devices import check_device, native_bf16
+from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, DEFAULT_MLM
 from scoring.names import PLL_VARIANTS, PLLVariant
@@ -31,7 +31,7 @@ from scoring.names import PLL_VARIANTS, PLLVariant
 Algorithm = Literal["simple", "mu_plus_lambda"]
 Normalisation = Literal["mean", "total"]
 ProposerKind = Literal["mlm", "causal"]
-ProposerDtype = Literal["auto", "fp32", "bf16"]
+ProposerDtype = Literal["fp32", "bf16"]
 Objective = Literal["pll", "causal", "sum", "nsga2", "typical"]
 TypicalModel = Literal["mlm", "causal"]
 BaselineInit = Literal["beam", "greedy", "sample"]  # starts made by decoding with the causal LM
@@ -128,12 +128,13 @@ class MutationConfig:
         metadata={"help": "Causal proposer: fills sampled per span; the likeliest text is kept."},
     )
     proposer_dtype: ProposerDtype = field(
-        default="auto",
+        default="fp32",
         metadata={
-            "help": "Causal proposer: precision it samples and ranks fills in. bf16 takes about "
-            "half the time where the hardware has bf16 (CUDA GPUs, CPUs with AVX512-BF16 or "
-            "AMX) and perturbs only the proposals: fitness stays exact fp32. auto: bf16 there, "
-            "else fp32, decided when the run starts and stored with it."
+            "help": "Causal proposer: precision it samples and ranks fills in. bf16 took 0.7x "
+            "the time of fp32 for the README's causal run (docs/search.md) where the hardware "
+            "has bf16 (CUDA GPUs, CPUs with AVX512-BF16 or AMX); fitness stays exact fp32. Not "
+            "the default: bf16 rounding depends on batch shapes, so a bf16 run repeats exactly "
+            "only with the same --workers."
         },
     )
     no_repeat_ngram: int = field(
@@ -547,18 +548,6 @@ class RunConfig:
             f"{_size(available)} of memory available; lower --population or --max-len",
         )
 
-    def resolved(self) -> RunConfig:
-        """This config with ``auto`` choices that change results made concrete for this
-        machine: the causal proposer's dtype (bf16 where the hardware has it). A run stores
-        the resolved config, so its resume, its ``--from`` copies and its Ray workers (on
-        any hardware) propose in the same precision. ``device: auto`` stays as it is: it
-        only decides where models live (`scoring.devices`)."""
-        m = self.mutation
-        if self.proposer != "causal" or m.proposer_dtype != "auto":
-            return self
-        dtype: ProposerDtype = "bf16" if native_bf16(self.device) else "fp32"
-        return replace(self, mutation=replace(m, proposer_dtype=dtype))
-
     def _validate_combinations(self) -> None:
         """Options that are valid alone but not together."""
         f = self.fitness
@@ -700,26 +689,6 @@ class RunConfig:
         """The config `to_dict` wrote (missing keys take their defaults); an unknown key is
         a ConfigError naming it, so a typo or a newer program's config is never ignored."""
         return _build(cls, data, "")
-
-    @classmethod
-    def from_stored(cls, data: dict[str, Any]) -> RunConfig:
-        """A config a run stored: as `from_dict`, except that a field added since takes the
-        value the run actually ran with, not today's default (`STORED_BEFORE`), so a resume
-        continues an older run exactly."""
-        if isinstance(data, dict):
-            data = dict(data)
-            for path, value in STORED_BEFORE.items():
-                table, key = path.split(".")
-                section = data.get(table, {})
-                if isinstance(section, dict) and key not in section:
-                    data[table] = {**section, key: value}
-        return cls.from_dict(data)
-
-
-# Fields added after runs were stored, with the value those runs ran with.
-STORED_BEFORE: dict[str, Any] = {
-    "mutation.proposer_dtype": "fp32",  # the causal proposer sampled in fp32 before the option
-}
 
 
 _D = TypeVar("_D")

@@ -56,10 +56,9 @@ def make_proposer(cfg: RunConfig, lm: LoadedModel) -> Proposer:
             banned_ids=banned,
             no_repeat_ngram=m.no_repeat_ngram,
         )
-    dtype = cfg.resolved().mutation.proposer_dtype  # `RunConfig.resolved`; a run passes it resolved
     return CausalProposer(
         lm,
-        dtype="bf16" if dtype == "bf16" else "fp32",
+        dtype=m.proposer_dtype,
         candidates=m.candidates,
         temperature=m.temperature,
         top_k=m.top_k,

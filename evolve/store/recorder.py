@@ -82,7 +82,7 @@ class Recorder:
     @staticmethod
     def config_of(store: LogStore, run_id: int) -> RunConfig:
         """A stored run's config (UserError if this version cannot read it)."""
-        return RunConfig.from_stored(store.run(run_id)["config"]).validate()
+        return RunConfig.from_dict(store.run(run_id)["config"]).validate()
 
     # -- the hook -------------------------------------------------------------------------
 
