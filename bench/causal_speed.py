@@ -40,7 +40,7 @@ import evolve.ga.wiring as wiring
 from evolve.api import run_ga
 from evolve.ga.config import FitnessConfig, RunConfig
 from evolve.ga.engine import Generation
-from scoring.causal import CausalScorer, prefix_cache_of
+from scoring.causal import CausalScorer, context_cache_of, prefix_cache_of
 from scoring.models import LoadedModel, in_bf16, load_causal
 from scoring.results import TokenScores
 
@@ -95,8 +95,9 @@ def path(lm: LoadedModel, new: bool) -> Iterator[None]:
     wiring.load_causal = lambda *a, **k: lm  # type: ignore[assignment]
     wiring.CausalScorer = partial(CausalScorer, prefix_cache=new)  # type: ignore[misc]
     wiring.CausalProposer = partial(saved[2], batched=new)  # type: ignore[misc]
-    for model in (lm, in_bf16(lm)):
-        prefix_cache_of(model).clear()  # each path pays for its own prompt
+    for model in (lm, in_bf16(lm)):  # each path pays for its own prompt and contexts
+        prefix_cache_of(model).clear()
+        context_cache_of(model).clear()
     try:
         yield
     finally:

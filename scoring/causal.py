@@ -232,6 +232,117 @@ def prefix_cache_of(lm: LoadedModel) -> PrefixCache:
     return found
 
 
+# -- key/value caches of whole texts, for edits of them -------------------------------------
+
+CONTEXT_BYTES = 256 * 2**20  # key/value bytes a `ContextCache` keeps: SmolLM2 (46 kB a token
+# in fp32) keeps ~100 texts of prompt + 40 tokens, two generations of a default run
+
+
+@dataclass(frozen=True)
+class ContextEntry:
+    """The key/value cache of ``ids[start:]`` (each layer's keys and values [heads, n, dim]),
+    computed in a pass that ran ``ids[:start]`` before them (the prefix cache)."""
+
+    ids: tuple[int, ...]
+    start: int
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    nbytes: int
+
+
+class ContextCache:
+    """Key/value caches of texts a model has run, for the next edit of one of them.
+
+    A causal scorer of a run stores each text it scores (`CausalScorer` with
+    ``share_contexts``); the causal proposer, about to refill a span at token k of one of
+    them, takes the keys and values of tokens before k from here instead of running them
+    again (`evolve.ga.proposers.causal`). Least recently used texts go first beyond
+    ``max_bytes``; an in-place change of the weights forgets all (as `PrefixCache`).
+    """
+
+    def __init__(self, model: torch.nn.Module, max_bytes: int = CONTEXT_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = 0  # lookups that found tokens to reuse
+        self.reused = 0  # tokens whose keys and values were reused
+        self._model = weakref.ref(model)
+        self._entries: OrderedDict[tuple[int, ...], ContextEntry] = OrderedDict()
+        self._version = -1
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def _check_version(self) -> None:
+        model = self._model()
+        version = sum(p._version for p in model.parameters()) if model is not None else -1
+        if version != self._version:
+            self.clear()
+            self._version = version
+
+    def put(self, ids: Sequence[int], start: int, layers: Sequence[tuple[Any, Any]]) -> None:
+        """Keep the keys and values (per layer, [heads, n, dim], copied) of ``ids[start:]``."""
+        key = tuple(int(i) for i in ids)
+        self._check_version()
+        if key in self._entries or len(key) <= start:
+            return
+        kept = tuple((k.detach().clone(), v.detach().clone()) for k, v in layers)
+        size = sum(k.nbytes + v.nbytes for k, v in kept)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = ContextEntry(key, start, kept, size)
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.nbytes -= old.nbytes
+
+    def lookup(
+        self, ids: Sequence[int], lo: int, hi: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer, the keys and values of ``ids[lo:lo + m]`` from a kept text that begins
+        with ``ids[:lo + m]``, for the largest such ``m <= hi - lo`` (None: no text gives any).
+        """
+        self._check_version()
+        best, best_m = None, 0
+        for entry in reversed(self._entries.values()):
+            if entry.start > lo:
+                continue
+            top = min(hi, len(entry.ids))
+            n = 0
+            while n < top and entry.ids[n] == ids[n]:
+                n += 1
+            if n - lo > best_m:
+                best, best_m = entry, n - lo
+        if best is None:
+            return None
+        self._entries.move_to_end(best.ids)
+        self.hits += 1
+        self.reused += best_m
+        a = lo - best.start
+        return [(k[:, a : a + best_m], v[:, a : a + best_m]) for k, v in best.layers]
+
+
+_CONTEXT_CACHES: weakref.WeakKeyDictionary[torch.nn.Module, ContextCache] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def context_cache_of(lm: LoadedModel) -> ContextCache:
+    """The one `ContextCache` of ``lm``'s model object (made on first use)."""
+    found = _CONTEXT_CACHES.get(lm.model)
+    if found is None:
+        found = _CONTEXT_CACHES[lm.model] = ContextCache(lm.model)
+    return found
+
+
+def cache_layers(cache: Any) -> list[Any] | None:
+    """The layers of a key/value cache whose keys and values are plain [batch, heads, n, dim]
+    tensors (transformers' dynamic cache), or None for any other cache."""
+    layers = getattr(cache, "layers", None)
+    if layers and all(type(la).__name__ == "DynamicLayer" for la in layers):
+        return list(layers)
+    return None
+
+
 # -- the scorer -----------------------------------------------------------------------------
 
 
@@ -241,6 +352,9 @@ class CausalScorer(CachedScorer):
     ``prefix_cache``: run the prefix once and the continuations on its key/value cache (the
     module docstring); False runs prefix + continuation in full for every text (the path
     before the cache, kept for the bench and as the reference in the tests).
+    ``share_contexts``: keep the key/value cache of every text scored in the model's
+    `ContextCache`, for a causal proposer of the same model to edit it from (a run whose
+    proposer is causal turns it on).
     """
 
     def __init__(
@@ -249,6 +363,7 @@ class CausalScorer(CachedScorer):
         tokens_per_batch: int = 2048,
         cache_size: int = 200_000,
         prefix_cache: bool = True,
+        share_contexts: bool = False,
     ) -> None:
         if tokens_per_batch < 1:
             raise UserError(f"tokens_per_batch must be at least 1, got {tokens_per_batch}")
@@ -262,6 +377,7 @@ class CausalScorer(CachedScorer):
         params = inspect.signature(lm.model.forward).parameters
         self._keep_arg = "logits_to_keep" in params
         self.prefix_cache = bool(prefix_cache)
+        self.share_contexts = bool(share_contexts) and self.prefix_cache
 
     def _context(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
         return prefix if prefix else (self._start_id,)
@@ -316,13 +432,16 @@ class CausalScorer(CachedScorer):
                 attn[r, c : c - 1 + len(conts[i])] = 1
             positions = torch.arange(c - 1, c - 1 + width).expand(len(batch), width)
             with torch.inference_mode():
-                logits = self.lm.model(
+                out_pass = self.lm.model(
                     input_ids=ids[:, :width].to(device),
                     attention_mask=attn.to(device),
                     position_ids=positions.to(device),
                     past_key_values=state.cache_for(len(batch)),
                     use_cache=True,
-                ).logits.float()
+                )
+                logits = out_pass.logits.float()
+                if self.share_contexts:
+                    self._share(context, [conts[i] for i in batch], out_pass.past_key_values)
                 targets = ids[:, 1:].to(device)
                 picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
                 logp = (picked - torch.logsumexp(logits, dim=-1)).cpu()
@@ -332,6 +451,24 @@ class CausalScorer(CachedScorer):
             for r, i in enumerate(batch):
                 out[i] = tuple(float(x) for x in logp[r, : len(conts[i])].tolist())
         return out
+
+    def _share(self, context: tuple[int, ...], conts: list[tuple[int, ...]], cache: Any) -> None:
+        """Keep each row's keys and values past the cached prefix (the context's last token
+        and the continuation but its last token) in the model's `ContextCache`."""
+        layers = cache_layers(cache)
+        if layers is None:
+            return
+        store = context_cache_of(self.lm)
+        at = len(context) - 1
+        for r, cont in enumerate(conts):
+            n = len(cont)
+            if n == 0:
+                continue
+            store.put(
+                (*context, *cont[:-1]),
+                at,
+                [(la.keys[r, :, at : at + n], la.values[r, :, at : at + n]) for la in layers],
+            )
 
     def _batches(
         self, context: tuple[int, ...], conts: list[tuple[int, ...]]

@@ -13,7 +13,7 @@ from evolve.ga.proposers import CausalProposer, FillRequest, Proposer
 from evolve.ga.proposers.causal import spans_of
 from evolve.ga.representation import Representation
 from evolve.ga.seeding import seed_everything
-from scoring.causal import CausalScorer
+from scoring.causal import CausalScorer, ContextCache
 from scoring.errors import UserError
 from scoring.models import LoadedModel, load_model
 
@@ -282,3 +282,57 @@ def test_a_mutation_keeps_the_best_candidate_that_changes_the_span(gpt2, rep, mo
     )
     same = proposer.fill([dataclasses.replace(request, avoid=avoid)])[0]
     assert tuple(same[at : at + 1]) == avoid
+
+
+def test_context_cache_keeps_texts_by_bytes_and_finds_the_longest_prefix(gpt2):
+    store = ContextCache(gpt2.model, max_bytes=6_700)
+    layer = (torch.arange(24.0).view(2, 4, 3), -torch.arange(24.0).view(2, 4, 3))
+    store.put([1, 2, 3, 4, 5], 1, [layer])  # A: keys/values of tokens 1..4, 192 bytes
+    store.put([1, 2, 9, 9, 9], 1, [tuple(t + 100 for t in layer)])  # B
+    found = store.lookup([1, 2, 3, 4, 7, 7], lo=2, hi=5)
+    assert found is not None and torch.equal(found[0][0], layer[0][:, 1:3])  # tokens 2, 3
+    nines = store.lookup([1, 2, 9, 9, 9], lo=1, hi=4)  # the longer match wins: tokens 1..3
+    assert nines is not None and torch.equal(nines[0][0], layer[0][:, :3] + 100)
+    assert store.lookup([5, 5, 5], lo=1, hi=2) is None  # no kept text begins so
+    assert store.lookup([1, 2, 3], lo=0, hi=2) is None  # before a kept text's start
+    assert store.hits == 2 and store.reused == 5
+    store.put(list(range(50)), 0, [(torch.zeros(2, 50, 20), torch.zeros(2, 50, 20))])
+    assert store.nbytes == 2 * 192 and store.lookup(list(range(50)), 0, 9) is None  # too big
+    assert store.lookup([1, 2, 3, 4], 1, 3) is not None  # A is now the most recent
+    store.put(list(range(10)), 0, [(torch.zeros(2, 10, 40), torch.zeros(2, 10, 40))])
+    assert store.nbytes == 192 + 6_400  # over 6,700 with both: the least recent (B) went
+    only_a = store.lookup([1, 2, 9, 9, 9], 1, 4)  # B's 3 tokens gone: A gives token 1
+    assert only_a is not None and torch.equal(only_a[0][0], layer[0][:, :1])
+    assert store.lookup([1, 2, 3, 4], 1, 3) is not None
+    with torch.no_grad():
+        next(gpt2.model.parameters()).add_(0.0)  # weights changed in place: all forgotten
+    assert store.lookup(list(range(10)), 0, 5) is None and store.nbytes == 0
+
+
+def test_a_scored_text_lends_its_keys_and_values_to_the_next_edit(gpt2, rep):
+    """A scorer sharing contexts keeps each text's keys/values; the proposer refilling a
+    span of one of them runs only what is new, and proposes as if it had run it all."""
+    requests = requests_for(rep)
+    n_prompt = len(rep.template.head) + len(rep.prompt_ids)
+    parents = [list(rep.template.build(rep.prompt_ids, rep.encode(c)))[n_prompt:] for c in CONTS]
+    scorer = CausalScorer(gpt2, share_contexts=True)
+    scorer.score_ids(parents, rep.prompt_ids)
+    logits_seen: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    fills = {}
+    for reuse in (True, False):
+        proposer = CausalProposer(gpt2, candidates=4, reuse_contexts=reuse)
+        original = proposer._pick
+
+        def spy(logits, *rest, reuse=reuse, original=original):
+            logits_seen[reuse].append(logits.clone())
+            return original(logits, *rest)
+
+        proposer._pick = spy  # type: ignore[method-assign]
+        seed_everything(6)
+        fills[reuse] = proposer.fill(
+            [dataclasses.replace(r, seed=40 + i) for i, r in enumerate(requests)]
+        )
+        assert (proposer.stats.reused_tokens > 0) == reuse
+    assert fills[True] == fills[False]
+    for a, b in zip(logits_seen[True], logits_seen[False], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -108,7 +108,10 @@ def make_scorers(cfg: RunConfig, models: Models) -> list[Scorer]:
             scorers.append(TypicalScorer(pll))
     if f.uses_causal:
         assert models.causal is not None
-        scorers.append(CausalScorer(models.causal))
+        # the causal proposer edits the texts it scores from their kept keys/values (fp32:
+        # a bf16 proposer runs its own copy of the model, which these would not fit)
+        share = cfg.proposer == "causal" and cfg.mutation.proposer_dtype == "fp32"
+        scorers.append(CausalScorer(models.causal, share_contexts=share))
         if f.uses_typical and not typical_mlm:
             scorers.append(TypicalCausalScorer(models.causal))
     return scorers

@@ -11,7 +11,13 @@ import torch
 
 from evolve.ga.proposers.base import FillRequest
 from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
-from scoring.causal import length_groups, prefix_cache_of, select_rows
+from scoring.causal import (
+    cache_layers,
+    context_cache_of,
+    length_groups,
+    prefix_cache_of,
+    select_rows,
+)
 from scoring.errors import UserError
 from scoring.models import LoadedModel, in_bf16
 
@@ -34,6 +40,7 @@ class CausalProposerStats:
     forward_passes: int = 0  # model forward calls
     token_positions: int = 0  # rows x tokens run through the model (the cost of a call)
     rescored: int = 0  # distinct candidates whose right context was scored
+    reused_tokens: int = 0  # left-context tokens whose keys/values came from a scored text
 
 
 def spans_of(positions: Sequence[int]) -> list[tuple[int, int]]:
@@ -112,6 +119,7 @@ class CausalProposer:
         batched: bool = True,
         no_repeat_ngram: int = 0,
         dtype: Literal["fp32", "bf16"] = "fp32",
+        reuse_contexts: bool = True,
     ) -> None:
         if lm.kind != "causal":
             raise UserError(f"the causal proposer needs a causal LM; {lm.name!r} is a {lm.kind}")
@@ -121,6 +129,7 @@ class CausalProposer:
         if dtype not in ("fp32", "bf16"):
             raise UserError(f"proposer dtype must be fp32 or bf16 (got {dtype!r})")
         self.dtype = dtype
+        self.reuse_contexts = bool(reuse_contexts)
         self.lm = in_bf16(lm) if dtype == "bf16" else lm
         self.candidates = int(candidates) if temperature > 0 else 1  # greedy: one fill
         self.tokens_per_batch = max(1, int(tokens_per_batch))
@@ -286,21 +295,30 @@ class CausalProposer:
             while same < shared and g.left[same] == first[same]:
                 same += 1
             shared = same
-        own = [g.left[shared:] for g in gaps]
+        keep = {"logits_to_keep": 1} if self._keep_arg else {}
+        cache = None
+        known: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * n_gaps
+        if shared:
+            cache = prefix_cache_of(self.lm).get(first[:shared]).cache_for(n_gaps)
+            known = self._known(gaps, shared, cache)
+        # each row: [shared prefix][pad][known: reused keys/values][pad][own: run now]
+        m = [0 if kv is None else kv[0][0].shape[1] for kv in known]
+        m_max = max(m)
+        own = [g.left[shared + m[r] :] for r, g in enumerate(gaps)]
         width = max(len(x) for x in own)
         ids = torch.full((n_gaps, width), self._pad_id, dtype=torch.long)
-        attn = torch.zeros((n_gaps, shared + width), dtype=torch.long)
+        attn = torch.zeros((n_gaps, shared + m_max + width), dtype=torch.long)
         attn[:, :shared] = 1
         pos = torch.zeros((n_gaps, width), dtype=torch.long)
         for r, x in enumerate(own):
+            attn[r, shared + m_max - m[r] : shared + m_max] = 1
             ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-            attn[r, shared + width - len(x) :] = 1
-            pos[r, width - len(x) :] = torch.arange(shared, shared + len(x))
+            attn[r, shared + m_max + width - len(x) :] = 1
+            start = shared + m[r]
+            pos[r, width - len(x) :] = torch.arange(start, start + len(x))
         ids, attn, pos = ids.to(device), attn.to(device), pos.to(device)
-        keep = {"logits_to_keep": 1} if self._keep_arg else {}
-        cache = None
-        if shared:
-            cache = prefix_cache_of(self.lm).get(first[:shared]).cache_for(n_gaps)
+        if m_max:
+            self._append_known(cache, known, m_max)
         lengths = torch.tensor([g.length for g in gaps], device=device).repeat_interleave(k)
         n_max = int(lengths.max())
         right_w = max(1, max(len(g.right) for g in gaps))
@@ -364,6 +382,42 @@ class CausalProposer:
             chosen[r, b, : g.length].tolist()
             for r, (g, b) in enumerate(zip(gaps, best, strict=True))
         ]
+
+    def _known(
+        self, gaps: Sequence[_Gap], shared: int, cache: Any
+    ) -> list[list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """Per gap, the keys and values of its left context past ``shared`` that a text
+        scored before (its parent, for a mutation) already has in the model's
+        `scoring.causal.ContextCache`, up to all but the last token (run now for its
+        logits); None where none is kept, or the cache is not a plain dynamic one."""
+        if not self.reuse_contexts or cache_layers(cache) is None:
+            return [None] * len(gaps)
+        store = context_cache_of(self.lm)
+        out: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = []
+        for g in gaps:
+            out.append(store.lookup(g.left, shared, len(g.left) - 1))
+        self.stats.reused_tokens += sum(kv[0][0].shape[1] for kv in out if kv is not None)
+        return out
+
+    @staticmethod
+    def _append_known(
+        cache: Any, known: Sequence[list[tuple[torch.Tensor, torch.Tensor]] | None], m_max: int
+    ) -> None:
+        """Append to every layer of ``cache`` (rows = gaps) a block of ``m_max`` slots that
+        holds each gap's reused keys and values right-aligned (zeros, masked, before)."""
+        layers = cache_layers(cache)
+        assert layers is not None
+        for i, layer in enumerate(layers):
+            rows, heads, _, dim = layer.keys.shape
+            block_k = layer.keys.new_zeros((rows, heads, m_max, dim))
+            block_v = layer.values.new_zeros((rows, heads, m_max, dim))
+            for r, kv in enumerate(known):
+                if kv is not None:
+                    k, v = kv[i]
+                    block_k[r, :, m_max - k.shape[1] :] = k
+                    block_v[r, :, m_max - v.shape[1] :] = v
+            layer.keys = torch.cat([layer.keys, block_k], dim=2)
+            layer.values = torch.cat([layer.values, block_v], dim=2)
 
     def _avoided(self, gaps: Sequence[_Gap], fills: torch.Tensor) -> torch.Tensor:
         """Bool [rows]: candidates equal to their gap's ``avoid`` (the tokens the span held),
