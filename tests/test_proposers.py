@@ -262,8 +262,8 @@ def test_policy_draws_from_an_explicit_generator_or_the_global_rng():
 
 @pytest.mark.parametrize("top_k", [0, 3])
 def test_per_row_draws_follow_the_policy_distribution(top_k):
-    """`sample_rows` (inverse CDF, one uniform per row from its generator) and `draw_rows`
-    (the same on each row's top-k) draw from `logprobs`' distribution: 20,000 rows of one
+    """`sample_rows` (torch.multinomial per row) and `draw_rows` (inverse CDF on each row's
+    top-k, one uniform per row from its generator) draw from `logprobs`' distribution: 20,000 rows of one
     distribution land within 4 standard errors of it, never on a banned or cut id, and a
     row's draw depends on its generator only."""
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0, 1.0, 0.2]])

@@ -169,7 +169,12 @@ class SamplingPolicy:
         RNG), so a row's draw does not depend on the other rows of the batch."""
         if self.greedy:
             return logprobs.argmax(dim=-1)
-        return _inverse_cdf(logprobs.exp(), generators)
+        probs = logprobs.exp()
+        picked = [
+            torch.multinomial(probs[i : i + 1], 1, generator=g).view(1)
+            for i, g in enumerate(generators)
+        ]
+        return torch.cat(picked) if picked else logprobs.new_zeros(0, dtype=torch.long)
 
     def draw_rows(
         self,
@@ -177,12 +182,17 @@ class SamplingPolicy:
         bans: Sequence[Collection[int]] | None,
         generators: Sequence[torch.Generator | None],
     ) -> torch.Tensor:
-        """`sample_rows` of `logprobs` (same distribution, row i from ``generators[i]``),
-        computed on each row's top-k only: what a proposer that needs the token but not its
-        log-probability calls. Rows where ties at the k-th logit keep more than k ids (what
-        `logprobs` does) take the full path."""
-        if self.greedy or not 0 < self.top_k < logits.shape[-1] or logits.shape[0] == 0:
-            return self.sample_rows(self.logprobs(logits, bans), generators)
+        """One token per row from `logprobs`' distribution, row i drawn from
+        ``generators[i]`` alone, as `sample_rows`, but by inverse CDF (`_inverse_cdf`) on
+        each row's top-k: ~3x faster for SmolLM2's vocabulary (a proposer that needs the
+        token but not its log-probability, the causal one, calls it). Rows where ties at the
+        k-th logit keep more than k ids (as `logprobs` does) are drawn on the whole
+        vocabulary. The same generator state gives another token than `sample_rows`, which
+        the MLM proposer keeps so that its runs repeat those of earlier versions."""
+        if self.greedy:
+            return self.logprobs(logits, bans).argmax(dim=-1)
+        if not 0 < self.top_k < logits.shape[-1] or logits.shape[0] == 0:
+            return _inverse_cdf(self.logprobs(logits, bans).exp(), generators)
         masked = self._banned(logits, bans) / self.temperature
         values, ids = torch.topk(masked, self.top_k, dim=-1)
         kth = values[:, -1:]
@@ -192,7 +202,7 @@ class SamplingPolicy:
         if bool(tied.any()):
             rows = tied.nonzero()[:, 0].tolist()
             full = self.logprobs(logits[rows], None if bans is None else [bans[r] for r in rows])
-            picked[rows] = self.sample_rows(full, [generators[r] for r in rows])
+            picked[rows] = _inverse_cdf(full.exp(), [generators[r] for r in rows])
         return picked
 
     @staticmethod
