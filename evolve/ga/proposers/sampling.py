@@ -10,8 +10,10 @@ proposal probabilities (``fill(return_logq=True)``, ``logprob_of``) off the same
 
 Draws come from an explicit ``torch.Generator``, or the global torch RNG when it is None
 (what a run seeded by `evolve.ga.seeding` uses, so one seed reproduces a run);
-`sample_rows` gives each row its own generator (per-request seeds, `FillRequest.seed`). The
-generator must live on the device of the logits.
+`sample_rows` gives each row its own generator (per-request seeds, `FillRequest.seed`), and
+`draw_rows` does the same by inverse CDF on each row's top-k, several times faster on a large
+vocabulary (the causal proposer's draw; the MLM proposer keeps `sample_rows`). The generator
+must live on the device of the logits.
 
 The n-gram guard (``no_repeat_ngram`` = N > 0, as ``no_repeat_ngram_size`` of Hugging Face's
 ``generate``): a token may not be put at a position where it would complete an N-gram that
