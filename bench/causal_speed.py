@@ -1,23 +1,26 @@
-"""The causal path before and after the shared prompt cache, side by side in one run.
+"""The causal path before and after the shared key/value caches, side by side in one run.
 
 (a) The README's readable run (``--proposer causal --fitness causal --init beam``, SmolLM2-135M,
     the cheese prompt) for ``--generations`` generations of ``--population``: first with the
     old path (`scoring.causal.CausalScorer` with ``prefix_cache=False``, the proposer with
     ``batched=False``: one round per span length, every candidate rescored, the prompt run
-    again in every row), then with the new one (the prompt's key/value cache shared by scorer
-    and proposer, all span lengths of a fill step in one batch, twin candidates rescored
-    once), then the new one again with the same seed (``--repro-generations``).
+    again in every row), then with the new one as a run gets it by default (the prompt's
+    key/value cache shared by scorer and proposer, the scored texts' caches reused up to the
+    edit, all span lengths of a fill step in one batch, twin candidates rescored once,
+    mutations that change the span), then the new one with ``--proposer-dtype bf16``
+    (opt-in), then the default again with the same seed (``--repro-generations``).
 (b) Scoring alone: a 200-token prompt and 32 continuations of 24 tokens (human text from the
     Python licence), old scorer vs new (best of ``--repeats``).
 
 Prints seconds and forward token positions (rows x tokens of every model call, counted by a
-hook on the model) per path; checks that every text both paths scored has the same score
-within 1e-5 (or within twice what the old path differs from itself when only the batching
-changes, printed: float32 rounding by matrix shape), that the new path's run repeats exactly
-with the same seed (a shorter repeat run, ``--repro-generations``), and ends with
-``speedup (a) X.XXx, (b) Y.YYx`` ((a): generations 1.. only, generation 0 being beam search
-plus one scoring call, printed apart; its beam search uses the prompt cache in both runs). The two runs' fills differ (the batched proposer draws
-the RNG in another order), so (a) compares the cost of equal work, not equal texts.
+hook on the model and on its bf16 copy) per path; checks that every text both paths scored
+has the same score within 1e-5 (or within twice what the old path differs from itself when
+only the batching changes, printed: float32 rounding by matrix shape), that the new path's
+run repeats exactly with the same seed (a shorter repeat run, ``--repro-generations``), and
+ends with ``speedup (a) X.XXx, (b) Y.YYx`` ((a): the default new path, generations 1.. only,
+generation 0 being beam search plus one scoring call, printed apart; its beam search uses
+the prompt cache in every run). The runs' fills differ (the new proposer draws and chooses
+otherwise), so (a) compares the cost of the same run configuration, not of equal texts.
 
 Usage: python bench/causal_speed.py [--generations 3] [--population 16] [--threads 1]
 """
