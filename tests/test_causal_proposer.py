@@ -336,3 +336,16 @@ def test_a_scored_text_lends_its_keys_and_values_to_the_next_edit(gpt2, rep):
     assert fills[True] == fills[False]
     for a, b in zip(logits_seen[True], logits_seen[False], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_candidates_that_drew_the_same_tokens_share_one_row(gpt2, rep):
+    """Candidates of a span that drew the same tokens so far run as one row: at a temperature
+    where all 6 draw alike, a fill runs exactly the token positions of a single candidate."""
+    request = requests_for(rep)[1]  # a 3-token span at the end
+    positions = {}
+    for k in (1, 6):
+        proposer = CausalProposer(gpt2, candidates=k, temperature=0.01)
+        seed_everything(0)
+        proposer.fill([request])
+        positions[k] = proposer.stats.token_positions
+    assert positions[6] == positions[1]

@@ -339,13 +339,13 @@ class CausalProposer:
                 use_cache=True,
                 **keep,
             )
+            # The candidates of a gap that have drawn the same tokens so far share one state
+            # (one cache row, one row of logits): `state[r]` is candidate row r's. A state is
+            # run once per step however many candidates share it, and split when they draw
+            # different tokens; at first every gap's k candidates share its state.
             cache, logits = out.past_key_values, out.logits[:, -1].float()
             last = pos[:, -1]
-            if k > 1:
-                cache.batch_repeat_interleave(k)
-                logits = logits.repeat_interleave(k, dim=0)
-                attn = attn.repeat_interleave(k, dim=0)
-                last = last.repeat_interleave(k, dim=0)
+            state = arange // k
             score = torch.zeros(rows, dtype=torch.float64, device=device)
             fills = torch.full((rows, n_max), self._pad_id, dtype=torch.long, device=device)
             real = torch.ones(rows, dtype=torch.bool, device=device)
@@ -358,21 +358,30 @@ class CausalProposer:
                     live = sampling.nonzero()[:, 0].tolist()
                     bans = self._guard_bans(gaps, [fills[:, j] for j in range(step)])
                     token[sampling] = self._pick(
-                        logits[sampling],
+                        logits[state[sampling]],
                         None if bans is None else [bans[r] for r in live],
-                        None if self._gens is None else [self._gens[gaps[r // k].owner] for r in live],
+                        None
+                        if self._gens is None
+                        else [self._gens[gaps[r // k].owner] for r in live],
                     )
                     fills[sampling, step] = token[sampling]
                 token = torch.where(real, token, self._pad_id)
-                gained = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
-                score += torch.where(real, gained, 0.0)
+                logp = torch.log_softmax(logits, dim=-1)
+                score += torch.where(real, logp[state, token], 0.0)
                 if step + 1 < n_max:
-                    attn = torch.cat([attn, real[:, None].long()], dim=1)
+                    state, parent = self._split(state, token)
+                    if parent is not None:
+                        cache, attn, last = select_rows(cache, parent), attn[parent], last[parent]
+                    fed = token[self._firsts(state)]
+                    real_s = real[self._firsts(state)]
+                    attn = torch.cat([attn, real_s[:, None].long()], dim=1)
                     last = last + 1
-                    cache, logits = self._advance(token, attn, last, cache, keep)
+                    cache, logits = self._advance(fed, attn, last, cache, keep)
             if k > 1:
                 avoided = self._avoided(gaps, fills)
-                score += self._rest_logprobs(gaps, fills, token, real, attn, last, cache, avoided)
+                score += self._rest_logprobs(
+                    gaps, fills, token, real, attn, last, cache, state, avoided
+                )
                 score[avoided] = -torch.inf
         self.stats.rounds += 1
         self.stats.candidates += rows
@@ -419,6 +428,31 @@ class CausalProposer:
             layer.keys = torch.cat([layer.keys, block_k], dim=2)
             layer.values = torch.cat([layer.values, block_v], dim=2)
 
+    @staticmethod
+    def _split(
+        state: torch.Tensor, token: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The states after each candidate row feeds ``token``: rows that shared a state and
+        feed the same token still share one. Returns (new state of each row, the old state
+        each new one continues, None when that is every old state in order)."""
+        keys = list(zip(state.tolist(), token.tolist(), strict=True))
+        number: dict[tuple[int, int], int] = {}
+        for key in keys:
+            number.setdefault(key, len(number))
+        new = torch.tensor([number[key] for key in keys], device=state.device)
+        parents = [old for old, _ in number]
+        if parents == list(range(int(state.max()) + 1)):
+            return new, None
+        return new, torch.tensor(parents, device=state.device)
+
+    @staticmethod
+    def _firsts(state: torch.Tensor) -> torch.Tensor:
+        """For each state, the first candidate row in it (states are numbered by first row)."""
+        n = int(state.max()) + 1
+        first = torch.full((n,), len(state), dtype=torch.long, device=state.device)
+        rows = torch.arange(len(state), device=state.device)
+        return first.scatter_reduce(0, state, rows, reduce="amin")
+
     def _avoided(self, gaps: Sequence[_Gap], fills: torch.Tensor) -> torch.Tensor:
         """Bool [rows]: candidates equal to their gap's ``avoid`` (the tokens the span held),
         where the gap drew at least one other candidate; those never win."""
@@ -441,13 +475,15 @@ class CausalProposer:
         attn: torch.Tensor,
         last: torch.Tensor,
         cache: Any,
+        state: torch.Tensor,
         avoided: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """log p(the right context not yet fed | left + fill + the part fed) per candidate
         row: the last token fed in the sampling loop and the rest of the right context, in a
         pass over the distinct candidates of each gap (a copy answers for its twins; a gap
         with one distinct candidate left, once ``avoided`` rows are out, is skipped), split
-        into batches of similar rest lengths (`scoring.causal.length_groups`)."""
+        into batches of similar rest lengths (`scoring.causal.length_groups`). ``cache``,
+        ``attn`` and ``last`` are per state of the sampling loop, ``state`` each row's."""
         k = self.candidates
         n_max = fills.shape[1]
         rests: list[list[int]] = []
@@ -462,8 +498,8 @@ class CausalProposer:
             twin.append(first_of.setdefault((row // k, tuple(key)), row))
         # distinct candidates still in the running, longest rest first, in batches of similar
         # rest lengths; a gap with one such candidate has its fill already (nothing to rank)
-        out = set() if avoided is None else set(avoided.nonzero()[:, 0].tolist())
-        running = {row for row in twin if row not in out}
+        dropped = set() if avoided is None else set(avoided.nonzero()[:, 0].tolist())
+        running = {row for row in twin if row not in dropped}
         choices: dict[int, int] = {}
         for row in running:
             choices[row // k] = choices.get(row // k, 0) + 1
@@ -489,12 +525,13 @@ class CausalProposer:
                     feed_mask[j, 1 : 1 + len(rest)] = 1
             if width == 1:
                 continue  # nothing left to score in these rows
-            positions = last[index, None] + 1 + torch.arange(width, device=device)[None, :]
+            at = state[index]
+            positions = last[at, None] + 1 + torch.arange(width, device=device)[None, :]
             out = self._forward(
                 input_ids=feed,
-                attention_mask=torch.cat([attn[index], feed_mask], dim=1),
+                attention_mask=torch.cat([attn[at], feed_mask], dim=1),
                 position_ids=positions,
-                past_key_values=select_rows(cache, index),
+                past_key_values=select_rows(cache, at),
                 use_cache=True,
             )
             logits = out.logits[:, :-1].float()
