@@ -75,16 +75,19 @@ class CausalProposer:
     How a round works (`_batch`), for every span of a fill step at once (all lengths): the
     left contexts' common beginning (the prompt, at least) comes from the model's shared
     `scoring.causal.PrefixCache`, run once; the rest of each left context runs on it (one
-    pass, padded in the middle); that key/value cache is repeated per candidate. Then one
-    token per forward pass: spans still being filled sample their next token, collecting its
-    log-probability under the model's own (untempered) distribution, while spans already
-    complete feed their next right-context token and add its log-probability, so spans of
-    different lengths share every pass. Identical candidates of a span are then scored once
-    (a span whose candidates are all the same, not at all):
-    one more pass runs the rest of each distinct candidate's right context on the same cache.
-    The sum is log p(fill + right | left), and since ``left`` is the same for all candidates
-    of a span, ranking by it is ranking by the log-probability of the whole text. Left
-    context and sampled tokens are run once, not once per candidate and again for scoring.
+    pass, padded in the middle), except what a scored text being edited lends from the
+    model's `scoring.causal.ContextCache` (up to the edit). Then one token per forward pass:
+    spans still being filled sample their next token, collecting its log-probability under
+    the model's own (untempered) distribution, while spans already complete feed their next
+    right-context token and add its log-probability, so spans of different lengths share
+    every pass. A span's candidates that drew the same tokens so far share one state (cache
+    row and logits), split when their draws differ, so each distinct prefix runs once.
+    Identical candidates of a span are then scored once (a span whose candidates are all
+    the same, not at all): one more pass runs the rest of each distinct candidate's right
+    context on its cache. The sum is log p(fill + right | left), and since ``left`` is the
+    same for all candidates of a span, ranking by it is ranking by the log-probability of
+    the whole text. Left context and sampled tokens are run once, not once per candidate and
+    again for scoring.
     A request's ``avoid`` (a mutation's old tokens, `FillRequest.avoid`) is never kept, nor
     rescored, while the span drew any other candidate: a mutation mutates, rather than
     giving the parent back for duplicate suppression to mutate again.
