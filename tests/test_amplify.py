@@ -27,7 +27,6 @@ from evolve.experiments.amplify import (
     iter_positions,
     load_documents,
     log_arith,
-    parse_lambdas,
     run_amplify,
     sample_amplified,
     split_documents,
@@ -256,16 +255,13 @@ def test_config_validation(kwargs: dict, message: str) -> None:
         AmplifyConfig(**kwargs).validate()
 
 
-def test_bad_documents_and_lambdas(tmp_path: Path) -> None:
+def test_bad_documents(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no text"):
         load_documents(["  \n\n  "])
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 au lait".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8"):
         load_documents(files=[bad])
-    with pytest.raises(UserError, match="comma-separated"):
-        parse_lambdas("0,x")
-    assert parse_lambdas(" 0, 0.5 ,1 ") == (0.0, 0.5, 1.0)
 
 
 @click.group(cls=ErrorTranslatingGroup)

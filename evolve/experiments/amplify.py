@@ -169,17 +169,6 @@ class AmplifyConfig:
         return dataclasses.asdict(self) | {"lambdas": list(self.lambdas)}
 
 
-def parse_lambdas(text: str) -> tuple[float, ...]:
-    """`"0,0.1,0.5"` -> (0.0, 0.1, 0.5); UserError on anything else (range checked later)."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise UserError(f"no lambdas in {text!r}; give e.g. 0,0.1,0.5")
-    try:
-        return tuple(float(p) for p in parts)
-    except ValueError as exc:
-        raise UserError(f"lambdas must be comma-separated numbers, got {text!r}") from exc
-
-
 # -- documents --------------------------------------------------------------------------------
 
 
