@@ -22,12 +22,12 @@ from evolve.api import RunInterrupted
 from evolve.ga.config import FitnessConfig, IslandConfig, MutationConfig, RunConfig, WorkersConfig
 from evolve.ga.engine import Engine, Generation
 from evolve.ga.islands import migrate, split
-from evolve.ga.proposers import MLMProposer
+from evolve.ga.proposers import CausalProposer, MLMProposer
 from evolve.ga.proposers.base import FillRequest
 from evolve.ga.seeding import rng_scope
 from evolve.ga.workers import open_workers, shards
 from evolve.store import LogStore
-from scoring.models import load_mlm
+from scoring.models import load_causal, load_mlm
 
 PROMPT = "Cheddar is"
 
@@ -188,6 +188,42 @@ def test_missing_ray_is_one_line_and_no_run(invoke, tmp_path, tiny_bert_dir, mon
 
 
 # -- with the module's Ray ------------------------------------------------------------------
+
+
+def test_a_seeded_causal_request_fills_the_same_in_any_batch(tiny_gpt2_dir) -> None:
+    """The causal proposer (fp32) too: a request's fill depends on its input and seed, not
+    on the requests beside it in its batch (a worker gets a shard of them)."""
+    lm = load_causal(str(tiny_gpt2_dir))
+    prop = CausalProposer(lm, candidates=4, top_k=20)
+    texts = [" yellow and tastes sharp when it is old", " white so you can see it at night"]
+    reqs = []
+    for k in range(4):
+        ids = lm.tokenizer.encode("Cheddar is" + texts[k % 2])
+        span = (3 + k, 4 + k)
+        reqs.append(FillRequest(tuple(ids), span, seed=200 + k, avoid=tuple(ids[p] for p in span)))
+    alone = [prop.fill([r])[0] for r in reqs]
+    assert list(reversed(prop.fill(list(reversed(reqs))))) == alone
+
+
+def test_same_causal_run_with_no_ray_and_two_workers(
+    ray_cluster, tiny_bert_dir, tiny_gpt2_dir
+) -> None:
+    """A causal-proposer run (fp32, scored contexts reused up to each edit on whichever
+    process has them) is the same with no Ray and with 2 workers."""
+    gpt2 = str(tiny_gpt2_dir)
+    cfg = config(
+        str(tiny_bert_dir),
+        causal=gpt2,
+        proposer="causal",
+        init="sample",
+        fitness=FitnessConfig(objective="causal"),
+        mutation=MutationConfig(max_span=2, top_k=20, candidates=4),
+        island=IslandConfig(),
+    )
+    alone = run_ga(cfg)
+    sharded = run_ga(on(cfg, 2))
+    assert summary(sharded) == summary(alone)
+    assert fitness(sharded) == pytest.approx(fitness(alone), abs=1e-5)
 
 
 def test_same_run_with_no_ray_one_worker_and_two(ray_cluster, tiny_bert_dir, in_process) -> None:
