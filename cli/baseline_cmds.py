@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -94,7 +95,7 @@ def baseline(
     run_id: int | None,
     methods: tuple[str, ...],
     db_path: Path | None,
-    **opts: object,
+    **opts: Any,  # click's converted option values, one type per option
 ) -> None:
     """Continue a prompt with greedy, beam search and sampling; store the texts."""
     o = opts

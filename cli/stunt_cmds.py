@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -243,7 +243,8 @@ def _compare(ids: list[int] | None, png: Path | None, as_json: bool, db_path: Pa
             if not ids:
                 raise UserError(f"no stunt experiments in {store.path}; run `evolve stunt` first")
         exps = [store.experiment(i) for i in ids]
-        path = png if png is not None else store.path.parent / "stunt-compare.png"
+        db_file = cast(Path, store.path)  # open_existing opens a file, never :memory:
+        path = png if png is not None else db_file.parent / "stunt-compare.png"
     rows = compare_rows(exps)
     fig = compare_figure(exps)
     fig.savefig(path)

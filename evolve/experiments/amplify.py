@@ -182,7 +182,7 @@ class Document:
 def split_documents(text: str, source: str, unwrap: bool = False) -> list[Document]:
     """Blank lines separate documents; with `unwrap`, single line breaks become spaces."""
     paragraphs = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").replace("\r", "\n"))
-    docs = []
+    docs: list[Document] = []
     for para in paragraphs:
         para = para.strip()
         if unwrap:
@@ -241,7 +241,8 @@ class Lookahead:
         # The same start token as CausalScorer, so both score a text's first token alike.
         self.start_id: int = start_token_id(tok)
         self.eos_id: int | None = tok.eos_token_id
-        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        hf: Any = lm.model  # a transformers PreTrainedModel; its accessors are untyped upstream
+        self.vocab_size = int(hf.get_output_embeddings().weight.shape[0])
         self.max_length = lm.max_length
         self.dtype = next(self.model.parameters()).dtype
         self.forward_calls = 0

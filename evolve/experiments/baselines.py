@@ -341,9 +341,10 @@ def _generate(
     if len(prompt_ids) > 1:
         rows = cfg.num_beams if method == "beam" else 1
         past = prefix_cache_of(lm).get(prompt_ids[:-1]).cache_for(rows)
+    hf: Any = lm.model  # a transformers causal LM: generate() is not typed on nn.Module
     seed_everything(seed)
     with torch.inference_mode():
-        output = lm.model.generate(
+        output = hf.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             past_key_values=past,

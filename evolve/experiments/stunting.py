@@ -502,12 +502,14 @@ def paired_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]
     out: dict[str, Any] = {}
     for key in ("dev_ll", "gain_0.01", "gain_0.1", "slope_at_0"):
         d = per_position(key)
-        n = len(d) if d else 0
-        mean = math.fsum(d) / n if d else None
-        se = None
-        if d and n > 1:
-            var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
-            se = math.sqrt(var / n)
+        mean: float | None = None
+        se: float | None = None
+        if d:
+            n = len(d)
+            mean = math.fsum(d) / n
+            if n > 1:
+                var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
+                se = math.sqrt(var / n)
         out[f"{key}_change"] = mean
         out[f"{key}_change_se"] = se
     return out
@@ -533,7 +535,8 @@ def run_stunt(
             f"seq-len + 1 + depth ({config.seq_len + 1 + config.depth}) exceeds what "
             f"{lm.name!r} takes ({lm.max_length} tokens)"
         )
-    vocab = int(lm.model.get_output_embeddings().weight.shape[0])
+    hf: Any = lm.model  # a transformers PreTrainedModel; its accessors are untyped upstream
+    vocab = int(hf.get_output_embeddings().weight.shape[0])
     if config.beams > vocab:
         raise UserError(f"beams ({config.beams}) exceed the vocabulary size ({vocab})")
     windows = training_windows(lm, train, config.seq_len)

@@ -255,8 +255,8 @@ class Engine:
         """One generation: one step of the whole population, or with islands a migration
         (every `migration_interval` generations) and then one step per island."""
         if self.islands == 1:
-            new_pop, stats = self.step(self.parts, pop)
-            return new_pop, stats, []
+            stepped, stats = self.step(self.parts, pop)
+            return stepped, stats, []
         isl = self.cfg.island
         demes = split(pop, self.islands)
         moves: list[Migration] = []

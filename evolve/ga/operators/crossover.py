@@ -219,8 +219,8 @@ def crossover_batch(
     todo = [c for c in children if c.repair]
     if todo:
         filled = ctx.proposer.fill([ctx.request(c.ids, c.repair) for c in todo])
-        for c, ids in zip(todo, filled, strict=True):
-            c.ids = ctx.continuation_of(ids)
+        for c, row in zip(todo, filled, strict=True):
+            c.ids = ctx.continuation_of(row)
     for c in children:
         if ctx.no_repeat_ngram and ctx.repeats(c.ids):
             continue  # rejected: the individual stays its parent, fitness kept

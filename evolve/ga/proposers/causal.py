@@ -226,7 +226,7 @@ class CausalProposer:
         return [None if p in unknown else int(row[p]) for p in range(lo, hi)], start - lo
 
     def _guard_bans(
-        self, gaps: Sequence[_Gap], picked: Sequence[torch.Tensor]
+        self, gaps: Sequence[_Gap], picked: list[torch.Tensor]
     ) -> list[set[int]] | None:
         """The n-gram guard's bans for each candidate row's next token, given its tokens so
         far (``picked``, one [rows] tensor per step); None when no gap is guarded."""
