@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -159,7 +161,10 @@ def test_prefix_cache_equals_the_full_path(gpt2, prefix, tokens_per_batch):
 def test_prefix_runs_once_per_model_and_follows_weight_changes(gpt2, tiny_gpt2_dir):
     from scoring.causal import prefix_cache_of
 
-    lm = load_model(str(tiny_gpt2_dir), "causal")  # its own model object: its own prefixes
+    shared = load_model(str(tiny_gpt2_dir), "causal")  # the process-wide cached model:
+    # this test changes weights in place, so it works on its own copy (its own prefixes),
+    # never on the object later tests (and Ray workers' fresh loads) must agree with
+    lm = dataclasses.replace(shared, model=copy.deepcopy(shared.model))
     prefixes = prefix_cache_of(lm)
     a = CausalScorer(lm).score(TEXTS, PREFIX)
     computed = prefixes.stats.computed

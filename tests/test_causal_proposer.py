@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -285,7 +286,8 @@ def test_a_mutation_keeps_the_best_candidate_that_changes_the_span(gpt2, rep, mo
 
 
 def test_context_cache_keeps_texts_by_bytes_and_finds_the_longest_prefix(gpt2):
-    store = ContextCache(gpt2.model, max_bytes=6_700)
+    model = copy.deepcopy(gpt2.model)  # its weights get touched below: not the shared one
+    store = ContextCache(model, max_bytes=6_700)
     layer = (torch.arange(24.0).view(2, 4, 3), -torch.arange(24.0).view(2, 4, 3))
     store.put([1, 2, 3, 4, 5], 1, [layer])  # A: keys/values of tokens 1..4, 192 bytes
     store.put([1, 2, 9, 9, 9], 1, [tuple(t + 100 for t in layer)])  # B
@@ -305,7 +307,7 @@ def test_context_cache_keeps_texts_by_bytes_and_finds_the_longest_prefix(gpt2):
     assert only_a is not None and torch.equal(only_a[0][0], layer[0][:, :1])
     assert store.lookup([1, 2, 3, 4], 1, 3) is not None
     with torch.no_grad():
-        next(gpt2.model.parameters()).add_(0.0)  # weights changed in place: all forgotten
+        next(model.parameters()).add_(0.0)  # weights changed in place: all forgotten
     assert store.lookup(list(range(10)), 0, 5) is None and store.nbytes == 0
 
 
