@@ -31,7 +31,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -174,10 +174,6 @@ class PrefixCache:
         self._states: OrderedDict[tuple[int, ...], PrefixState] = OrderedDict()
         self._version = -1
 
-    def _weights_version(self) -> int:
-        model = self._model()
-        return sum(p._version for p in model.parameters()) if model is not None else -1
-
     def clear(self) -> None:
         self._states.clear()
 
@@ -186,7 +182,7 @@ class PrefixCache:
         key = tuple(int(i) for i in ids)
         if not key:
             raise ValueError("a prefix needs at least one token")
-        version = self._weights_version()
+        version = weights_version(self._model())
         if version != self._version:
             self._states.clear()
             self._version = version
@@ -217,19 +213,6 @@ class PrefixCache:
         if len(self._states) > self.size:
             self._states.popitem(last=False)
         return state
-
-
-_PREFIX_CACHES: weakref.WeakKeyDictionary[torch.nn.Module, PrefixCache] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def prefix_cache_of(lm: LoadedModel) -> PrefixCache:
-    """The one `PrefixCache` of ``lm``'s model object (made on first use)."""
-    found = _PREFIX_CACHES.get(lm.model)
-    if found is None:
-        found = _PREFIX_CACHES[lm.model] = PrefixCache(lm.model)
-    return found
 
 
 # -- key/value caches of whole texts, for edits of them -------------------------------------
@@ -273,8 +256,7 @@ class ContextCache:
         self.nbytes = 0
 
     def _check_version(self) -> None:
-        model = self._model()
-        version = sum(p._version for p in model.parameters()) if model is not None else -1
+        version = weights_version(self._model())
         if version != self._version:
             self.clear()
             self._version = version
@@ -321,17 +303,35 @@ class ContextCache:
         return [(k[:, a : a + best_m], v[:, a : a + best_m]) for k, v in best.layers]
 
 
-_CONTEXT_CACHES: weakref.WeakKeyDictionary[torch.nn.Module, ContextCache] = (
+_PER_MODEL: weakref.WeakKeyDictionary[torch.nn.Module, dict[type, Any]] = (
     weakref.WeakKeyDictionary()
 )
+_Cache = TypeVar("_Cache", "PrefixCache", "ContextCache")
+
+
+def _of_model(lm: LoadedModel, kind: type[_Cache]) -> _Cache:
+    """The one cache of class ``kind`` of ``lm``'s model object (made on first use)."""
+    per = _PER_MODEL.setdefault(lm.model, {})
+    found = per.get(kind)
+    if found is None:
+        found = per[kind] = kind(lm.model)
+    return found
+
+
+def prefix_cache_of(lm: LoadedModel) -> PrefixCache:
+    """The one `PrefixCache` of ``lm``'s model object (made on first use)."""
+    return _of_model(lm, PrefixCache)
 
 
 def context_cache_of(lm: LoadedModel) -> ContextCache:
     """The one `ContextCache` of ``lm``'s model object (made on first use)."""
-    found = _CONTEXT_CACHES.get(lm.model)
-    if found is None:
-        found = _CONTEXT_CACHES[lm.model] = ContextCache(lm.model)
-    return found
+    return _of_model(lm, ContextCache)
+
+
+def weights_version(model: torch.nn.Module | None) -> int:
+    """The sum of torch's version counters of ``model``'s weights (-1 once it is gone): it
+    changes with any in-place edit of a weight, an optimiser step included."""
+    return sum(p._version for p in model.parameters()) if model is not None else -1
 
 
 def cache_layers(cache: Any) -> list[Any] | None:

@@ -375,9 +375,9 @@ class CausalProposer:
                     state, parent = self._split(state, token)
                     if parent is not None:
                         cache, attn, last = select_rows(cache, parent), attn[parent], last[parent]
-                    fed = token[self._firsts(state)]
-                    real_s = real[self._firsts(state)]
-                    attn = torch.cat([attn, real_s[:, None].long()], dim=1)
+                    firsts = self._firsts(state)
+                    fed = token[firsts]
+                    attn = torch.cat([attn, real[firsts][:, None].long()], dim=1)
                     last = last + 1
                     cache, logits = self._advance(fed, attn, last, cache, keep)
             if k > 1:
