@@ -34,12 +34,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 
 from evolve.ga.config import RunConfig, WorkersConfig
 from evolve.ga.proposers import FillRequest, Proposer
+from evolve.ga.proposers.base import FillOverloads
 from evolve.ga.wiring import Models, make_proposer, make_scorers
 from scoring.base import Scorer
 from scoring.devices import check_device
@@ -276,7 +277,7 @@ def open_workers(cfg: RunConfig) -> Iterator[WorkerPool | None]:
         pool.close()
 
 
-class DrivenProposer:
+class DrivenProposer(FillOverloads):
     """The proposer the operators see: seeds every request from the driver's torch RNG, then
     fills in this process or on the workers (see the module docstring)."""
 
@@ -292,18 +293,8 @@ class DrivenProposer:
         seeds = torch.randint(0, SEED_BOUND, (len(requests),), dtype=torch.int64).tolist()
         return [dataclasses.replace(r, seed=int(s)) for r, s in zip(requests, seeds, strict=True)]
 
-    @overload
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: Literal[False] = False
-    ) -> list[list[int]]: ...
-
-    @overload
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: Literal[True]
-    ) -> tuple[list[list[int]], list[float]]: ...
-
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: bool = False
+    def _fill(
+        self, requests: Sequence[FillRequest], return_logq: bool
     ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
         todo = self.seeded(requests)
         if self.pool is None or not todo:

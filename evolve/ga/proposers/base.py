@@ -94,6 +94,35 @@ class FillRequest:
         return lo, [None if t == unknown else int(t) for t in row[lo:hi]]
 
 
+Filled = list[list[int]]
+FilledWithLogq = tuple[list[list[int]], list[float]]
+
+
+class FillOverloads:
+    """`Proposer.fill`'s typed overloads, written once: a proposer class inherits them and
+    implements `_fill` (the return type follows ``return_logq``)."""
+
+    @overload
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: Literal[False] = False
+    ) -> Filled: ...
+
+    @overload
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: Literal[True]
+    ) -> FilledWithLogq: ...
+
+    def fill(
+        self, requests: Sequence[FillRequest], *, return_logq: bool = False
+    ) -> Filled | FilledWithLogq:
+        """Each request's input with its positions filled; with ``return_logq`` also the
+        log-probability of each request's proposal (see `Proposer.fill`)."""
+        return self._fill(requests, return_logq)
+
+    def _fill(self, requests: Sequence[FillRequest], return_logq: bool) -> Filled | FilledWithLogq:
+        raise NotImplementedError
+
+
 @runtime_checkable
 class Proposer(Protocol):
     """What the operators need from a proposer (representation ids in, the same out)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import torch
 
-from evolve.ga.proposers.base import FillRequest
+from evolve.ga.proposers.base import FillOverloads, FillRequest
 from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.causal import (
     cache_layers,
@@ -68,7 +68,7 @@ class _Gap:
     avoid: tuple[int, ...] | None = None  # `FillRequest.avoid`, for a request's only span
 
 
-class CausalProposer:
+class CausalProposer(FillOverloads):
     """Fills spans with a causal LM: sample ``candidates`` fills from the left context, keep
     the one whose whole text is likeliest (see the module docstring).
 
@@ -156,18 +156,8 @@ class CausalProposer:
 
     # -- public API -----------------------------------------------------------------------
 
-    @overload
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: Literal[False] = False
-    ) -> list[list[int]]: ...
-
-    @overload
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: Literal[True]
-    ) -> tuple[list[list[int]], list[float]]: ...
-
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: bool = False
+    def _fill(
+        self, requests: Sequence[FillRequest], return_logq: bool
     ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
         """Fill every request's positions (same order as ``requests``), all batched together.
 

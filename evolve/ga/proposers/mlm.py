@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 
-from evolve.ga.proposers.base import _UNUSED, ORDERS, FillRequest, Order
+from evolve.ga.proposers.base import _UNUSED, ORDERS, FillOverloads, FillRequest, Order
 from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.errors import UserError
 from scoring.heads import logits_at, pad_id, split_model
@@ -15,7 +15,7 @@ from scoring.models import LoadedModel
 from scoring.template import InputTemplate
 
 
-class MLMProposer:
+class MLMProposer(FillOverloads):
     """Samples fills for masked positions from a masked LM (see the module docstring).
 
     ``temperature``: divides the logits; 0 means greedy argmax. ``top_k``: sample among the
@@ -96,18 +96,8 @@ class MLMProposer:
 
     # -- public API -----------------------------------------------------------------------
 
-    @overload
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: Literal[False] = False
-    ) -> list[list[int]]: ...
-
-    @overload
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: Literal[True]
-    ) -> tuple[list[list[int]], list[float]]: ...
-
-    def fill(
-        self, requests: Sequence[FillRequest], *, return_logq: bool = False
+    def _fill(
+        self, requests: Sequence[FillRequest], return_logq: bool
     ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
         """Fill every request's positions, all requests batched together.
 
