@@ -397,6 +397,10 @@ class RunsMixin(StoreCore):
             "WHERE i.run_id = ? ORDER BY i.generation, i.position, i.id",
             (run_id,),
         )
+        return self._records(rows)
+
+    def _records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Individual rows as records: stored JSON decoded, parent ids and scores added."""
         parents = self._parents_of([row["id"] for row in rows])
         for row in rows:
             row["token_ids"] = loads(row["token_ids"], [])
@@ -421,13 +425,7 @@ class RunsMixin(StoreCore):
             )
             if not rows:
                 return
-            parents = self._parents_of([row["id"] for row in rows])
-            for row in rows:
-                row["token_ids"] = loads(row["token_ids"], [])
-                row["detail"] = loads(row["detail"], {})
-                row["objectives"] = loads(row["objectives"])
-                row["parents"] = parents[row["id"]]
-            yield from self._with_scores(rows)
+            yield from self._records(rows)
             last = rows[-1]
             after = (last["generation"], last["position"], last["id"])
 
