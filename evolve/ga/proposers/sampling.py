@@ -219,7 +219,7 @@ def _inverse_cdf(probs: torch.Tensor, generators: Sequence[torch.Generator | Non
 
     The same distribution as ``torch.multinomial(row, 1)``, whose one-sample draw takes an
     exponential per column: for 128 rows of SmolLM2's 49,152 ids it took 165 ms on one CPU
-    core, this ~50 ms (and ~10 ms on a top-k of 50).
+    core, this 32 ms (on the same rows as probabilities; `draw_rows`, top-k included, 65 ms).
     """
     if probs.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=probs.device)
