@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from cli import (
+    adapt_cmds,
     amplify_cmds,
     baseline_cmds,
     export_cmds,
@@ -37,6 +38,7 @@ _MODULES = (
     baseline_cmds,
     amplify_cmds,
     stunt_cmds,
+    adapt_cmds,
     serve_cmds,
 )
 for _module in _MODULES:

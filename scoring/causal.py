@@ -110,26 +110,31 @@ class PrefixState:
     last_logits: torch.Tensor  # float32 [vocab]: the prediction for the token after ``ids``
 
     def cache_for(self, rows: int) -> Any:
-        """A fresh cache of ``rows`` copies of the prefix, for one forward pass to extend.
+        """A fresh cache of ``rows`` copies of the prefix, for one forward pass to extend."""
+        return expand_rows(self.cache, rows)
 
-        Models extend the cache they are given in place, so each batch gets its own. Dynamic
-        caches get expanded views (no copy: the model concatenates new keys onto them); any
-        other cache class is deep-copied and repeated.
-        """
-        layers = getattr(self.cache, "layers", None)
-        if layers and all(hasattr(la, "keys") and hasattr(la, "values") for la in layers):
-            fresh = copy.copy(self.cache)
-            fresh.layers = []
-            for layer in layers:
-                new = copy.copy(layer)
-                new.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
-                new.values = layer.values.expand(rows, *layer.values.shape[1:])
-                fresh.layers.append(new)
-            return fresh
-        fresh = copy.deepcopy(self.cache)
-        if rows > 1:
-            fresh.batch_repeat_interleave(rows)
+
+def expand_rows(cache: Any, rows: int) -> Any:
+    """A fresh cache of ``rows`` copies of a one-row ``cache`` (which stays as it is).
+
+    Models extend the cache they are given in place, so each batch gets its own. Dynamic
+    caches get expanded views (no copy: the model concatenates new keys onto them); any
+    other cache class is deep-copied and repeated.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers and all(hasattr(la, "keys") and hasattr(la, "values") for la in layers):
+        fresh = copy.copy(cache)
+        fresh.layers = []
+        for layer in layers:
+            new = copy.copy(layer)
+            new.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+            new.values = layer.values.expand(rows, *layer.values.shape[1:])
+            fresh.layers.append(new)
         return fresh
+    fresh = copy.deepcopy(cache)
+    if rows > 1:
+        fresh.batch_repeat_interleave(rows)
+    return fresh
 
 
 def select_rows(cache: Any, index: torch.Tensor) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from scoring.decoder_mlm import DecoderMLMSpec, is_decoder_mlm_folder, load_decoder_mlm
 from scoring.devices import resolve_device
 from scoring.errors import ModelLoadError
 from scoring.presets import (
@@ -43,6 +44,7 @@ __all__ = [
     "check_kind",
     "in_bf16",
     "load_causal",
+    "load_fresh",
     "load_mlm",
     "load_model",
     "preset_status",
@@ -114,6 +116,10 @@ def check_kind(name: str, kind: Kind) -> None:
             )
         return
     source = resolve_source(name, kind)  # no preset: only checks the folder, if it is one
+    if is_decoder_mlm_folder(source):
+        if kind != "mlm":
+            raise ModelLoadError(f"{name!r} is a masked LM (a decoder-MLM adapter), not a {KIND_WORD[kind]}")
+        return
     config = Path(source) / "config.json"
     if not config.exists():
         return  # a hub id
@@ -139,6 +145,12 @@ def load_model(name: str, kind: Kind, device: str = "cpu") -> LoadedModel:
         loaded = _load_uncached(name, kind, device)
         _cache[key] = loaded
         return loaded
+
+
+def load_fresh(name: str, kind: Kind, device: str = "cpu") -> LoadedModel:
+    """A new copy of a model, shared with nobody (`load_model` caches one per process): for
+    training it, or merging an adapter into its weights."""
+    return _load_uncached(name, kind, resolve_device(device))
 
 
 def load_mlm(name: str = DEFAULT_MLM, device: str = "cpu") -> LoadedModel:
@@ -175,6 +187,8 @@ def _load_uncached(name: str, kind: Kind, device: str) -> LoadedModel:
     if not name or not name.strip():
         raise ModelLoadError(f"empty model name; presets: {preset_hint()}")
     source = resolve_source(name, kind)
+    if kind == "mlm" and is_decoder_mlm_folder(source):
+        return _load_decoder_mlm(name, Path(source), device)
     auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights not used" chatter is expected here
@@ -212,6 +226,20 @@ def _load_uncached(name: str, kind: Kind, device: str) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token  # generate() and batching need a pad id
     model.eval().to(device)
     return LoadedModel(name=name, kind=kind, model=model, tokenizer=tokenizer, source=source)
+
+
+def _load_decoder_mlm(name: str, folder: Path, device: str) -> LoadedModel:
+    """A decoder-MLM adapter folder: its base causal LM (a fresh copy: the adapter is merged
+    into the weights) with the adapter applied, presented as a masked LM."""
+    spec = DecoderMLMSpec.read(folder)
+    if spec.base == name:
+        raise ModelLoadError(f"{str(folder)!r} names itself as its base model")
+    base = _load_uncached(spec.base, "causal", "cpu")
+    preset = PRESETS.get(name)
+    attention: Any = preset.attention if preset is not None and preset.attention else None
+    model, tokenizer, _ = load_decoder_mlm(folder, base.model, base.tokenizer, attention)
+    model.to(device)
+    return LoadedModel(name=name, kind="mlm", model=model, tokenizer=tokenizer, source=str(folder))
 
 
 def _offline() -> bool:

