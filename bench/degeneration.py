@@ -3,9 +3,10 @@
     .venv/bin/python bench/degeneration.py                   # the table of docs/degeneration.md
     .venv/bin/python bench/degeneration.py --prompts 1 -g 3  # a quick look
     .venv/bin/python bench/degeneration.py --configs causal-proposer+guard -p 8 -g 5
+    .venv/bin/python bench/degeneration.py --mlm smollm2-mlm --configs pll pll+guard typical
 
-For each prompt the GA evolves continuations with the offline presets (tiny-bert proposes
-and scores PLL, smollm2-135m is the causal LM), population ``-p`` x ``-g`` generations, seed
+For each prompt the GA evolves continuations with the offline presets (the masked LM ``--mlm``,
+tiny-bert by default, proposes and scores PLL; smollm2-135m is the causal LM), population ``-p`` x ``-g`` generations, seed
 0, once per configuration in `CONFIGS`. SmolLM2 decodes the baselines (greedy, beam search of
 width 4, nucleus sampling p=0.9 with 5 seeds), ``--new-tokens`` tokens each. Every text is then
 judged the same way, text after the prompt:
@@ -15,8 +16,9 @@ judged the same way, text after the prompt:
   population, the 5 samples; for one text it is 1 - rep-2);
 - ``clm/tok``: SmolLM2 log p(text | prompt) per token, and ``ppl`` = exp(-clm/tok); for
   baselines and reference also ``n-clm/tok``: the same after a round trip through tiny-bert's
-  uncased tokenizer (lower case, no newlines), the form every evolved text has;
-- ``pll/tok``: tiny-bert PLL per token; ``typ/tok``: tiny-bert local typicality per token,
+  masked LM's tokenizer (for tiny-bert: lower case, no newlines), the form every evolved text
+  has;
+- ``pll/tok``: PLL per token under the masked LM; ``typ/tok``: its local typicality per token,
   -|surprisal - entropy| (`scoring.typical`; 0 = perfectly typical).
 
 The goal the study reports against: a configuration whose best text has rep-2 no higher than
@@ -97,10 +99,10 @@ class Row:
 
 
 class Judge:
-    """Scores texts after a prompt: SmolLM2 log-prob, tiny-bert PLL and typicality."""
+    """Scores texts after a prompt: SmolLM2 log-prob, the masked LM's PLL and typicality."""
 
-    def __init__(self) -> None:
-        self.mlm = load_mlm("tiny-bert")
+    def __init__(self, mlm: str) -> None:
+        self.mlm = load_mlm(mlm)
         self.causal_lm = load_causal("smollm2-135m")
         self.clm = CausalScorer(self.causal_lm)
         self.pll = PLLScorer(self.mlm, entropy=True)
@@ -140,7 +142,7 @@ def run_prompt(
                 init_len=12,
                 min_len=4,
                 max_len=24,
-                mlm="tiny-bert",
+                mlm=args.mlm,
                 causal="smollm2-135m",
                 seed=0,
                 mutation=mutation,
@@ -178,6 +180,9 @@ def run_prompt(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many prompts")
+    parser.add_argument(
+        "--mlm", default="tiny-bert", help="masked LM preset/folder (proposes, PLL)"
+    )
     parser.add_argument("-p", "--population", type=int, default=16)
     parser.add_argument("-g", "--generations", type=int, default=10)
     parser.add_argument("--new-tokens", type=int, default=16, help="baseline length (tokens)")
@@ -189,9 +194,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"load average {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}")
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}; "
+        f"masked LM {args.mlm}"
+    )
     started = time.perf_counter()
-    judge = Judge()
+    judge = Judge(args.mlm)
     rows: list[Row] = []
     cols = ["rep2", "dist2", "clm_tok", "norm_clm_tok", "ppl", "pll_tok", "typ_tok"]
     with tempfile.TemporaryDirectory() as tmp:

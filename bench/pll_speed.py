@@ -3,6 +3,7 @@
     .venv/bin/python bench/pll_speed.py                    # DistilRoBERTa-base size, random
     .venv/bin/python bench/pll_speed.py --size bert-base   # BERT-base size, random
     .venv/bin/python bench/pll_speed.py --model NAME       # a real masked LM (preset/folder/hub)
+    .venv/bin/python bench/pll_speed.py --presets          # the packaged models, GA-shaped texts
 
 No strong masked LM installs offline, so by default the model is randomly initialised from a
 config of a real model's size (speed depends on the shapes, not the weights). Random weights
@@ -19,6 +20,14 @@ Methods (same texts, same model, PLL "original", no prefix):
   minicons 0.3.x does not run on transformers 5 (``batch_encode_plus`` is gone).
 - ours fp32 / bf16: ``scoring.pll.PLLScorer`` (packed ~4k-token batches, MLM head only at the
   masked position; bf16 = autocast).
+
+``--presets`` instead times the packaged models on what a GA generation scores: the demo's
+prompt and 12 continuations of 16 tokens, each model's scorer with an empty cache: PLL under
+tiny-bert and smollm2-mlm (fp32 exact, bf16 autocast), smollm2-mlm-prefix (prefix attention:
+the prompt computed once, see scoring.decoder_mlm) and the causal scorer of smollm2-135m
+(log p of the continuation, one forward per text). Ratios are against smollm2-mlm fp32;
+max|Δ| is against the same model's fp32 scores (prefix: against full attention, a different
+model, so that column is the size of the model change, not an error).
 
 Timed runs are interleaved round-robin so that load from other processes on a shared machine
 hits every method alike, and the best round counts (the median is shown too); the load
@@ -223,8 +232,59 @@ def timed_round_robin(
     return out
 
 
+PROMPT = "Mozzarella is white\nSo you can see it at night\nCheddar is"
+
+
+def preset_comparison(repeats: int) -> None:
+    """PLL speed of the packaged masked LMs and the causal scorer, GA-shaped (see above)."""
+    from scoring.causal import CausalScorer
+    from scoring.models import load_causal
+
+    conts = [" " + " ".join(t.split()[:12]) for t in TEXTS]
+    scorers: dict[str, object] = {}
+    for name in ("tiny-bert", "smollm2-mlm", "smollm2-mlm-prefix"):
+        lm = load_mlm(name)
+        for dtype in ("fp32", "bf16"):
+            scorers[f"{name} {dtype}"] = PLLScorer(lm, dtype=dtype)  # type: ignore[arg-type]
+    scorers["smollm2-135m causal"] = CausalScorer(load_causal("smollm2-135m"))
+
+    def timed(scorer: object) -> Callable[[], object]:
+        def run() -> object:
+            scorer.clear_cache()  # type: ignore[attr-defined]
+            return scorer.score(conts, prefix=PROMPT)  # type: ignore[attr-defined]
+
+        return run
+
+    runs = timed_round_robin(
+        {k: timed(v) for k, v in scorers.items()}, repeats, warm=tuple(scorers)
+    )
+    best = {k: min(v[0]) for k, v in runs.items()}
+    ref = "smollm2-mlm fp32"
+    totals = {k: [r.total for r in v[1][-1]] for k, v in runs.items()}  # type: ignore[attr-defined]
+    n_tok = [r.n_tokens for r in runs[ref][1][-1]]  # type: ignore[attr-defined]
+    print(
+        f"prompt {PROMPT!r}; {len(conts)} continuations of {min(n_tok)}-{max(n_tok)} SmolLM2 tokens"
+    )
+    header = f"{'scorer':<22}{'texts/s':>9}{'vs ' + ref:>22}{'max|Δ| vs fp32':>16}"
+    print(header)
+    print("-" * len(header))
+    for k in runs:
+        base = k.rsplit(" ", 1)[0] + " fp32"
+        if k.startswith("smollm2-mlm-prefix"):
+            base = "smollm2-mlm fp32"
+        diff = (
+            max(abs(a - b) for a, b in zip(totals[k], totals[base], strict=True))
+            if base in totals and base != k
+            else 0.0
+        )
+        print(f"{k:<22}{len(conts) / best[k]:>9.2f}{best[ref] / best[k]:>21.2f}x{diff:>16.2e}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nbest of {repeats} interleaved rounds; load average at the end: {load}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", action="store_true", help="time the packaged models")
     parser.add_argument("--model", help="a real masked LM (preset, folder or hub id)")
     parser.add_argument("--size", choices=sorted(SIZES), default="distilroberta")
     parser.add_argument("--texts", type=int, default=12, help="how many texts (max 12)")
@@ -232,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--minicons-batch", type=int, default=8, help="texts per minicons call")
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
     args = parser.parse_args(argv)
+    if args.presets:
+        preset_comparison(args.repeats)
+        return
 
     lm = load_mlm(args.model) if args.model else random_model(args.size)
     shape = model_shape(lm.model)

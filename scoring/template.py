@@ -27,6 +27,16 @@ def special_template(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return ((cls,) if cls is not None else ()), ((sep,) if sep is not None else ())
 
 
+def special_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Every id the tokenizer treats as special: its named special tokens and every added
+    token flagged special (SmolLM2's ``<file_sep>``, ``<jupyter_code>``, ... are neither
+    prose nor in ``all_special_ids``)."""
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids |= {int(i) for i, token in added.items() if getattr(token, "special", False)}
+    return frozenset(ids)
+
+
 @dataclass(frozen=True)
 class InputTemplate:
     """A tokenizer's single-sequence template: model input = ``head + ids + tail``."""

@@ -419,6 +419,12 @@ def export_adapter(out: Path, peft_model: Any, config: AdaptConfig, card: dict[s
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     peft_model.save_pretrained(str(tmp))
+    # PEFT records the folder the base was loaded from (a path of this machine); the spec's
+    # base name is what loading uses, so the adapter's config names the same.
+    peft_config = tmp / "adapter_config.json"
+    raw = json.loads(peft_config.read_text())
+    raw["base_model_name_or_path"] = config.base
+    peft_config.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     DecoderMLMSpec(base=config.base, training={"config": config.to_dict(), **card}).write(tmp)
     if final.exists():
         shutil.rmtree(final)

@@ -12,7 +12,7 @@ from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.errors import UserError
 from scoring.heads import logits_at, pad_id, split_model
 from scoring.models import LoadedModel
-from scoring.template import InputTemplate
+from scoring.template import InputTemplate, special_token_ids
 
 
 class MLMProposer(FillOverloads):
@@ -73,11 +73,11 @@ class MLMProposer(FillOverloads):
         return int(model.config.vocab_size)
 
     def _banned_ids(self, extra: Sequence[int]) -> frozenset[int]:
-        """Special ids, the mask, ``[unusedN]`` placeholders, ``extra``, and model rows with no
-        token behind them (padded vocabularies)."""
+        """Special ids (added special tokens too), the mask, ``[unusedN]`` placeholders,
+        ``extra``, and model rows with no token behind them (padded vocabularies)."""
         tok = self.lm.tokenizer
         size = self.vocab_size
-        ids = {int(i) for i in tok.all_special_ids} | {self.mask_id} | {int(i) for i in extra}
+        ids = set(special_token_ids(tok)) | {self.mask_id} | {int(i) for i in extra}
         for token, i in tok.get_vocab().items():
             if _UNUSED.match(token):
                 ids.add(int(i))
