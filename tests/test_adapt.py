@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CORPUS
 
 from evolve.experiments import corpus
 from evolve.experiments.adapt import AdaptConfig, TokenDocs, make_batch, train_adapter
@@ -17,7 +18,6 @@ from scoring.decoder_mlm import MASK_TOKEN, START_TOKEN, DecoderMLMSpec, prepare
 from scoring.errors import UserError
 from scoring.models import load_fresh, load_mlm
 from scoring.pll import PLLScorer
-from tests.conftest import CORPUS
 
 B64 = corpus._B64
 
