@@ -233,6 +233,13 @@ def test_cli_trains_and_the_adapter_loads_as_a_masked_lm(
     assert scores[0].n_tokens > 0 and np.isfinite(scores[0].total)
     # a second call finds the finished checkpoint and only exports again
     assert invoke(*args).exit_code == 0
+    # the checkpoint itself loads as a masked LM (to try a long run while it goes on)
+    checkpoint = json.loads((out / "checkpoint" / "decoder_mlm.json").read_text())
+    assert checkpoint["training"]["steps"] == 3
+    assert [r["step"] for r in checkpoint["training"]["dev"]] == [0, 3]
+    mid = load_mlm(str(out / "checkpoint"))
+    again = PLLScorer(mid).score(["cheddar is yellow"], prefix="Mozzarella is white")
+    assert again[0].total == pytest.approx(scores[0].total, abs=1e-4)
 
 
 def test_cli_refuses_bad_options(invoke, tmp_path: Path, tiny_llama_dir: Path) -> None:

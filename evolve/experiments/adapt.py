@@ -344,16 +344,24 @@ def lr_at(config: AdaptConfig, step: int) -> float:
 
 
 def save_checkpoint(
-    out: Path, peft_model: Any, optimiser: torch.optim.Optimizer, state: dict[str, Any]
+    out: Path,
+    peft_model: Any,
+    optimiser: torch.optim.Optimizer,
+    state: dict[str, Any],
+    config: AdaptConfig,
 ) -> None:
-    """Adapter + AdamW state + ``state.json`` into ``out/checkpoint``, whole or not at all."""
+    """Adapter + AdamW state + ``state.json`` into ``out/checkpoint``, whole or not at all.
+
+    The checkpoint is also a loadable masked LM (``--mlm OUT/checkpoint``), so a long run
+    can be tried at any checkpoint while it goes on."""
     from safetensors.torch import save_file
 
     final = out / CHECKPOINT
     tmp = out / f".{CHECKPOINT}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    peft_model.save_pretrained(str(tmp))
+    evals = [row for row in state.get("log", []) if row.get("kind") == "eval"]
+    write_adapter(tmp, peft_model, config, {"steps": state["step"], "dev": evals})
     tensors: dict[str, torch.Tensor] = {}
     names = {id(p): n for n, p in peft_model.named_parameters() if p.requires_grad}
     steps: dict[str, float] = {}
@@ -412,20 +420,25 @@ def load_checkpoint(out: Path, peft_model: Any, optimiser: torch.optim.Optimizer
         }
 
 
+def write_adapter(folder: Path, peft_model: Any, config: AdaptConfig, card: dict[str, Any]) -> None:
+    """The PEFT adapter files and ``decoder_mlm.json`` (with ``card``) into ``folder``."""
+    peft_model.save_pretrained(str(folder))
+    # PEFT records the folder the base was loaded from (a path of this machine); the spec's
+    # base name is what loading uses, so the adapter's config names the same.
+    peft_config = folder / "adapter_config.json"
+    raw = json.loads(peft_config.read_text())
+    raw["base_model_name_or_path"] = config.base
+    peft_config.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    DecoderMLMSpec(base=config.base, training={"config": config.to_dict(), **card}).write(folder)
+
+
 def export_adapter(out: Path, peft_model: Any, config: AdaptConfig, card: dict[str, Any]) -> Path:
     """The loadable adapter folder ``out/adapter``: PEFT files + ``decoder_mlm.json``."""
     final = out / "adapter"
     tmp = out / f".adapter.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    peft_model.save_pretrained(str(tmp))
-    # PEFT records the folder the base was loaded from (a path of this machine); the spec's
-    # base name is what loading uses, so the adapter's config names the same.
-    peft_config = tmp / "adapter_config.json"
-    raw = json.loads(peft_config.read_text())
-    raw["base_model_name_or_path"] = config.base
-    peft_config.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
-    DecoderMLMSpec(base=config.base, training={"config": config.to_dict(), **card}).write(tmp)
+    write_adapter(tmp, peft_model, config, card)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -500,6 +513,7 @@ def train_adapter(
             peft_model,
             optimiser,
             {"step": step, "config": config.to_dict(), "log": log, "seconds": seconds},
+            config,
         )
 
     def evaluate() -> None:
