@@ -30,6 +30,7 @@ from evolve.experiments.worddiff import Piece, edit_pieces
 from evolve.ga.config import RunConfig
 from evolve.store import LogStore, StoreError, run_process_state
 from evolve.store.access import backup_database
+from evolve.store.sql import limit_heap
 from scoring.errors import UserError
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
@@ -534,14 +535,16 @@ class _Output:
     """Rows printed as they come: a table in blocks, or a JSON array one object a line.
 
     A table's column widths come from its first block (all rows, when there are fewer than
-    SQL_BLOCK), so a short result looks as every other table; later rows are padded to
-    those widths (a longer cell widens its own line only). Output is flushed at least every
-    SQL_FLUSH_S seconds, so rows show while a slow query still runs.
+    SQL_BLOCK and they hold less than SQL_BLOCK_BYTES of text), so a short result looks as
+    every other table; later rows are padded to those widths (a longer cell widens its own
+    line only). NULL is shown as NULL, the empty string as nothing. Output is flushed at
+    least every SQL_FLUSH_S seconds, so rows show while a slow query still runs.
     """
 
     def __init__(self, columns: list[str], as_json: bool) -> None:
         self.columns, self.as_json = columns, as_json
         self.block: list[tuple] = []
+        self.block_bytes = 0  # text and blob bytes held in `block`
         self.widths: list[int] | None = None
         self.numeric: list[bool] = []
         self.count = 0
@@ -556,7 +559,8 @@ class _Output:
             click.echo(("[\n  " if self.count == 1 else ",\n  ") + record, nl=False)
         else:
             self.block.append(row)
-            if len(self.block) >= SQL_BLOCK:
+            self.block_bytes += sum(len(v) for v in row if isinstance(v, str | bytes))
+            if len(self.block) >= SQL_BLOCK or self.block_bytes >= SQL_BLOCK_BYTES:
                 self._print_block()
         if time.monotonic() - self.flushed > SQL_FLUSH_S:
             self._print_block()
@@ -591,6 +595,7 @@ class _Output:
                 ]
                 click.echo("  ".join(parts).rstrip())
         self.block = []
+        self.block_bytes = 0
 
     def close(self) -> None:
         """Print what is left (also after an error or Ctrl-C: those rows are real)."""
@@ -610,6 +615,7 @@ def _is_number(value: Any) -> bool:
 SQL_TIMEOUT_S = 30.0  # long enough for any query on a large run database; an endless one ends
 SQL_MAX_ROWS = 10_000  # more than a terminal shows; --max-rows 0 (or --json to a file) for all
 SQL_BLOCK = 1_000  # table rows held to measure column widths before the first is printed
+SQL_BLOCK_BYTES = 16 * 2**20  # ... unless their text reaches this: held rows stay bounded
 SQL_FLUSH_S = 0.2  # how stale printed rows may get while a slow query runs
 
 
@@ -663,12 +669,14 @@ def sql(
 
     Tables: runs, individuals, parents, texts, generations, scores, baselines, experiments,
     experiment_rows. Views: individual_texts, lineage, edits. Writes are refused. Rows are
-    printed as they come; Ctrl-C stops the query within a second.
+    printed as they come; Ctrl-C stops the query within a second. NULL prints as NULL. A
+    value may be at most 16 MiB, and SQLite at most 256 MiB of memory.
     """
     if math.isnan(timeout):
         raise UserError("--timeout must be a number of seconds (0: no limit), not nan")
     text = _read_query(query, query_file)
     params_ = dict(params) if params else {}
+    limit_heap()  # this process only runs the query: SQLite's memory is capped for it
     out: _Output | None = None
     cut = False
     try:
