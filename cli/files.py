@@ -65,6 +65,17 @@ def read_file_bytes(path: Path, limit: int = MAX_TEXT_FILE_BYTES) -> bytes:
     return data
 
 
+def check_regular_file(path: Path) -> None:
+    """UserError unless `path` is a regular file: for corpora read elsewhere (`amplify
+    --file`, `stunt --train/--dev`), which may be large but never a device or a FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path} is {_what(mode)}, not a regular file; give a file")
+
+
 def read_stdin_bytes(limit: int = MAX_TEXT_FILE_BYTES) -> bytes:
     """Standard input, up to `limit` bytes; UserError if there is more."""
     try:

@@ -200,6 +200,8 @@ def test_devices_and_fifos_are_refused_at_once(hostile_db: dict[str, Any], tmp_p
         ["run", "--prompt-file", str(fifo), "--db", db],
         ["sql", "--file", "/dev/zero", "--db", db],
         ["sql", "--file", str(fifo), "--db", db],
+        ["amplify", "--file", "/dev/zero", "--db", db],  # corpora: any size, but files
+        ["stunt", "--train", str(fifo), "--dev", str(fifo), "--db", db],
     ]
     code = f"""
         import json
