@@ -24,7 +24,7 @@ import click
 
 from cli.common import COUNT, ID, db_option, open_for_reading, resolve_db
 from cli.files import decode_text, read_file_bytes, read_stdin_bytes
-from cli.process import interrupted_exit, interruption
+from cli.process import interrupted_exit, interruption, whole_process
 from cli.tables import NULL, format_cell, format_table, visible
 from evolve.experiments.worddiff import Piece, edit_pieces
 from evolve.ga.config import RunConfig
@@ -676,7 +676,8 @@ def sql(
         raise UserError("--timeout must be a number of seconds (0: no limit), not nan")
     text = _read_query(query, query_file)
     params_ = dict(params) if params else {}
-    limit_heap()  # this process only runs the query: SQLite's memory is capped for it
+    if whole_process():  # this process only runs the query: cap SQLite's memory for it
+        limit_heap()
     out: _Output | None = None
     cut = False
     try:

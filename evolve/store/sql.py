@@ -21,8 +21,9 @@ in `evolve sql` and 7.8 GB in the web server before these limits (issue 25).
   queries: no string or blob the query makes or reads may exceed `MAX_VALUE_BYTES`;
 - `limit_heap` caps everything SQLite allocates in the process (`PRAGMA hard_heap_limit`,
   `MAX_HEAP_BYTES`), which bounds a row of many large values, sorts and temporary tables;
-  a process that serves queries (`evolve sql`, `evolve serve`) sets it once. It is
-  process-wide and can only be lowered, so a library user's process is left alone.
+  a process that serves queries (`evolve sql` run as the `evolve` process, `evolve serve`)
+  sets it once. It is process-wide and can only be lowered, so a library user's process
+  (or a test runner invoking the CLI) is left alone.
 
 A query past either limit stops with one line (StoreError) and changes nothing.
 """
