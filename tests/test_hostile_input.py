@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from click.testing import Result
 from helpers_proc import ROOT, child_env
 
 from cli import store_cmds
+from cli.config_files import to_toml
 from cli.files import MAX_TEXT_FILE_BYTES
 from cli.tables import format_cell, format_table, visible
 from evolve.store import LogStore
@@ -126,6 +128,16 @@ def test_stored_control_characters_never_reach_the_terminal(
     for raw in RAW:
         assert raw not in result.stdout, (raw, result.stdout)
     assert "\\x1b]0;PWNED\\x07" in result.stdout  # shown, as text
+
+
+def test_a_printed_config_escapes_control_characters_and_reads_back_exact() -> None:
+    """`evolve config RUN` prints TOML: C0, DEL, C1 and bidirectional controls are written
+    as \\uXXXX escapes, which TOML reads back to the same text."""
+    bad = f"p{TITLE}{CSI8}{RLO}\u2028\x7f"
+    text = to_toml({"prompt": bad, "mutation": {"ban_tokens": [bad]}})
+    for raw in (*RAW, "\u2028", "\x7f"):
+        assert raw not in text
+    assert tomllib.loads(text) == {"prompt": bad, "mutation": {"ban_tokens": [bad]}}
 
 
 def test_json_output_keeps_stored_text_exact(hostile_db: dict[str, Any], invoke: Invoke) -> None:
