@@ -57,7 +57,7 @@ def _int_id(raw: str) -> int | None:
     return value if INT64[0] <= value <= INT64[1] else None
 
 
-async def _read(datasette: Datasette, db: Database, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+async def _read(db: Database, fn: Callable[[sqlite3.Connection], Any]) -> Any:
     """`fn` on one of the database's read connections; a database that cannot be read as
     ours (damaged, or a value past the limits) raises PageError with one line."""
     try:
@@ -109,7 +109,7 @@ async def _page(
 @_view
 async def home(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
-    runs = await _read(datasette, db, queries.runs)
+    runs = await _read(db, queries.runs)
     context = {
         "runs": runs,
         "links": _links(datasette, db),
@@ -123,7 +123,7 @@ async def home(datasette: Datasette, request: Request) -> Response:
 @_view
 async def runs_json(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
-    runs = await _read(datasette, db, queries.runs)
+    runs = await _read(db, queries.runs)
     for run in runs:
         run["url"] = datasette.urls.path(f"/-/evolve/runs/{run['id']}")
         if run["best_id"] is not None:
@@ -136,7 +136,7 @@ async def run_page(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
     raw = request.url_vars["run_id"]
     run_id = _int_id(raw)
-    run = None if run_id is None else await _read(datasette, db, lambda c: queries.run(c, run_id))
+    run = None if run_id is None else await _read(db, lambda c: queries.run(c, run_id))
     if run is None:
         return await not_found(datasette, request, f"No run {raw} in this database.")
     context = {
@@ -155,11 +155,7 @@ async def individual_page(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
     raw = request.url_vars["individual_id"]
     ind_id = _int_id(raw)
-    tree = (
-        None
-        if ind_id is None
-        else await _read(datasette, db, lambda c: queries.ancestry(c, ind_id))
-    )
+    tree = None if ind_id is None else await _read(db, lambda c: queries.ancestry(c, ind_id))
     if tree is None:
         return await not_found(datasette, request, f"No individual {raw} in this database.")
     links = _links(datasette, db)
