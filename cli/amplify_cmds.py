@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from cli.common import COUNT, absolute_model, db_option, resolve_db
+from cli.files import check_regular_file
 from cli.options import ConfigOptions
 from cli.process import interrupted_exit, interruption
 from cli.tables import format_table
@@ -92,6 +93,8 @@ def amplify(
     values = AMPLIFY_OPTIONS.values(opts)
     values["causal"] = absolute_model(values["causal"])
     config = AmplifyConfig(**values).validate()
+    for corpus in files:
+        check_regular_file(corpus)  # /dev/zero or a FIFO would never end
     docs = load_documents([text] if text is not None else [], files, unwrap=config.unwrap)
     db = resolve_db(db_path)
     with LogStore(db):  # fail on a bad --db before minutes of scoring

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,9 @@ class ErrorTranslatingGroup(click.Group):
 
     UserError (bad input) and an option value click refuses (out of range, say) become one
     `Error: ...` line, exit code 2. A database that is locked or corrupt becomes a
-    ClickException (exit 1) with the sqlite message. A Ctrl-C that no
-    command handled itself (one during model loading, or a second one while a run records
+    ClickException (exit 1) with the sqlite message, and so does output that cannot be
+    written (`evolve runs > /dev/full`, a full disk), as coreutils report a write error.
+    A Ctrl-C that no command handled itself (one during model loading, or a second one while a run records
     its interruption) exits 130 with one line instead of click's "Aborted!" and exit 1:
     every store write is one transaction, so what was committed before it is kept.
     SIGTERM takes the same path (`cli.process`) and exits 143.
@@ -70,10 +73,37 @@ class ErrorTranslatingGroup(click.Group):
             raise click.UsageError(exc.format_message()) from None
         except sqlite3.DatabaseError as exc:
             raise click.ClickException(f"database error: {exc}") from exc
+        except OSError as exc:
+            # A write that fails without a file name is a write to the output (files are
+            # opened by name, and their errors are translated where they are written).
+            # EPIPE (`evolve runs | head`) is click's: it exits 1 silently, as `cat` does.
+            if exc.errno not in OUTPUT_ERRNOS or exc.filename is not None:
+                raise
+            _drop_stdout()
+            raise click.ClickException(f"cannot write the output: {exc.strerror}") from None
         except KeyboardInterrupt:
             what = "SIGTERM" if terminated() else "Ctrl-C"
             click.echo(f"\n{interruption()}: {INTERRUPTED_MESSAGE.format(what=what)}", err=True)
             raise click.exceptions.Exit(interrupted_exit()) from None
+
+
+# errno values of a write that cannot complete: no space, quota, file size limit, I/O error.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _drop_stdout() -> None:
+    """After a failed write to stdout, point its file descriptor at /dev/null, so that the
+    interpreter's last flush of what is still buffered cannot fail a second time and print
+    "Exception ignored ..." (the fix the Python docs give for SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def unescape(text: str) -> str:

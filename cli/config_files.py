@@ -15,20 +15,26 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from cli.files import read_text_file
 from scoring.errors import UserError
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The mapping a TOML file holds; a file that is not TOML is one UserError line."""
+    """The mapping a TOML file holds; a file that is not TOML is one UserError line.
+
+    Only a regular file of at most a few MB is read (`cli.files`), and a UTF-8 byte-order
+    mark at its start is accepted, as editors on Windows write one (TOML itself forbids it).
+    """
+    text = read_text_file(path)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path} is not valid TOML: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text ({exc.reason})") from exc
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+# Bidirectional controls and line separators, written escaped so that a printed config shows
+# them (TOML reads the escape back to the same character).
+_BIDI = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _string(text: str) -> str:
@@ -46,7 +52,7 @@ def _string(text: str) -> str:
             out.append("\\t")
         elif ch == "\r":
             out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
+        elif code < 0x20 or 0x7F <= code <= 0x9F or ch in _BIDI:
             out.append(f"\\u{code:04X}")
         else:
             out.append(ch)

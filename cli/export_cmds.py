@@ -7,6 +7,9 @@ causal LM's own decodings of the run's prompt). Rows are read from the store in 
 written as they come, so a large run is never held in memory. JSON lines keep nested values
 (lists, score mappings); CSV flattens them: parents as space-separated ids, each scorer's
 total and mean as the columns ``<scorer>`` and ``<scorer>/mean``, other nested values as JSON.
+
+`--out FILE` is written whole or not at all (a temporary file renamed into place), and an
+existing FILE is replaced only with `--force`, as `evolve db backup` does.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
+import secrets
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,7 +26,7 @@ from typing import IO, Any
 
 import click
 
-from cli.common import ID, db_option, open_for_reading
+from cli.common import ID, db_option, open_for_reading, resolve_db
 from evolve.store import LogStore
 from scoring.errors import UserError
 
@@ -97,17 +102,52 @@ def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
+def check_destination(path: Path, force: bool, database: Path) -> None:
+    """UserError (one line) unless `path` may be written: not a folder, not the database
+    (under any name), not an existing file unless `force`, in a folder that exists."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the path of the file to write")
+    own = (database, database.with_name(database.name + "-wal"))
+    if any(_same_file(path, name) for name in own):
+        raise UserError(f"{path} is the database itself; give another path")
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; use --force to replace it")
+    if not path.absolute().parent.is_dir():
+        raise UserError(f"cannot write {path}: no folder {path.absolute().parent}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _output(path: Path | None) -> Iterator[IO[str]]:
+    """Standard output, or a whole file at `path`: the rows go to a temporary file in the
+    same folder, which is synced and renamed over `path` only once every row is written.
+    A full disk, a Ctrl-C or any error leaves `path` as it was (or absent) and no
+    temporary file behind, as `evolve db backup` does."""
     if path is None:
         yield sys.stdout
         return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
-        handle = path.open("w", encoding="utf-8", newline="")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as `open` gives
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from exc
-    with handle:
-        yield handle
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        kept = "is unchanged" if path.exists() else "was not written"
+        raise UserError(f"cannot write {path}: {exc.strerror}; {path} {kept}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @click.command()
@@ -131,11 +171,16 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write to this file instead of stdout.",
+    help="Write to this file instead of stdout (whole or not at all).",
 )
+@click.option("--force", is_flag=True, help="Replace the --out file if it exists.")
 @db_option
-def export(run_id: int, fmt: str, what: str, out: Path | None, db_path: Path | None) -> None:
+def export(
+    run_id: int, fmt: str, what: str, out: Path | None, force: bool, db_path: Path | None
+) -> None:
     """Export a run's individuals, generations, edits or baselines as JSON lines or CSV."""
+    if out is not None:
+        check_destination(out, force, resolve_db(db_path))
     with open_for_reading(db_path) as store:
         store.run(run_id)  # an unknown run is one line, before any output file is made
         scorers = store.run_scorers(run_id) if what == "individuals" else []

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from cli.common import ID, db_option, existing_db
+from cli.tables import visible
 from evolve.store import LogStore
 
 
@@ -29,7 +30,7 @@ def tag(run_id: int, tags: tuple[str, ...], removed: tuple[str, ...], db_path: P
         if tags or removed:
             kept = [t for t in [*now, *tags] if t not in removed]
             now = store.set_labels(run_id, tags=kept)["tags"]
-    click.echo(f"run {run_id} tags: {', '.join(now) if now else '(none)'}")
+    click.echo(f"run {run_id} tags: {visible(', '.join(now)) if now else '(none)'}")
 
 
 @click.command()
@@ -46,7 +47,9 @@ def note(run_id: int, text: str | None, clear: bool, db_path: Path | None) -> No
             value = store.set_labels(run_id, note=None if clear else text)["note"]
         else:
             value = store.run(run_id)["note"]
-    click.echo(f"run {run_id} note: {value if value is not None else '(none)'}")
+    # A note may span lines: it is printed so, with other control characters made visible.
+    shown = visible(value, tab="\t", newline="\n") if value is not None else "(none)"
+    click.echo(f"run {run_id} note: {shown}")
 
 
 @click.command()
@@ -57,7 +60,7 @@ def rename(run_id: int, name: str, db_path: Path | None) -> None:
     """Give run RUN_ID the name NAME ("" removes it)."""
     with LogStore(existing_db(db_path)) as store:  # writes; never creates a database
         value = store.set_labels(run_id, name=name or None)["name"]
-    click.echo(f"run {run_id} name: {value if value else '(none)'}")
+    click.echo(f"run {run_id} name: {visible(value) if value else '(none)'}")
 
 
 COMMANDS: list[click.Command] = [tag, note, rename]

@@ -35,12 +35,19 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so it takes the same path."""
 
 
-_state = {"terminated": False}
+_state = {"terminated": False, "main": False}
 
 
 def terminated() -> bool:
     """Whether the interruption being handled came from SIGTERM rather than Ctrl-C."""
     return _state["terminated"]
+
+
+def whole_process() -> bool:
+    """Whether the command runs as the `evolve` process itself (the console script), not
+    inside another program (a test runner, a notebook): only then may it set process-wide
+    limits such as SQLite's heap cap."""
+    return _state["main"]
 
 
 def interrupted_exit() -> int:
@@ -120,6 +127,7 @@ def main() -> None:
 
     if signal.getsignal(signal.SIGINT) is _exit_while_starting:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    _state["main"] = True
     try:
         with sigterm_as_interrupt():
             cli(prog_name="evolve")  # click exits through SystemExit with the command's code

@@ -35,8 +35,10 @@ from cli.common import (
     unescape,
 )
 from cli.config_files import read_config_file, to_toml
+from cli.files import read_text_file
 from cli.options import ConfigOptions
 from cli.process import interrupted_exit, interruption
+from cli.tables import format_table, visible
 from evolve.api import (
     GenerationReport,
     Progress,
@@ -68,15 +70,6 @@ GENERATIONS = click.IntRange(1, INT64_MAX)  # a count SQLite can store; validate
 TYPED = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)  # what the user gave
 # `evolve resume` may put a run on other workers than it started with (same result).
 RESUME_OPTIONS = ConfigOptions(WorkersConfig)
-
-
-def _read_text_file(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _overlay(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,7 +182,7 @@ def run(
     given = _keys(data) | _keys(typed)
     data = _overlay(data, typed)
     if prompt is not None or prompt_file is not None:
-        data["prompt"] = _read_text_file(prompt_file) if prompt_file else unescape(prompt or "")
+        data["prompt"] = read_text_file(prompt_file) if prompt_file else unescape(prompt or "")
     elif "prompt" not in data:
         raise click.UsageError("give --prompt or --prompt-file (or a --config or --from with one)")
     if seed_texts:
@@ -340,18 +333,13 @@ def _drive(
 def _describe(report: GenerationReport | None) -> str:
     if report is None:
         return ""
-    best = report.best_text.replace("\n", " ").strip()
+    best = visible(report.best_text.replace("\n", " ").strip(), tab=" ")
     return f"gen {report.generation} best {report.best:.3f} mean {report.mean:.3f} | {best[:50]}"
 
 
 def _print_summary(summary: RunSummary) -> None:
-    from cli.tables import format_table
-
     click.echo(f"\nRun {summary.run_id} {summary.status}: {summary.generations_done} generations.")
-    rows = [
-        [b["id"], b["generation"], b["fitness"], b["text"].replace("\n", "\\n")]
-        for b in summary.best
-    ]
+    rows = [[b["id"], b["generation"], b["fitness"], b["text"]] for b in summary.best]
     click.echo(format_table(["id", "gen", "fitness", "continuation"], rows))
     click.echo(f"\nevolve show {summary.run_id}   # stats per generation")
 

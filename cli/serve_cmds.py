@@ -26,8 +26,23 @@ DEFAULT_PORT = 8001  # Datasette's own default, so its docs' URLs work as writte
     show_default=True,
     help="Port to listen on (0: any free port)",
 )
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests for this host name (repeatable; '*' for any). localhost, IP "
+    "addresses and --host are always answered; other names are refused against DNS "
+    "rebinding.",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the home page in a browser")
-def serve(db_path: Path | None, host: str, port: int, open_browser: bool) -> None:
+def serve(
+    db_path: Path | None,
+    host: str,
+    port: int,
+    allow_hosts: tuple[str, ...],
+    open_browser: bool,
+) -> None:
     """Browse runs in a web browser: run pages with a fitness chart, each individual's
     ancestry with its edits marked, and every table and canned query of Datasette.
 
@@ -41,7 +56,9 @@ def serve(db_path: Path | None, host: str, port: int, open_browser: bool) -> Non
     def ready(url: str) -> None:
         click.echo(f"Serving {path} at {url} (read-only; Ctrl-C stops)", err=True)
 
-    serve_app(path, host, port, open_browser=open_browser, on_ready=ready)
+    serve_app(
+        path, host, port, open_browser=open_browser, on_ready=ready, allowed_hosts=allow_hosts
+    )
 
 
 COMMANDS = [serve]

@@ -23,12 +23,14 @@ from typing import Any
 import click
 
 from cli.common import COUNT, ID, db_option, open_for_reading, resolve_db
-from cli.process import interrupted_exit, interruption
-from cli.tables import format_cell, format_table
+from cli.files import decode_text, read_file_bytes, read_stdin_bytes
+from cli.process import interrupted_exit, interruption, whole_process
+from cli.tables import NULL, format_cell, format_table, visible
 from evolve.experiments.worddiff import Piece, edit_pieces
 from evolve.ga.config import RunConfig
 from evolve.store import LogStore, StoreError, run_process_state
 from evolve.store.access import backup_database
+from evolve.store.sql import limit_heap
 from scoring.errors import UserError
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
@@ -42,7 +44,7 @@ def _span(start: int | None, end: int | None) -> str:
 
 def _when(stamp: str | None) -> str:
     """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS' (UTC)."""
-    return "" if not stamp else stamp[:19].replace("T", " ")
+    return "" if not stamp else visible(str(stamp)[:19].replace("T", " "))
 
 
 def config_problem(config: Any) -> str | None:
@@ -71,8 +73,9 @@ def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
-def _escape(text: str) -> str:
-    return text.replace("\n", "\\n")
+def _escape(text: Any) -> str:
+    """Stored text on one terminal line: line breaks and control characters made visible."""
+    return visible(str(text))
 
 
 def _status(run: dict[str, Any]) -> str:
@@ -82,9 +85,9 @@ def _status(run: dict[str, Any]) -> str:
 
 def _dead_note(run: dict[str, Any]) -> str:
     return (
-        f"run {run['id']} was running in process {run['pid']} on {run['host']}, which has "
-        f"ended without finishing it (killed or crashed); `evolve resume {run['id']}` "
-        "continues it from its last completed generation"
+        f"run {run['id']} was running in process {_escape(run['pid'])} on "
+        f"{_escape(run['host'])}, which has ended without finishing it (killed or crashed); "
+        f"`evolve resume {run['id']}` continues it from its last completed generation"
     )
 
 
@@ -233,7 +236,8 @@ def runs(
         for run_id, problem in problems.items():
             click.echo(
                 f"\n{UNUSABLE} run {run_id}: its stored config is not valid for this version "
-                f"({problem}); `evolve show {run_id}` prints it, `evolve resume` cannot use it."
+                f"({_escape(problem)}); `evolve show {run_id}` prints it, `evolve resume` cannot "
+                "use it."
             )
 
 
@@ -318,13 +322,13 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
             )
             return
         click.echo(
-            f"Run {run['id']}: {_status(run)}, created {_when(run['created_at'])}"
+            f"Run {run['id']}: {_escape(_status(run))}, created {_when(run['created_at'])}"
             + (f", ended {_when(run['finished_at'])}" if run["finished_at"] else "")
         )
         if run.get("name"):
-            click.echo(f"name:     {run['name']}")
+            click.echo(f"name:     {_escape(run['name'])}")
         if run.get("tags"):
-            click.echo(f"tags:     {', '.join(run['tags'])}")
+            click.echo(f"tags:     {_escape(', '.join(run['tags']))}")
         if run.get("note"):
             click.echo(f"note:     {_escape(run['note'])}")
         if _status(run) == "dead":
@@ -332,22 +336,25 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
         click.echo(f"prompt:   {_escape(run['prompt'])}")
         unit = fitness_unit(run["config"])
         click.echo(
-            f"models:   mlm {run['mlm']}, causal {run['causal'] or '-'}; fitness {run['fitness']}"
-            + (f" ({unit})" if unit else "")
+            f"models:   mlm {_escape(run['mlm'])}, causal {_escape(run['causal'] or '-')}; "
+            f"fitness {_escape(run['fitness'])}" + (f" ({unit})" if unit else "")
         )
         click.echo(
-            f"seed:     {run['seed']}; generations done {run['generations_done']}; "
-            f"best individual {run['best_individual_id'] or '-'}"
+            f"seed:     {_escape(run['seed'])}; generations done "
+            f"{_escape(run['generations_done'])}; "
+            f"best individual {_escape(run['best_individual_id'] or '-')}"
         )
         if run["error"]:
-            click.echo(f"error:    {run['error']}")
+            click.echo(f"error:    {_escape(run['error'])}")
         problem = config_problem(run["config"])
         if problem:
-            click.echo(f"note:     its stored config is not valid for this version ({problem})")
+            click.echo(
+                f"note:     its stored config is not valid for this version ({_escape(problem)})"
+            )
         if run["config"]:
             click.echo("config:")
             for key, value in _flatten(run["config"]):
-                click.echo(f"  {key} = {json.dumps(value, ensure_ascii=False)}")
+                click.echo(f"  {_escape(key)} = {_escape(json.dumps(value, ensure_ascii=False))}")
         if best:
             click.echo("\nBest texts")
             click.echo(
@@ -483,16 +490,18 @@ def lineage(individual_id: int, max_depth: int | None, as_json: bool, db_path: P
             )
             return
         click.echo(
-            f"Individual {me['id']}: run {me['run_id']}, generation {me['generation']}, "
-            f"op {me['op']}, fitness {format_cell(me['fitness']) or '-'}"
+            f"Individual {me['id']}: run {_escape(me['run_id'])}, generation "
+            f"{_escape(me['generation'])}, op {_escape(me['op'])}, "
+            f"fitness {format_cell(me['fitness']) or '-'}"
         )
         click.echo(_escape(me["full_text"]))
         for a in records:
             span = "" if a["span"] is None else f" span {a['span'][0]}:{a['span'][1]}"
             parents = ",".join(str(p) for p in a["parents"]) or "-"
             click.echo(
-                f"\ndepth {a['depth']}  gen {a['generation']}  id {a['id']}  {a['op']}{span}  "
-                f"fitness {format_cell(a['fitness']) or '-'}  parents {parents}"
+                f"\ndepth {a['depth']}  gen {_escape(a['generation'])}  id {a['id']}  "
+                f"{_escape(str(a['op']) + span)}  "
+                f"fitness {format_cell(a['fitness']) or '-'}  parents {_escape(parents)}"
             )
             click.echo(f"  text: {_escape(a['text'])}")
             if a["parents"]:
@@ -515,16 +524,8 @@ def _read_query(query: str | None, query_file: str | None) -> str:
         return query
     assert query_file is not None
     name = "standard input" if query_file == "-" else query_file
-    try:
-        if query_file == "-":
-            data: bytes = sys.stdin.buffer.read()
-            text = data.decode("utf-8")
-        else:
-            text = Path(query_file).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise UserError(f"cannot read {name}: {exc.strerror}") from exc
+    data = read_stdin_bytes() if query_file == "-" else read_file_bytes(Path(query_file))
+    text = decode_text(data, name)
     if not text.strip():
         raise UserError(f"{name} holds no query")
     return text
@@ -534,14 +535,16 @@ class _Output:
     """Rows printed as they come: a table in blocks, or a JSON array one object a line.
 
     A table's column widths come from its first block (all rows, when there are fewer than
-    SQL_BLOCK), so a short result looks as every other table; later rows are padded to
-    those widths (a longer cell widens its own line only). Output is flushed at least every
-    SQL_FLUSH_S seconds, so rows show while a slow query still runs.
+    SQL_BLOCK and they hold less than SQL_BLOCK_BYTES of text), so a short result looks as
+    every other table; later rows are padded to those widths (a longer cell widens its own
+    line only). NULL is shown as NULL, the empty string as nothing. Output is flushed at
+    least every SQL_FLUSH_S seconds, so rows show while a slow query still runs.
     """
 
     def __init__(self, columns: list[str], as_json: bool) -> None:
         self.columns, self.as_json = columns, as_json
         self.block: list[tuple] = []
+        self.block_bytes = 0  # text and blob bytes held in `block`
         self.widths: list[int] | None = None
         self.numeric: list[bool] = []
         self.count = 0
@@ -556,7 +559,8 @@ class _Output:
             click.echo(("[\n  " if self.count == 1 else ",\n  ") + record, nl=False)
         else:
             self.block.append(row)
-            if len(self.block) >= SQL_BLOCK:
+            self.block_bytes += sum(len(v) for v in row if isinstance(v, str | bytes))
+            if len(self.block) >= SQL_BLOCK or self.block_bytes >= SQL_BLOCK_BYTES:
                 self._print_block()
         if time.monotonic() - self.flushed > SQL_FLUSH_S:
             self._print_block()
@@ -567,9 +571,14 @@ class _Output:
         if self.as_json or not self.block:
             return
         if self.widths is None:
-            text = format_table(self.columns, self.block)
+            text = format_table(self.columns, self.block, null=NULL)
             self.widths = [
-                max([len(format_cell(h)), *(len(format_cell(row[i])) for row in self.block)])
+                max(
+                    [
+                        len(format_cell(h)),
+                        *(len(format_cell(row[i], null=NULL)) for row in self.block),
+                    ]
+                )
                 for i, h in enumerate(self.columns)
             ]
             self.numeric = [
@@ -579,13 +588,14 @@ class _Output:
             click.echo(text)
         else:
             for row in self.block:
-                cells = [format_cell(v) for v in row]
+                cells = [format_cell(v, null=NULL) for v in row]
                 parts = [
                     c.rjust(w) if self.numeric[i] or _is_number(row[i]) else c.ljust(w)
                     for i, (c, w) in enumerate(zip(cells, self.widths, strict=False))
                 ]
                 click.echo("  ".join(parts).rstrip())
         self.block = []
+        self.block_bytes = 0
 
     def close(self) -> None:
         """Print what is left (also after an error or Ctrl-C: those rows are real)."""
@@ -593,7 +603,7 @@ class _Output:
             click.echo("[]" if self.count == 0 else "\n]")
         elif self.columns:
             if self.widths is None and not self.block:
-                click.echo(format_table(self.columns, []))
+                click.echo(format_table(self.columns, [], null=NULL))
             self._print_block()
         sys.stdout.flush()
 
@@ -605,6 +615,7 @@ def _is_number(value: Any) -> bool:
 SQL_TIMEOUT_S = 30.0  # long enough for any query on a large run database; an endless one ends
 SQL_MAX_ROWS = 10_000  # more than a terminal shows; --max-rows 0 (or --json to a file) for all
 SQL_BLOCK = 1_000  # table rows held to measure column widths before the first is printed
+SQL_BLOCK_BYTES = 16 * 2**20  # ... unless their text reaches this: held rows stay bounded
 SQL_FLUSH_S = 0.2  # how stale printed rows may get while a slow query runs
 
 
@@ -658,12 +669,15 @@ def sql(
 
     Tables: runs, individuals, parents, texts, generations, scores, baselines, experiments,
     experiment_rows. Views: individual_texts, lineage, edits. Writes are refused. Rows are
-    printed as they come; Ctrl-C stops the query within a second.
+    printed as they come; Ctrl-C stops the query within a second. NULL prints as NULL. A
+    value may be at most 16 MiB, and SQLite at most 256 MiB of memory.
     """
     if math.isnan(timeout):
         raise UserError("--timeout must be a number of seconds (0: no limit), not nan")
     text = _read_query(query, query_file)
     params_ = dict(params) if params else {}
+    if whole_process():  # this process only runs the query: cap SQLite's memory for it
+        limit_heap()
     out: _Output | None = None
     cut = False
     try:

@@ -17,6 +17,7 @@ from typing import Any, cast
 import click
 
 from cli.common import db_option, open_existing, resolve_db
+from cli.files import check_regular_file
 from cli.options import ConfigOptions
 from cli.process import interrupted_exit
 from cli.tables import format_table
@@ -137,6 +138,8 @@ def stunt(
     if train_file is None or dev_file is None:
         raise UserError("give --train FILE and --dev FILE (or --compare)")
     config = StuntConfig(**STUNT_OPTIONS.values(opts)).validate()
+    for corpus in (train_file, dev_file):
+        check_regular_file(corpus)  # /dev/zero or a FIFO would never end
     train = load_documents(files=[train_file], unwrap=config.unwrap)
     dev = load_documents(files=[dev_file], unwrap=config.unwrap)
     if save_dir is not None and save_dir.exists() and any(save_dir.iterdir()):

@@ -5,14 +5,22 @@ everywhere and stays readable in a terminal: long cells (continuations, prompts)
 width with an ellipsis, line breaks are shown as a visible `\\n`, floats get a fixed number of
 decimals and numbers line up on the right. Written here rather than taken from a library
 because it is short and the truncation and number rules are ours.
+
+Text read from a database is data, not terminal commands: a run database is a file people
+share, and a prompt or name holding `ESC ] 0 ; ... BEL` (set the window title) or `ESC [ 2 J`
+(clear the screen) must not reach the terminal as such. `visible` writes every control
+character as an escape (`\\x1b`, `\\r`, `\\u202e`), and every human-readable line of stored
+text goes through it; `--json` output stays exact (JSON escapes C0 controls itself).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 ELLIPSIS = "…"
+NULL = "NULL"  # how `evolve sql` shows SQL NULL, told apart from the empty string
 MAX_WIDTH = 60  # widest cell before truncation; a continuation's first words stay visible
 FLOAT_DIGITS = 3
 
@@ -21,15 +29,53 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def format_cell(value: Any, width: int | None = MAX_WIDTH, digits: int = FLOAT_DIGITS) -> str:
-    """One value as table text: None empty, floats to `digits` decimals, cut to `width`."""
+# Characters a terminal acts on rather than shows, besides the C0/C1 controls (category Cc):
+# line and paragraph separators, and the bidirectional embeddings, overrides and isolates that
+# reorder what follows them on the screen ("Trojan Source", CVE-2021-42574).
+_INVISIBLE = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: str, tab: str = "\\t", newline: str = "\\n") -> str:
+    """`text` with every control character written as an escape a terminal shows as text:
+    newline as `newline`, tab as `tab`, carriage return `\\r`, others `\\x1b` or `\\u202e`."""
+    if text.isprintable():  # the common case: nothing to escape (spaces are printable)
+        return text
+    out = []
+    for ch in text:
+        if ch == "\t":
+            out.append(tab)
+        elif ch == "\n":
+            out.append(newline)
+        elif ch in _INVISIBLE or unicodedata.category(ch) == "Cc":
+            out.append(_escape_char(ch))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def format_cell(
+    value: Any, width: int | None = MAX_WIDTH, digits: int = FLOAT_DIGITS, null: str = ""
+) -> str:
+    """One value as table text: None as `null`, floats to `digits` decimals, control
+    characters made visible (a tab is a space), cut to `width`."""
+    if width is not None and isinstance(value, str | bytes) and len(value) > width + 1:
+        # Escapes only lengthen text, so the first width + 1 characters decide the cell; a
+        # 16 MB value is not copied whole just to show 60 characters of it.
+        value = value[: width + 1]
     if value is None:
-        text = ""
+        text = null
     elif isinstance(value, float):
         text = f"{value:.{digits}f}"
     else:
-        text = str(value)
-    text = text.replace("\r", "").replace("\n", "\\n").replace("\t", " ")
+        text = visible(str(value), tab=" ")
     if width is not None and len(text) > width:
         text = text[: max(width - 1, 0)] + ELLIPSIS
     return text
@@ -41,18 +87,19 @@ def format_table(
     max_width: int | None = MAX_WIDTH,
     widths: Mapping[str, int | None] | None = None,
     digits: int = FLOAT_DIGITS,
+    null: str = "",
 ) -> str:
     """Headers, a dashed rule and one line per row, columns separated by two spaces.
 
     `max_width` caps every column (None: no cap); `widths` overrides it per header name.
     A column whose values are all numbers (None allowed) is right-aligned, header included;
-    in a mixed column only the numeric cells are.
+    in a mixed column only the numeric cells are. None is shown as `null` (empty by default).
     """
     n = len(headers)
     # Short rows are padded with empty cells and long ones cut, so every line has n columns.
     rows = [[*row[:n], *[None] * (n - len(row))] for row in map(list, rows)]
     caps = [(widths or {}).get(h, max_width) for h in headers]
-    cells = [[format_cell(v, caps[i], digits) for i, v in enumerate(row)] for row in rows]
+    cells = [[format_cell(v, caps[i], digits, null) for i, v in enumerate(row)] for row in rows]
     numeric = [
         any(_is_number(row[i]) for row in rows)
         and all(row[i] is None or _is_number(row[i]) for row in rows)

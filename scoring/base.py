@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from scoring.models import LoadedModel
 from scoring.results import EMPTY, TokenScores
+from scoring.template import text_ids, texts_ids
 
 Key = tuple[tuple[int, ...], tuple[int, ...]]  # (prefix ids, continuation ids)
 
@@ -147,7 +148,7 @@ class CachedScorer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens, as ``score`` tokenises it."""
-        return list(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_ids(self.lm.tokenizer, text)
 
     def score(self, texts: Sequence[str], prefix: str = "") -> list[TokenScores]:
         """Scores of each text after ``prefix``; prefix and texts are tokenised separately.
@@ -160,7 +161,7 @@ class CachedScorer:
         if not texts:
             return []
         prefix_ids = self.encode(prefix) if prefix else []
-        conts = self.lm.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        conts = texts_ids(self.lm.tokenizer, texts)
         return self.score_ids(conts, prefix_ids)
 
     def score_ids(

@@ -5,15 +5,21 @@ Everything that touches `from_pretrained` lives here, so the rest of the code ge
 Which names are presets and how a name becomes a folder is `scoring.presets`.
 
 ``trust_remote_code`` stays off: a model that needs custom code is refused rather than
-executed.
+executed, and so is a pickled ``pytorch_model.bin`` that holds more than tensors (torch's
+``weights_only`` loader refuses it; its payload never runs).
+
+A folder that cannot be loaded is one `ModelLoadError` line naming the folder and what is
+wrong with it (a config.json that is no JSON object, weights that are not safetensors, a
+pickle with code), never a library's traceback (issue 25).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
+import pickle
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +35,11 @@ from scoring.presets import (
     PRESETS,
     Kind,
     cache_root,
+    did_you_mean,
+    hub_offline,
+    hub_reachable,
+    in_hub_cache,
+    missing_model,
     preset_hint,
     preset_status,
     resolve_source,
@@ -102,9 +113,10 @@ def check_kind(name: str, kind: Kind) -> None:
     """Refuse, without loading or converting anything, a model that cannot be `kind`.
 
     For an option that names a model the command does not load now (a run records its
-    judge model for later comparisons): a preset of the other kind, a file, a folder without
-    config.json, or one whose config.json names only the other kind's architectures. Hub ids
-    pass; loading checks them, and the mask token, fully.
+    judge model for later comparisons): a preset of the other kind, a file, a missing folder,
+    a folder without config.json, or one whose config.json names only the other kind's
+    architectures, and a misspelt preset (a name close to one) that no hub can supply here.
+    Other hub ids pass; loading checks them, and the mask token, fully.
     """
     if not name or not name.strip():
         raise ModelLoadError(f"empty model name; presets: {preset_hint()}")
@@ -120,14 +132,58 @@ def check_kind(name: str, kind: Kind) -> None:
         if kind != "mlm":
             raise ModelLoadError(f"{name!r} is a masked LM (a decoder-MLM adapter), not a {KIND_WORD[kind]}")
         return
-    config = Path(source) / "config.json"
-    if not config.exists():
-        return  # a hub id
+    if not Path(source).is_dir():  # a hub id: loading will tell, unless it is a misspelt
+        # preset that cannot load here (no hub): that one is refused now, with the preset.
+        typo = did_you_mean(name) and not in_hub_cache(source)
+        if typo and (hub_offline() or not hub_reachable()):
+            raise missing_model(name, kind)
+        return
+    archs = read_config(Path(source)).get("architectures") or []
+    _check_architectures(name, kind, [str(a) for a in archs] if isinstance(archs, list) else [])
+
+
+MAX_CONFIG_BYTES = 16 * 2**20  # config.json files are a few kB; a larger one is no config
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A model folder's config.json as a mapping; ModelLoadError (one line naming the file)
+    for a file that is not a regular file of JSON holding an object."""
+    config = folder / "config.json"
     try:
-        archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot read {config}: {exc}") from exc
-    _check_architectures(name, kind, [str(a) for a in archs])
+        if not config.is_file():
+            raise ModelLoadError(f"{config} is not a regular file")
+        if config.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelLoadError(f"{config} is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+        data = json.loads(config.read_bytes())
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {config}: {exc.strerror}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelLoadError(f"{config} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        what = _JSON_KINDS.get(type(data).__name__, type(data).__name__)
+        raise ModelLoadError(f"{config} holds a JSON {what}, not an object, so it is no model config")
+    return data
+
+
+_JSON_KINDS = {"list": "array", "str": "string", "int": "number", "float": "number",
+               "bool": "boolean", "NoneType": "null"}  # fmt: skip
+
+
+def _weights_problem(folder: Path, exc: BaseException) -> str | None:
+    """What is wrong with a local folder's weights, from the error loading them raised."""
+    from safetensors import SafetensorError
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, SafetensorError):
+        names = sorted(f.name for f in folder.glob("*.safetensors")) or ["model.safetensors"]
+        return f"{folder / names[0]} is not a valid safetensors file ({first})"
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in first:
+        names = sorted(f.name for f in folder.glob("*.bin")) or ["pytorch_model.bin"]
+        return (
+            f"{folder / names[0]} holds Python objects besides tensors, which are not loaded "
+            "(unpickling them could run code); give the weights as safetensors"
+        )
+    return None
 
 
 _cache: dict[tuple[str, Kind, str], LoadedModel] = {}
@@ -189,28 +245,44 @@ def _load_uncached(name: str, kind: Kind, device: str) -> LoadedModel:
     source = resolve_source(name, kind)
     if kind == "mlm" and is_decoder_mlm_folder(source):
         return _load_decoder_mlm(name, Path(source), device)
+    folder = Path(source) if Path(source).is_dir() else None
+    if folder is not None:
+        read_config(folder)  # a config.json that is no JSON object: one line naming it
     auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights not used" chatter is expected here
     hf_logging.disable_progress_bar()
     try:
-        try:
-            # Local folder or hub cache first: without a network a hub lookup retries for ~40 s.
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-            model = auto.from_pretrained(source, dtype=torch.float32, local_files_only=True)
-        except OSError:
-            if Path(source).exists() or _offline():
-                raise
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = auto.from_pretrained(source, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
+        # torch warns on stderr about a pickle's protocol before refusing it; the refusal
+        # is reported below, in one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            try:
+                # Local folder or hub cache first: without a network a hub lookup retries
+                # for ~50 s, so the hub is asked only when it can be reached.
+                tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+                model = auto.from_pretrained(source, dtype=torch.float32, local_files_only=True)
+            except OSError:
+                if folder is not None:
+                    raise
+                if hub_offline() or not hub_reachable():
+                    raise missing_model(name, kind) from None
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                model = auto.from_pretrained(source, dtype=torch.float32)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # anything a model folder can make a loader raise: one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.rstrip(". ")  # we end the sentence ourselves
         if "Unrecognized configuration class" in first or "Unrecognized model" in first:
             other: Kind = "causal" if kind == "mlm" else "mlm"
             first = f"its architecture has no {KIND_WORD[kind]} head (is it a {KIND_WORD[other]}?)"
+        elif folder is not None:
+            first = _weights_problem(folder, exc) or first
+        hint = "" if folder is not None else did_you_mean(name)
         raise ModelLoadError(
-            f"cannot load {name!r} as a {KIND_WORD[kind]}: {first}. Presets: {preset_hint()}"
+            f"cannot load {name!r} as a {KIND_WORD[kind]}: {first}. {hint}Presets: {preset_hint()}"
         ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -240,10 +312,3 @@ def _load_decoder_mlm(name: str, folder: Path, device: str) -> LoadedModel:
     model, tokenizer, _ = load_decoder_mlm(folder, base.model, base.tokenizer, attention)
     model.to(device)
     return LoadedModel(name=name, kind="mlm", model=model, tokenizer=tokenizer, source=str(folder))
-
-
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )

@@ -36,7 +36,7 @@ from scoring.heads import logits_at, mlm_logits, pad_id, split_model
 from scoring.models import LoadedModel
 from scoring.names import PLL_VARIANTS, PLLVariant, pll_scorer_name
 from scoring.results import TokenScores
-from scoring.template import special_template
+from scoring.template import special_template, text_ids
 from scoring.words import word_starts
 
 DType = Literal["fp32", "bf16"]
@@ -361,17 +361,14 @@ def naive_pll(
     """
     tok = lm.tokenizer
     if isinstance(prefix, str):
-        prefix_ids = list(tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else []
+        prefix_ids = text_ids(tok, prefix) if prefix else []
     else:
         prefix_ids = [int(i) for i in prefix]
     head, tail = special_template(tok)
     mask_id = int(tok.mask_token_id)
     results = []
     for item in texts_or_ids:
-        if isinstance(item, str):
-            cont = list(tok(item, add_special_tokens=False)["input_ids"])
-        else:
-            cont = [int(i) for i in item]
+        cont = text_ids(tok, item) if isinstance(item, str) else [int(i) for i in item]
         masks = mask_matrix(tok, prefix_ids, cont, variant)
         base = [*head, *prefix_ids, *cont, *tail]
         offset = len(head) + len(prefix_ids)

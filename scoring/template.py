@@ -4,6 +4,13 @@ Masked-LM scorers and proposers build their model inputs as special head + promp
 continuation + special tail, with the continuation at a known offset. transformers 5 fast
 tokenizers lack ``build_inputs_with_special_tokens``, so the template is read off the
 tokenizer once, by encoding a probe text with and without special tokens.
+
+User text (prompts, seed texts, texts to score) is encoded by `text_ids`: as text, always.
+By default a tokenizer turns the literal string ``[MASK]`` (BERT), ``<mask>`` (RoBERTa) or
+``<filename>`` (the mask of the decoder MLM on SmolLM2), and ``[SEP]``, ``[CLS]``,
+``<|endoftext|>``, into their special ids, so a prompt quoting them put a real mask or
+separator into the fitness context. `split_special_tokens=True` encodes them as the
+characters they are made of.
 """
 
 from __future__ import annotations
@@ -11,6 +18,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of user text, without special tokens added and with none read from it."""
+    return [
+        int(i)
+        for i in tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ]
+
+
+def texts_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """`text_ids` of several texts in one tokenizer call."""
+    found = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)
+    return [[int(i) for i in ids] for ids in found["input_ids"]]
 
 
 def special_template(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -46,6 +46,7 @@ import torch
 from scoring.causal import start_token_id
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel
+from scoring.template import text_ids
 
 KIND = "amplify"  # experiment kind in the store
 MIXES = ("arith", "geo")
@@ -428,7 +429,7 @@ def _plan(
     truncated = 0
     remaining = config.max_positions
     for doc in docs:
-        ids = [look.start_id, *tok(doc.text, add_special_tokens=False)["input_ids"]]
+        ids = [look.start_id, *text_ids(tok, doc.text)]
         if len(ids) > limit:
             ids, truncated = ids[:limit], truncated + 1
         chosen = list(range(config.start, len(ids) - 1, config.stride))[:remaining]
@@ -695,7 +696,7 @@ def sample_amplified(
     look = Lookahead(lm)
     if beams > look.vocab_size:
         raise UserError(f"beams ({beams}) exceed the vocabulary size ({look.vocab_size})")
-    ids = list(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else []
+    ids = text_ids(lm.tokenizer, prompt) if prompt else []
     if not ids:
         ids = [look.start_id]
     max_new_tokens = min(max_new_tokens, max(0, look.max_length - depth - len(ids)))

@@ -39,6 +39,7 @@ from scoring.causal import prefix_cache_of
 from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
+from scoring.template import text_ids
 
 METHODS = ("greedy", "beam", "sample", "amplified")
 DEFAULT_METHODS = ("greedy", "beam", "sample")  # amplified costs D forwards a token: opt-in
@@ -227,7 +228,7 @@ def run_length(store: LogStore, run_id: int, lm: LoadedModel) -> int:
 
 
 def _encode(lm: LoadedModel, text: str) -> list[int]:
-    return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return text_ids(lm.tokenizer, text)
 
 
 def generate_baselines(

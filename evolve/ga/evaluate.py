@@ -33,6 +33,7 @@ from evolve.ga.objectives import Objective
 from evolve.ga.representation import Representation
 from scoring.base import Scorer
 from scoring.results import TokenScores
+from scoring.template import text_ids
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class _Channel:
         self.prefix_ids = (
             rep.prompt_ids
             if self.native
-            else tuple(int(i) for i in tok.encode(rep.prompt, add_special_tokens=False))
+            else tuple(text_ids(tok, rep.prompt))
         )
         self.known: dict[str, TokenScores] = {}
 
@@ -71,7 +72,7 @@ class _Channel:
         """The continuation in the scorer's tokens (through text when they differ)."""
         if self.native:
             return list(ids)
-        return [int(i) for i in self.scorer.lm.tokenizer.encode(text, add_special_tokens=False)]
+        return text_ids(self.scorer.lm.tokenizer, text)
 
     def score(self, todo: Mapping[str, Sequence[int]]) -> dict[str, TokenScores]:
         """Score the given texts (text -> representation ids) in one scorer call."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from evolve.ga.proposers import InputTemplate
 from scoring.errors import UserError
 from scoring.models import LoadedModel
+from scoring.template import text_ids
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Representation:
     @classmethod
     def build(cls, lm: LoadedModel, prompt: str) -> Representation:
         tok = lm.tokenizer
-        prompt_ids = tuple(int(i) for i in tok.encode(prompt, add_special_tokens=False))
+        prompt_ids = tuple(text_ids(tok, prompt))
         if not prompt_ids:
             raise UserError("the prompt has no tokens under this model's tokenizer")
         if lm.kind == "mlm":
@@ -80,7 +81,7 @@ class Representation:
 
     def encode(self, text: str) -> list[int]:
         """A continuation text as representation ids (no special tokens)."""
-        return [int(i) for i in self.lm.tokenizer.encode(text, add_special_tokens=False)]
+        return text_ids(self.lm.tokenizer, text)
 
     def text_of(self, ids: Sequence[int]) -> str:
         """The continuation as text, with the spacing it has after the prompt."""

@@ -57,6 +57,8 @@ def process_state(pid: int | None, host: str | None, token: str | None) -> Proce
     """
     if pid is None or host != socket.gethostname() or os.name != "posix":
         return "unknown"
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
+        return "unknown"  # not a pid (a crafted or damaged file): os.kill(0, 0) asks the group
     here = _machine_and_namespace()
     if token and here and token.count("/") == 2:
         boot, namespace, started = token.split("/")

@@ -13,6 +13,19 @@ Two locks, either of which alone keeps the database unchanged:
 `LogStore.stream` reads rows as they are iterated (memory stays flat however many rows a query
 returns) and stops a statement at a time limit or a Ctrl-C, checked by a progress handler
 every few thousand SQLite instructions.
+
+Memory is bounded too, since a query is a program: `SELECT randomblob(1000000000)` took 4 GB
+in `evolve sql` and 7.8 GB in the web server before these limits (issue 25).
+
+- `bound_connection` sets SQLite's SQLITE_LIMIT_LENGTH on a connection that runs users'
+  queries: no string or blob the query makes or reads may exceed `MAX_VALUE_BYTES`;
+- `limit_heap` caps everything SQLite allocates in the process (`PRAGMA hard_heap_limit`,
+  `MAX_HEAP_BYTES`), which bounds a row of many large values, sorts and temporary tables;
+  a process that serves queries (`evolve sql` run as the `evolve` process, `evolve serve`)
+  sets it once. It is process-wide and can only be lowered, so a library user's process
+  (or a test runner invoking the CLI) is left alone.
+
+A query past either limit stops with one line (StoreError) and changes nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +41,44 @@ from evolve.store.access import open_read_only
 from evolve.store.core import StoreCore, StoreError
 
 _PROGRESS_STEPS = 10_000  # SQLite instructions between time-limit checks: well under 1 ms
+# The largest value in a run database is a few kB (a generation's random state, a score's
+# per-token list); 16 MiB leaves room for any group_concat a person reads in a terminal.
+MAX_VALUE_BYTES = 16 * 2**20
+# SQLite's page caches are 2 MB a connection and sorts spill to temporary files; 256 MiB
+# holds a dozen values of the largest size at once.
+MAX_HEAP_BYTES = 256 * 2**20
+
+
+def bound_connection(conn: sqlite3.Connection) -> int:
+    """Cap the length of any string or blob on `conn` at MAX_VALUE_BYTES; returns the old
+    limit (`conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, old)` restores it)."""
+    return conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+
+
+def limit_heap() -> None:
+    """Cap the memory SQLite may allocate in this process at MAX_HEAP_BYTES (a lower cap
+    already set is kept: SQLite only lets the hard heap limit go down)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute(f"PRAGMA hard_heap_limit = {MAX_HEAP_BYTES}")
+    finally:
+        conn.close()
+
+
+def too_big(exc: BaseException) -> str | None:
+    """The one-line reason when `exc` is SQLite refusing a query for its size, else None."""
+    if isinstance(exc, MemoryError):
+        return (
+            f"the query needs more than {MAX_HEAP_BYTES // 2**20} MiB of memory, the limit "
+            "for a query here; ask for fewer or smaller values"
+        )
+    if isinstance(exc, sqlite3.DataError) and "too big" in str(exc):
+        return (
+            f"the query makes or reads a value larger than {MAX_VALUE_BYTES // 2**20} MiB, the "
+            "limit for one value here"
+        )
+    return None
+
 
 _READ_ACTIONS = {
     sqlite3.SQLITE_SELECT,
@@ -78,7 +129,9 @@ def read_only_rows(
     `timeout` (seconds; None or 0: none) stops the statement with a StoreError, checked
     every few thousand SQLite instructions so that an endless recursive query stops too.
     A Ctrl-C (or SIGTERM, see `cli.process`) while SQLite runs stops it within that check as
-    well and is raised as KeyboardInterrupt. Iterate the rows inside the `with` block.
+    well and is raised as KeyboardInterrupt. No value may exceed MAX_VALUE_BYTES (for the
+    statement only: the connection's own limit is restored after it). Iterate the rows
+    inside the `with` block.
     """
     denied: list[int] = []
     deadline = time.monotonic() + timeout if timeout else None
@@ -93,7 +146,10 @@ def read_only_rows(
             return 1
         return 0
 
-    def error(exc: sqlite3.Error | sqlite3.Warning) -> BaseException:
+    def error(exc: sqlite3.Error | sqlite3.Warning | MemoryError) -> BaseException:
+        reason = too_big(exc)
+        if reason is not None:
+            return StoreError(reason)
         if denied:
             keyword = re.match(r"\s*(\w+)", sql)
             what = keyword.group(1).upper() if keyword else "this statement"
@@ -115,7 +171,7 @@ def read_only_rows(
         while True:
             try:
                 row = cursor.fetchone()
-            except (sqlite3.Error, sqlite3.Warning) as exc:
+            except (sqlite3.Error, sqlite3.Warning, MemoryError) as exc:
                 raise error(exc) from exc
             if row is None:
                 return
@@ -123,16 +179,18 @@ def read_only_rows(
 
     conn.set_authorizer(_authorizer(denied))
     conn.set_progress_handler(progress, _PROGRESS_STEPS)
+    length = bound_connection(conn)
     try:
         try:
             cursor = conn.execute(sql, params)
-        except (sqlite3.Error, sqlite3.Warning) as exc:
+        except (sqlite3.Error, sqlite3.Warning, MemoryError) as exc:
             raise error(exc) from exc
         try:
             yield [d[0] for d in cursor.description or ()], rows(cursor)
         finally:
             cursor.close()
     finally:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
         conn.set_progress_handler(None, 0)
         conn.set_authorizer(None)
 

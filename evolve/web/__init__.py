@@ -6,6 +6,6 @@ the `templates/` and `static/` folders next to this file), registered from code 
 of the store like `evolve.experiments`: it reads run databases with SQL and never writes.
 """
 
-from evolve.web.plugin import asgi_wrapper, menu_links, register_routes
+from evolve.web.plugin import asgi_wrapper, menu_links, prepare_connection, register_routes
 
-__all__ = ["asgi_wrapper", "menu_links", "register_routes"]
+__all__ = ["asgi_wrapper", "menu_links", "prepare_connection", "register_routes"]

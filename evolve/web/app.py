@@ -7,6 +7,11 @@ writes on them, yet each query sees the latest commit, so pages follow a running
 run` (an `immutable` database would be read as a frozen snapshot and could read torn
 pages while a run writes). Datasette 0.65 has no write API; the only way it writes is a
 canned query marked `write: true`, and ours are all SELECTs.
+
+The database is served through `BoundedDatabase` (SQL past a size limit is an SQL error, see
+`evolve.web.limits`), and `serve` caps SQLite's memory in the server process. Requests for
+another Host than localhost, an IP address or a name the user allowed are refused
+(`evolve.web.guard`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import errno
 import socket
 import sqlite3
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from datasette.app import Datasette
@@ -23,6 +28,9 @@ from datasette.plugins import pm
 
 import evolve.web
 from evolve.store import SCHEMA_VERSION, LogStore, StoreError
+from evolve.store.sql import limit_heap
+from evolve.web import guard
+from evolve.web.limits import BoundedDatabase
 from evolve.web.metadata import metadata
 from evolve.web.plugin import PLUGIN
 from scoring.errors import UserError
@@ -63,14 +71,20 @@ def register_plugin() -> None:
         pm.register(evolve.web, name=PLUGIN)
 
 
-def build_datasette(path: Path) -> Datasette:
-    """A Datasette on the run database at `path`, with our metadata, pages and assets."""
+def build_datasette(path: Path, allowed_hosts: Sequence[str] = ()) -> Datasette:
+    """A Datasette on the run database at `path`, with our metadata, pages and assets;
+    requests are answered for localhost, IP addresses and `allowed_hosts`."""
     register_plugin()
     name = path.stem
     ds = Datasette(files=[str(path)], metadata=metadata(name), settings=SETTINGS)
-    served = [db.name for db in ds.databases.values() if db.path == str(path)]
-    if served != [name]:  # Datasette renamed it (a clash with its own names): follow it
-        ds._metadata_local = metadata(served[0])
+    served = [db for db in ds.databases.values() if db.path == str(path)]
+    if [db.name for db in served] != [name]:  # Datasette renamed it (a clash with its own
+        name = served[0].name  # names): follow it
+    ds._metadata_local = metadata(name, allowed_hosts=list(allowed_hosts))
+    # The same database, as Datasette made it, but with SQL size errors as SQL errors.
+    bounded = BoundedDatabase(ds, str(path), is_mutable=True)
+    ds.remove_database(name)
+    ds.add_database(bounded, name=name, route=served[0].route)
     return ds
 
 
@@ -100,12 +114,17 @@ def serve(
     port: int,
     open_browser: bool = False,
     on_ready: Callable[[str], None] | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
-    """Serve the database at `path` until Ctrl-C; bad input raises UserError first."""
+    """Serve the database at `path` until Ctrl-C; bad input raises UserError first.
+
+    Requests are answered for localhost, IP addresses, `host` when it is a name, and
+    `allowed_hosts` (`evolve.web.guard`)."""
     import uvicorn  # a Datasette dependency; imported here so the checks above stay fast
 
     check_database(path)
-    ds = build_datasette(path)
+    limit_heap()  # this process serves queries: SQLite's memory is capped for all of them
+    ds = build_datasette(path, allowed_hosts=guard.allowed_hosts(host, allowed_hosts))
     sock = listen(host, port)
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{sock.getsockname()[1]}/"

@@ -33,6 +33,10 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _label(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
@@ -41,7 +45,12 @@ def fitness_svg(
     stats: Sequence[Mapping[str, Any]], title: str = "Fitness per generation"
 ) -> Markup:
     """best/mean/min fitness of each generation (rows of `generations`) as an SVG line chart."""
-    points = [s for s in stats if s.get("best") is not None]
+    # A crafted file may hold text where numbers belong: such a row is left out, not drawn.
+    points = [
+        {k: v for k, v in s.items() if k == "generation" or _number(v)}
+        for s in stats
+        if _number(s.get("best")) and isinstance(s.get("generation"), int)
+    ]
     if not points:
         return Markup('<p class="empty">No generation written yet.</p>')
     gens = [int(s["generation"]) for s in points]

@@ -320,8 +320,9 @@ ORDER BY s.scorer, mean DESC""",
 }
 
 
-def metadata(database: str) -> dict[str, Any]:
-    """Datasette metadata for the run database Datasette calls `database`."""
+def metadata(database: str, allowed_hosts: list[str] | None = None) -> dict[str, Any]:
+    """Datasette metadata for the run database Datasette calls `database`; `allowed_hosts`
+    are the Host names the server answers besides localhost and IP addresses."""
     tables = {
         name: {"description": desc, "columns": dict(columns)}
         for name, (desc, columns) in TABLES.items()
@@ -337,5 +338,5 @@ def metadata(database: str) -> dict[str, Any]:
                 "queries": {name: dict(q, sql=q["sql"].strip()) for name, q in QUERIES.items()},
             }
         },
-        "plugins": {"mlm-evolve": {"database": database}},
+        "plugins": {"mlm-evolve": {"database": database, "allowed_hosts": allowed_hosts or []}},
     }

@@ -3,11 +3,16 @@
 Every view reads through Datasette's own read-only connections (`Database.execute_fn`
 runs a function of `evolve.web.queries` on one), so the pages see each generation as soon
 as a running `evolve run` commits it, and nothing here can write. Unknown or malformed ids
-get Datasette's error page with status 404 and one line saying what was not found.
+(also ones beyond SQLite's 64-bit range) get Datasette's error page with status 404 and one
+line saying what was not found; a database too damaged to show gets one line too.
+
+Every connection is bounded (`evolve.web.limits`) and every request passes the checks of
+`evolve.web.guard` (Host, methods, paths, security headers).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,8 +21,10 @@ from datasette.app import Datasette
 from datasette.database import Database
 from datasette.utils.asgi import NotFound, Request, Response
 
-from evolve.web import queries
+from evolve.store.sql import too_big
+from evolve.web import limits, queries
 from evolve.web.chart import fitness_svg
+from evolve.web.guard import error_page, guard, not_found
 from evolve.web.metadata import QUERIES
 from evolve.web.render import fmt, tree_html
 
@@ -34,22 +41,46 @@ def _database(datasette: Datasette) -> Database:
     return datasette.get_database(name)
 
 
-async def not_found(datasette: Datasette, request: Request, message: str) -> Response:
-    """Datasette's error page with status 404 and one clear line.
+def _ours(datasette: Datasette) -> bool:
+    """Whether this Datasette is `evolve serve`'s (another one is left alone)."""
+    return bool((datasette.plugin_config(PLUGIN) or {}).get("database"))
 
-    Rendered here rather than raised as NotFound: Datasette prints a full traceback to the
-    server's console for every exception a view raises, which a mistyped id does not deserve.
-    """
-    context = {"error": message, "status": 404, "title": "Not found", "ok": False}
-    html = await datasette.render_template("error.html", context, request=request)
-    return Response.html(html, status=404)
+
+INT64 = (-(2**63), 2**63 - 1)  # SQLite's INTEGER: a larger id is no id (and overflows)
 
 
 def _int_id(raw: str) -> int | None:
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         return None
+    return value if INT64[0] <= value <= INT64[1] else None
+
+
+async def _read(db: Database, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    """`fn` on one of the database's read connections; a database that cannot be read as
+    ours (damaged, or a value past the limits) raises PageError with one line."""
+    try:
+        return await db.execute_fn(fn)
+    except (sqlite3.DatabaseError, MemoryError) as exc:
+        raise PageError(too_big(exc) or f"this database cannot be shown here: {exc}") from exc
+
+
+class PageError(Exception):
+    """A page that cannot be made from this database; shown as one line (status 500)."""
+
+
+def _view(
+    fn: Callable[[Datasette, Request], Awaitable[Response]],
+) -> Callable[[Datasette, Request], Awaitable[Response]]:
+    async def view(datasette: Datasette, request: Request) -> Response:
+        try:
+            return await fn(datasette, request)
+        except PageError as exc:
+            return await error_page(datasette, request, str(exc), 500, "Cannot show this page")
+
+    view.__name__ = fn.__name__
+    return view
 
 
 def _links(datasette: Datasette, db: Database) -> dict[str, Any]:
@@ -75,9 +106,10 @@ async def _page(
     return Response.html(html)
 
 
+@_view
 async def home(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
-    runs = await db.execute_fn(queries.runs)
+    runs = await _read(db, queries.runs)
     context = {
         "runs": runs,
         "links": _links(datasette, db),
@@ -88,9 +120,10 @@ async def home(datasette: Datasette, request: Request) -> Response:
     return await _page(datasette, request, "evolve_home.html", context)
 
 
-async def runs_json(datasette: Datasette) -> Response:
+@_view
+async def runs_json(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
-    runs = await db.execute_fn(queries.runs)
+    runs = await _read(db, queries.runs)
     for run in runs:
         run["url"] = datasette.urls.path(f"/-/evolve/runs/{run['id']}")
         if run["best_id"] is not None:
@@ -98,11 +131,12 @@ async def runs_json(datasette: Datasette) -> Response:
     return Response.json({"runs": runs})
 
 
+@_view
 async def run_page(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
     raw = request.url_vars["run_id"]
     run_id = _int_id(raw)
-    run = None if run_id is None else await db.execute_fn(lambda conn: queries.run(conn, run_id))
+    run = None if run_id is None else await _read(db, lambda c: queries.run(c, run_id))
     if run is None:
         return await not_found(datasette, request, f"No run {raw} in this database.")
     context = {
@@ -116,11 +150,12 @@ async def run_page(datasette: Datasette, request: Request) -> Response:
     return await _page(datasette, request, "evolve_run.html", context)
 
 
+@_view
 async def individual_page(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
     raw = request.url_vars["individual_id"]
     ind_id = _int_id(raw)
-    tree = None if ind_id is None else await db.execute_fn(lambda c: queries.ancestry(c, ind_id))
+    tree = None if ind_id is None else await _read(db, lambda c: queries.ancestry(c, ind_id))
     if tree is None:
         return await not_found(datasette, request, f"No individual {raw} in this database.")
     links = _links(datasette, db)
@@ -152,39 +187,26 @@ def menu_links(datasette: Datasette) -> list[dict[str, str]]:
     return [{"href": datasette.urls.path("/"), "label": "mlm-evolve runs"}]
 
 
-READ_METHODS = ("GET", "HEAD")
+@hookimpl
+def prepare_connection(conn: sqlite3.Connection, datasette: Datasette) -> None:
+    """Bound every connection of `evolve serve` (`evolve.web.limits`)."""
+    if _ours(datasette):
+        limits.prepare(conn)
 
 
 @hookimpl
 def asgi_wrapper(datasette: Datasette) -> Callable[[Any], Any]:
-    """Answer every request but GET and HEAD with 405: the browser only reads.
+    """Host, methods, paths and security headers (`evolve.web.guard`).
 
-    Datasette 0.65 has no write API, but POST reaches views (canned queries, messages), and
-    a POST to a read-only canned query crashes with a 500 in 0.65.5; refusing other methods
-    up front keeps the server plainly read-only.
+    Only GET and HEAD are answered: Datasette 0.65 has no write API, but POST reaches views
+    (canned queries, messages), and a POST to a read-only canned query crashes with a 500 in
+    0.65.5; refusing other methods up front keeps the server plainly read-only.
     """
 
     def wrap(app: Any) -> Any:
-        if not (datasette.plugin_config(PLUGIN) or {}).get("database"):
+        if not _ours(datasette):
             return app  # a Datasette that is not `evolve serve`: leave it alone
-
-        async def read_only(scope: dict, receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and scope["method"] not in READ_METHODS:
-                body = b"read-only: evolve serve answers GET requests only\n"
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 405,
-                        "headers": [
-                            (b"content-type", b"text/plain; charset=utf-8"),
-                            (b"allow", b"GET, HEAD"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-            await app(scope, receive, send)
-
-        return read_only
+        allowed = (datasette.plugin_config(PLUGIN) or {}).get("allowed_hosts") or []
+        return guard(datasette, app, allowed)
 
     return wrap

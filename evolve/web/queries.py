@@ -35,8 +35,34 @@ def _rows(
 def _json(value: str | None, default: Any) -> Any:
     try:
         return json.loads(value) if value else default
-    except ValueError:  # a hand-edited row must not take the page down
+    except (ValueError, TypeError):  # a hand-edited row must not take the page down
         return default
+
+
+def _number(value: Any) -> float | None:
+    """A stored number, or None where a crafted file holds something else in its place."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def tags_of(value: Any) -> list[str]:
+    """A run's tags (a JSON list in `runs.tags`) as strings; [] where there are none."""
+    tags = _json(value, [])
+    return [str(t) for t in tags] if isinstance(tags, list) else [str(tags)]
+
+
+def label(run: Mapping[str, Any]) -> str:
+    """How pages name a run: its own name, or "run N · model" when it has none."""
+    if run.get("name"):
+        return str(run["name"])
+    # A model given as a folder is named by its last part: the path is on the run page.
+    model = PurePath(str(run["mlm"])).name if run.get("mlm") else ""
+    return f"run {run['id']} · {model}" if model else f"run {run['id']}"
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -58,8 +84,10 @@ def status_of(run: Mapping[str, Any]) -> str:
 # -- home --------------------------------------------------------------------------------------
 
 RUNS_SQL = """
-SELECT r.id, r.created_at, r.finished_at, r.status, r.prompt, r.mlm, r.fitness, r.seed,
-       r.generations_done, json_extract(r.config, '$.generations') AS generations_planned,
+SELECT r.id, r.name, r.tags, r.note, r.created_at, r.finished_at, r.status, r.prompt, r.mlm,
+       r.fitness, r.seed, r.generations_done,
+       CASE WHEN json_valid(r.config) THEN json_extract(r.config, '$.generations') END
+           AS generations_planned,
        r.pid, r.host, r.process,
        b.id AS best_id, b.fitness AS best_fitness, t.text AS best_text
 FROM runs r
@@ -72,15 +100,16 @@ ORDER BY r.id DESC
 
 
 def runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every run, newest first: name, prompt, status, progress and best text so far."""
+    """Every run, newest first: name (its own, or "run N · model"), tags, note, prompt,
+    status, progress and best text so far."""
     out = []
     for row in _rows(conn, RUNS_SQL):
         row["status"] = status_of(row)
         for key in ("pid", "host", "process"):
             row.pop(key)
-        # A model given as a folder is named by its last part: the path is on the run page.
-        model = PurePath(row["mlm"]).name if row["mlm"] else ""
-        row["name"] = f"run {row['id']} · {model}" if model else f"run {row['id']}"
+        row["name"] = label(row)
+        row["tags"] = tags_of(row["tags"])
+        row["created_at"] = _text(row["created_at"])
         out.append(row)
     return out
 
@@ -110,7 +139,10 @@ def run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any] | None:
         return None
     row = found[0]
     row["status"] = status_of(row)
-    row["config_items"] = flatten(_json(row["config"], {}))
+    row["label"] = label(row)
+    row["tags"] = tags_of(row.get("tags"))
+    config = _json(row["config"], {})
+    row["config_items"] = flatten(config if isinstance(config, Mapping) else {"config": config})
     row["generations"] = _rows(
         conn,
         "SELECT generation, best, mean, std, worst, n_evaluated, n_cache_hits, n_unique, "
@@ -133,7 +165,7 @@ def _comparison(conn: sqlite3.Connection, run_row: Mapping[str, Any]) -> dict[st
     Scores are read from `scores` keyed by (text, prompt, scorer); a cell is the mean per
     token (total / n_tokens), the number the comparison table of `evolve compare` shows.
     """
-    prompt_id = text_id(run_row["prompt"])
+    prompt_id = text_id(_text(run_row["prompt"]))
     texts: list[dict[str, Any]] = []
     best = _rows(
         conn,
@@ -180,7 +212,8 @@ def _comparison(conn: sqlite3.Connection, run_row: Mapping[str, Any]) -> dict[st
             "ORDER BY scorer",
             (entry["text_id"], entry["prefix_id"]),
         ):
-            mean = s["total"] / s["n_tokens"] if s["total"] is not None and s["n_tokens"] else None
+            total, n = _number(s["total"]), _number(s["n_tokens"])
+            mean = total / n if total is not None and n else None
             entry["scores"][s["scorer"]] = {**s, "mean": mean}
             if s["scorer"] not in scorers:
                 scorers.append(s["scorer"])
@@ -281,22 +314,25 @@ def ancestry(conn: sqlite3.Connection, individual_id: int) -> Ancestry | None:
         if origin_id in nodes:
             listed = {k["id"] for k in nodes[origin_id].kept_as}
             nodes[origin_id].kept_as.extend(k for k in kept if k["id"] not in listed)
-            nodes[origin_id].kept_as.sort(key=lambda k: (-k["generation"], -k["id"]))
+            nodes[origin_id].kept_as.sort(
+                key=lambda k: (-(_number(k["generation"]) or 0), -(_number(k["id"]) or 0))
+            )
             continue
         origin = inds[origin_id]
         origin["detail"] = _json(origin.get("detail"), {})
         ps = parents.get(origin_id, [])
         known = [p for p in ps if p in inds]
         parent_texts = [inds[p]["text"] for p in known]
-        fits = [inds[p]["fitness"] for p in known if inds[p]["fitness"] is not None]
-        gain = origin["fitness"] - max(fits) if fits and origin["fitness"] is not None else None
+        fits = [f for p in known if (f := _number(inds[p]["fitness"])) is not None]
+        fitness = _number(origin["fitness"])
+        gain = fitness - max(fits) if fits and fitness is not None else None
         kind = "initial" if not ps else ("mutation" if len(ps) == 1 else "crossover")
         nodes[origin_id] = Node(
             origin=origin,
             kept_as=kept,
             parents=known,
             gain=gain,
-            html=to_html(edit_pieces(origin["text"], parent_texts)),
+            html=to_html(edit_pieces(_text(origin["text"]), [_text(t) for t in parent_texts])),
             kind=kind,
             missing_parents=len(ps) - len(known),
             parent_roles={p: f"p{i}" for i, p in enumerate(known)} if kind == "crossover" else {},

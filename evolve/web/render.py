@@ -4,6 +4,10 @@ A tree can be as deep as the run has generations; Jinja's recursive macros would
 dozen Python frames a level, so the nested lists are written here without recursion and
 the template only places the result. Parent lists below `OPEN_DEPTH` start collapsed
 (`<details>`), so a deep tree opens at the recent edits and unfolds on demand.
+
+Every value read from the database goes through `escape` here, whatever its declared type:
+a run database is a file people share, and SQLite stores text in an INTEGER column of a
+crafted file (`span_start = '<img src=x onerror=...>'` came back live before issue 25).
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from evolve.web.queries import Ancestry, Node, walk
 OPEN_DEPTH = 3  # parent lists open for the individual and its two nearest edit generations
 
 
-def fmt(value: float | None, digits: int = 4, sign: bool = False) -> str:
-    """A number for a page: fixed digits, '-' for none."""
+def fmt(value: object, digits: int = 4, sign: bool = False) -> str:
+    """A number for a page: fixed digits, '-' for none; anything else (a crafted file's
+    text in a REAL column) as escaped text."""
     if value is None:
         return "-"
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return str(escape(value))
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
@@ -34,7 +41,8 @@ def _kept_html(node: Node, link: str) -> str:
         return ""
     shown = node.kept_as[:6]
     items = ", ".join(
-        f'<a href="{link}{k["id"]}">#{k["id"]}</a> (gen {k["generation"]} {escape(k["op"])})'
+        f'<a href="{link}{escape(k["id"])}">#{escape(k["id"])}</a> '
+        f"(gen {escape(k['generation'])} {escape(k['op'])})"
         for k in shown
     )
     more = f" and {len(node.kept_as) - len(shown)} more" if len(node.kept_as) > len(shown) else ""
@@ -45,10 +53,11 @@ def _header(node: Node, link: str) -> str:
     o = node.origin
     span = ""
     if o.get("span_start") is not None:
-        span = f" · tokens [{o['span_start']}, {o['span_end']})"
+        span = f" · tokens [{escape(o['span_start'])}, {escape(o['span_end'])})"
     return (
-        f'<div class="node-head"><a class="node-link" href="{link}{o["id"]}">#{o["id"]}</a> '
-        f'gen {o["generation"]} · <span class="op">{escape(o["op"])}</span> · fitness '
+        f'<div class="node-head"><a class="node-link" href="{link}{escape(o["id"])}">'
+        f"#{escape(o['id'])}</a> gen {escape(o['generation'])} · "
+        f'<span class="op">{escape(o["op"])}</span> · fitness '
         f"{fmt(o['fitness'])}{_gain_html(node.gain)}{span}</div>"
     )
 
@@ -62,18 +71,20 @@ def tree_html(tree: Ancestry, link: str) -> Markup:
         if event == "ref":
             o = node.origin
             out.append(
-                f'<li class="node ref{role_cls}"><a href="#node-{node_id}">#{node_id}</a> '
-                f"(gen {o['generation']}, {escape(o['op'])}): shown above</li>"
+                f'<li class="node ref{role_cls}"><a href="#node-{escape(node_id)}">'
+                f"#{escape(node_id)}</a> (gen {escape(o['generation'])}, {escape(o['op'])}): "
+                "shown above</li>"
             )
         elif event == "open":
-            out.append(f'<li class="node kind-{node.kind}{role_cls}" id="node-{node_id}">')
+            out.append(f'<li class="node kind-{node.kind}{role_cls}" id="node-{escape(node_id)}">')
             out.append(_header(node, link))
             out.append(_kept_html(node, link))
             out.append(f'<div class="text">{node.html}</div>')
             if node.missing_parents:
                 out.append(
                     f'<div class="more">{node.missing_parents} parent(s) not read: '
-                    f'open <a href="{link}{node_id}">#{node_id}</a> for its own tree</div>'
+                    f'open <a href="{link}{escape(node_id)}">#{escape(node_id)}</a> for its '
+                    "own tree</div>"
                 )
             if node.parents:
                 label = "parent" if len(node.parents) == 1 else "parents"

@@ -35,7 +35,9 @@
     runs.forEach(function (r) {
       var tr = document.createElement("tr");
       tr.dataset.run = r.id;
-      cell(tr, r.name, "", r.url);
+      var name = cell(tr, r.name, "", r.url);
+      if (r.note) { name.firstChild.title = r.note; }
+      cell(tr, (r.tags || []).join(", "), "tags");
       var st = cell(tr, "", "");
       var span = document.createElement("span");
       span.className = "status status-" + r.status; span.textContent = r.status;
