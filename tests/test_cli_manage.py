@@ -185,7 +185,7 @@ def test_models_json(invoke: Invoke) -> None:
     result = invoke("models", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [r["name"] for r in rows] == ["tiny-bert", "smollm2-135m"]
+    assert [r["name"] for r in rows] == ["tiny-bert", "smollm2-135m", "smollm2-mlm", "smollm2-mlm-prefix"]
     for row in rows:
         assert set(row) == {"name", "kind", "status", "installed", "path", "converted", "about"}
 
