@@ -5,8 +5,8 @@ individuals), `scores` (model scores, `ScoreBook`), `experiments` (baselines, ex
 `sql` (read-only queries), `process` (which process runs a run), `core` (shared plumbing).
 """
 
-from evolve.store.core import StoreError, text_id
-from evolve.store.db import LogStore
+from evolve.store.core import DatabaseError, StoreError, text_id
+from evolve.store.db import LogStore, check_database
 from evolve.store.process import ProcessState, process_state, process_token, run_process_state
 from evolve.store.schema import MIGRATIONS, SCHEMA_VERSION
 from evolve.store.scores import ScoreBook, ScorerFactory, TextScorer
@@ -14,12 +14,14 @@ from evolve.store.scores import ScoreBook, ScorerFactory, TextScorer
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "DatabaseError",
     "LogStore",
     "ProcessState",
     "ScoreBook",
     "ScorerFactory",
     "StoreError",
     "TextScorer",
+    "check_database",
     "process_state",
     "process_token",
     "run_process_state",

@@ -32,6 +32,11 @@ class StoreError(UserError):
     """The database cannot be used as asked: not SQLite, newer schema, unknown id, read-only."""
 
 
+# SQLite's own error for a database that is locked, corrupt or full, which the store lets
+# through unchanged: callers outside the store catch it by this name (they import no sqlite3).
+DatabaseError = sqlite3.DatabaseError
+
+
 def text_id(text: str) -> str:
     """The key of a text in `texts`: the first 32 hex digits of sha256 of its UTF-8 bytes."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

@@ -33,6 +33,8 @@ from evolve.store.scores import ScoresMixin
 from evolve.store.sql import QueryMixin
 
 MEMORY = ":memory:"
+# Tables every mlm-evolve database has; a file without them is someone else's.
+OUR_TABLES = ("runs", "individuals", "parents", "generations", "texts")
 
 
 class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
@@ -164,3 +166,28 @@ class LogStore(RunsMixin, ScoresMixin, ExperimentsMixin, QueryMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_database(path: Path) -> None:
+    """Raise StoreError (one line) unless `path` is an mlm-evolve database this code reads
+    (`evolve serve` checks the file before a server starts).
+
+    An SQLite file of something else is only read, never migrated. A database of an older
+    schema is migrated first, as every other command does; one of a newer schema is refused
+    with the store's message.
+    """
+    if not path.exists():
+        raise StoreError(f"no database at {path}; `evolve run` creates one")
+    try:
+        with LogStore(path, readonly=True) as store:  # refuses folders and non-SQLite files
+            _, rows = store.query("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+            version = store.schema_version()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a usable mlm-evolve database: {exc}") from exc
+    names = {row[0] for row in rows}
+    missing = [name for name in OUR_TABLES if name not in names]
+    if missing or version == 0:
+        what = f"no {missing[0]} table" if missing else "no schema version"
+        raise StoreError(f"{path} is not an mlm-evolve database ({what})")
+    if version != SCHEMA_VERSION:
+        LogStore(path).close()  # migrates an older schema; refuses a newer one

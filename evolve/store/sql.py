@@ -26,6 +26,12 @@ in `evolve sql` and 7.8 GB in the web server before these limits (issue 25).
   (or a test runner invoking the CLI) is left alone.
 
 A query past either limit stops with one line (StoreError) and changes nothing.
+
+`evolve serve` runs visitors' SQL on connections Datasette opens (`mode=ro`) and hands to
+the web code; `prepare_served` puts the same value limit on each, and counts the bytes of the
+rows a statement hands over (`MAX_RESULT_BYTES`, Datasette holds up to a page of rows in
+memory at once). `served_error` turns a statement stopped by a limit into the one-line
+OperationalError that Datasette shows as an SQL error.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -47,6 +54,8 @@ MAX_VALUE_BYTES = 16 * 2**20
 # SQLite's page caches are 2 MB a connection and sorts spill to temporary files; 256 MiB
 # holds a dozen values of the largest size at once.
 MAX_HEAP_BYTES = 256 * 2**20
+# Text and blobs one statement on a served connection may hand over: pages of 1,000 rows.
+MAX_RESULT_BYTES = 64 * 2**20
 
 
 def bound_connection(conn: sqlite3.Connection) -> int:
@@ -78,6 +87,45 @@ def too_big(exc: BaseException) -> str | None:
             "limit for one value here"
         )
     return None
+
+
+def result_too_big() -> str:
+    return (
+        f"the result holds more than {MAX_RESULT_BYTES // 2**20} MiB of text and blobs, "
+        "the limit for one query here; select fewer rows or columns"
+    )
+
+
+def bound_rows(conn: sqlite3.Connection) -> None:
+    """Make `conn` count the bytes of the rows each cursor fetches, and stop the statement
+    with an OperationalError past MAX_RESULT_BYTES. Rows stay `sqlite3.Row`, as Datasette
+    makes them."""
+    fetched: weakref.WeakKeyDictionary[sqlite3.Cursor, int] = weakref.WeakKeyDictionary()
+
+    def factory(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> sqlite3.Row:
+        size = sum(len(v) for v in row if isinstance(v, str | bytes))
+        total = fetched.get(cursor, 0) + size
+        if total > MAX_RESULT_BYTES:
+            raise sqlite3.OperationalError(result_too_big())
+        fetched[cursor] = total
+        return sqlite3.Row(cursor, row)
+
+    conn.row_factory = factory
+
+
+def prepare_served(conn: sqlite3.Connection) -> None:
+    """Every bound on a connection that serves visitors' SQL (Datasette's, in `evolve serve`):
+    the value limit of `bound_connection` and the result limit of `bound_rows`."""
+    bound_connection(conn)
+    bound_rows(conn)
+
+
+def served_error(exc: BaseException) -> sqlite3.OperationalError | None:
+    """SQLite refusing a statement for its size (a DataError "too big", or MemoryError from
+    the heap limit) as an OperationalError with one line, which Datasette shows as an SQL
+    error (status 400); None for any other exception."""
+    reason = too_big(exc)
+    return None if reason is None else sqlite3.OperationalError(reason)
 
 
 _READ_ACTIONS = {

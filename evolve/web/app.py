@@ -1,12 +1,13 @@
 """Build and serve the Datasette app for one run database.
 
-`check_database` refuses what is not ours with the store's one-line errors before any server
-starts; `build_datasette` registers our plugin from code and opens the file as a *mutable*
-Datasette database, which Datasette reads through `mode=ro` connections: SQLite refuses
-writes on them, yet each query sees the latest commit, so pages follow a running `evolve
-run` (an `immutable` database would be read as a frozen snapshot and could read torn
+`check_database` (the store's) refuses what is not ours with one-line errors before any
+server starts; `build_datasette` registers our plugin from code and opens the file as a
+*mutable* Datasette database, which Datasette reads through `mode=ro` connections: SQLite
+refuses writes on them, yet each query sees the latest commit, so pages follow a running
+`evolve run` (an `immutable` database would be read as a frozen snapshot and could read torn
 pages while a run writes). Datasette 0.65 has no write API; the only way it writes is a
-canned query marked `write: true`, and ours are all SELECTs.
+canned query marked `write: true`, and ours (the store's, `evolve.store.web_queries`) are all
+SELECTs.
 
 The database is served through `BoundedDatabase` (SQL past a size limit is an SQL error, see
 `evolve.web.limits`), and `serve` caps SQLite's memory in the server process. Requests for
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import sqlite3
 import webbrowser
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +27,7 @@ from datasette.app import Datasette
 from datasette.plugins import pm
 
 import evolve.web
-from evolve.store import SCHEMA_VERSION, LogStore, StoreError
+from evolve.store import check_database
 from evolve.store.sql import limit_heap
 from evolve.web import guard
 from evolve.web.limits import BoundedDatabase
@@ -39,30 +39,6 @@ SETTINGS = {
     # Recursive ancestry queries over a long run take more than Datasette's 1 s default.
     "sql_time_limit_ms": 5000,
 }
-_OURS = ("runs", "individuals", "parents", "generations", "texts")
-
-
-def check_database(path: Path) -> None:
-    """Raise StoreError (one line) unless `path` is an mlm-evolve database this code reads.
-
-    A database of an older schema is migrated first, as every other command does; one of a
-    newer schema is refused with the store's message.
-    """
-    if not path.exists():
-        raise StoreError(f"no database at {path}; `evolve run` creates one")
-    try:
-        with LogStore(path, readonly=True) as store:  # refuses folders and non-SQLite files
-            _, rows = store.query("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
-            version = store.schema_version()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} is not a usable mlm-evolve database: {exc}") from exc
-    names = {row[0] for row in rows}
-    missing = [name for name in _OURS if name not in names]
-    if missing or version == 0:
-        what = f"no {missing[0]} table" if missing else "no schema version"
-        raise StoreError(f"{path} is not an mlm-evolve database ({what})")
-    if version != SCHEMA_VERSION:
-        LogStore(path).close()  # migrates an older schema; refuses a newer one
 
 
 def register_plugin() -> None:

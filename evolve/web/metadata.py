@@ -1,5 +1,6 @@
-"""Datasette metadata for a run database: what every table, view and column means, and
-canned queries for the questions people ask of a run.
+"""Datasette metadata for a run database: what every table, view and column means, and the
+canned queries for the questions people ask of a run (their SQL is the store's,
+`evolve.store.web_queries.CANNED_QUERIES`).
 
 Datasette shows a table's `description` above it and a column's in the column header
 menu; canned queries appear on the database page as forms with one field per `:parameter`.
@@ -9,6 +10,8 @@ A parameter left empty matches every run where the query says so (`:run = ''`).
 from __future__ import annotations
 
 from typing import Any
+
+from evolve.store.web_queries import CANNED_QUERIES
 
 LICENSE_NOTE = "Written by mlm-evolve; every individual of every generation of every run."
 
@@ -220,104 +223,8 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
     ),
 }
 
-# Canned queries. Parameters arrive as text; SQLite compares them with integer columns
-# numerically, and `:run = ''` lets an empty field mean "every run".
-QUERIES: dict[str, dict[str, Any]] = {
-    "best_texts": {
-        "title": "Best texts of a run",
-        "description": "The fittest distinct continuations of a run, with where they were made.",
-        "sql": """
-SELECT b.id, b.generation, b.op, b.fitness, t.text
-FROM (
-  SELECT id, generation, op, fitness, text_id,
-         ROW_NUMBER() OVER (PARTITION BY text_id ORDER BY fitness DESC, id) AS rank
-  FROM individuals WHERE run_id = :run AND fitness IS NOT NULL
-) b JOIN texts t ON t.id = b.text_id
-WHERE b.rank = 1
-ORDER BY b.fitness DESC, b.id
-LIMIT 20""",
-    },
-    "fitness_per_generation": {
-        "title": "Fitness per generation",
-        "description": "Best, mean, spread and lowest fitness of each generation of a run.",
-        "sql": """
-SELECT generation, best, mean, std, worst, n_evaluated, n_cache_hits, n_unique,
-       best_individual_id, seconds
-FROM generations WHERE run_id = :run ORDER BY generation""",
-    },
-    "operator_gains": {
-        "title": "Which operators improve",
-        "description": "Per operator: children made, how many beat their best parent, the "
-        "rate, and mean and best gain. Leave run empty for every run.",
-        "sql": """
-WITH e AS (
-  SELECT c.id, c.op, c.fitness - MAX(p.fitness) AS gain
-  FROM individuals c
-  JOIN parents pr ON pr.child_id = c.id
-  JOIN individuals p ON p.id = pr.parent_id
-  WHERE (:run = '' OR c.run_id = :run) AND c.fitness IS NOT NULL
-  GROUP BY c.id
-)
-SELECT op, COUNT(*) AS children, SUM(gain > 0) AS improved,
-       ROUND(1.0 * SUM(gain > 0) / COUNT(*), 3) AS improve_rate,
-       ROUND(AVG(gain), 4) AS mean_gain, ROUND(MAX(gain), 4) AS best_gain
-FROM e GROUP BY op ORDER BY improve_rate DESC, children DESC""",
-    },
-    "ancestry": {
-        "title": "Ancestry of an individual",
-        "description": "Every ancestor of an individual with its depth, operator, fitness and "
-        "text (the page /-/evolve/individuals/ID draws it as a tree).",
-        "sql": """
-WITH RECURSIVE anc(id, depth) AS (
-  SELECT CAST(:individual AS INTEGER), 0
-  UNION
-  SELECT p.parent_id, anc.depth + 1 FROM anc JOIN parents p ON p.child_id = anc.id
-)
-SELECT MIN(anc.depth) AS depth, i.id, i.generation, i.op, i.fitness, i.span_start, i.span_end,
-       (SELECT group_concat(parent_id) FROM parents WHERE child_id = i.id) AS parents,
-       t.text
-FROM anc JOIN individuals i ON i.id = anc.id JOIN texts t ON t.id = i.text_id
-GROUP BY i.id
-ORDER BY depth, i.generation DESC, i.id""",
-    },
-    "runs_same_prompt": {
-        "title": "Runs compared side by side (same prompt)",
-        "description": "Every run with the same prompt as the given run: settings, progress "
-        "and best text.",
-        "sql": """
-SELECT r.id AS run, r.status, r.mlm, r.fitness, r.seed, r.generations_done,
-       json_extract(r.config, '$.population') AS population,
-       b.fitness AS best_fitness, t.text AS best_text
-FROM runs r
-LEFT JOIN individuals b ON b.id = (SELECT id FROM individuals WHERE run_id = r.id
-                                   AND fitness IS NOT NULL ORDER BY fitness DESC, id LIMIT 1)
-LEFT JOIN texts t ON t.id = b.text_id
-WHERE r.prompt = (SELECT prompt FROM runs WHERE id = :run)
-ORDER BY best_fitness DESC""",
-    },
-    "baselines_vs_evolved": {
-        "title": "Baselines vs evolved for a run",
-        "description": "The run's best evolved text and its baselines, with every stored "
-        "score (mean = total / n_tokens, per scorer).",
-        "sql": """
-WITH run AS (SELECT r.id, p.id AS prompt_id FROM runs r
-             LEFT JOIN texts p ON p.text = r.prompt WHERE r.id = :run),
-best AS (SELECT i.text_id FROM individuals i, run WHERE i.run_id = run.id
-         AND i.fitness IS NOT NULL ORDER BY i.fitness DESC, i.id LIMIT 1),
-entries AS (
-  SELECT 'evolved best' AS source, NULL AS model, best.text_id, run.prompt_id
-  FROM best, run
-  UNION ALL
-  SELECT b.method, b.model, b.text_id, b.prompt_id FROM baselines b, run
-  WHERE b.run_id = run.id
-)
-SELECT e.source, e.model, s.scorer, ROUND(s.total, 4) AS total, s.n_tokens,
-       ROUND(s.total / s.n_tokens, 4) AS mean, t.text
-FROM entries e JOIN texts t ON t.id = e.text_id
-LEFT JOIN scores s ON s.text_id = e.text_id AND s.prefix_id = e.prompt_id
-ORDER BY s.scorer, mean DESC""",
-    },
-}
+# The canned queries are the store's (their SQL is tested with the schema there).
+QUERIES = CANNED_QUERIES
 
 
 def metadata(database: str, allowed_hosts: list[str] | None = None) -> dict[str, Any]:

@@ -1,18 +1,18 @@
 """The Datasette plugin: our pages (home, run, individual) as `register_routes` views.
 
-Every view reads through Datasette's own read-only connections (`Database.execute_fn`
-runs a function of `evolve.web.queries` on one), so the pages see each generation as soon
-as a running `evolve run` commits it, and nothing here can write. Unknown or malformed ids
+Every view reads through Datasette's own read-only connections: `Database.execute_fn` runs
+a read of the store (`evolve.store.web_queries`) on one and shapes its rows for the page
+(`evolve.web.pages`), so the pages see each generation as soon as a running `evolve run`
+commits it, and nothing here runs SQL or can write. Unknown or malformed ids
 (also ones beyond SQLite's 64-bit range) get Datasette's error page with status 404 and one
 line saying what was not found; a database too damaged to show gets one line too.
 
-Every connection is bounded (`evolve.web.limits`) and every request passes the checks of
+Every connection is bounded (`evolve.store.sql.prepare_served`) and every request passes the checks of
 `evolve.web.guard` (Host, methods, paths, security headers).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,8 +21,10 @@ from datasette.app import Datasette
 from datasette.database import Database
 from datasette.utils.asgi import NotFound, Request, Response
 
-from evolve.store.sql import too_big
-from evolve.web import limits, queries
+from evolve.store import DatabaseError, web_queries
+from evolve.store.sql import prepare_served, too_big
+from evolve.store.web_queries import Connection
+from evolve.web import pages
 from evolve.web.chart import fitness_svg
 from evolve.web.guard import error_page, guard, not_found
 from evolve.web.metadata import QUERIES
@@ -57,13 +59,27 @@ def _int_id(raw: str) -> int | None:
     return value if INT64[0] <= value <= INT64[1] else None
 
 
-async def _read(db: Database, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+async def _read(db: Database, fn: Callable[[Connection], Any]) -> Any:
     """`fn` on one of the database's read connections; a database that cannot be read as
     ours (damaged, or a value past the limits) raises PageError with one line."""
     try:
         return await db.execute_fn(fn)
-    except (sqlite3.DatabaseError, MemoryError) as exc:
+    except (DatabaseError, MemoryError) as exc:
         raise PageError(too_big(exc) or f"this database cannot be shown here: {exc}") from exc
+
+
+# What each page reads, run in one of Datasette's threads: the store's read, then its shaping
+# (an ancestry of thousands of nodes is diffed word by word: not on the event loop).
+def _runs(conn: Connection) -> list[dict[str, Any]]:
+    return pages.runs(web_queries.runs(conn))
+
+
+def _run(conn: Connection, run_id: int) -> dict[str, Any] | None:
+    return pages.run(web_queries.run(conn, run_id, pages.N_BEST))
+
+
+def _ancestry(conn: Connection, individual_id: int) -> pages.Ancestry | None:
+    return pages.ancestry(web_queries.ancestry(conn, individual_id, pages.MAX_ANCESTORS))
 
 
 class PageError(Exception):
@@ -109,7 +125,7 @@ async def _page(
 @_view
 async def home(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
-    runs = await _read(db, queries.runs)
+    runs = await _read(db, _runs)
     context = {
         "runs": runs,
         "links": _links(datasette, db),
@@ -123,7 +139,7 @@ async def home(datasette: Datasette, request: Request) -> Response:
 @_view
 async def runs_json(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
-    runs = await _read(db, queries.runs)
+    runs = await _read(db, _runs)
     for run in runs:
         run["url"] = datasette.urls.path(f"/-/evolve/runs/{run['id']}")
         if run["best_id"] is not None:
@@ -136,7 +152,7 @@ async def run_page(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
     raw = request.url_vars["run_id"]
     run_id = _int_id(raw)
-    run = None if run_id is None else await _read(db, lambda c: queries.run(c, run_id))
+    run = None if run_id is None else await _read(db, lambda c: _run(c, run_id))
     if run is None:
         return await not_found(datasette, request, f"No run {raw} in this database.")
     context = {
@@ -155,7 +171,7 @@ async def individual_page(datasette: Datasette, request: Request) -> Response:
     db = _database(datasette)
     raw = request.url_vars["individual_id"]
     ind_id = _int_id(raw)
-    tree = None if ind_id is None else await _read(db, lambda c: queries.ancestry(c, ind_id))
+    tree = None if ind_id is None else await _read(db, lambda c: _ancestry(c, ind_id))
     if tree is None:
         return await not_found(datasette, request, f"No individual {raw} in this database.")
     links = _links(datasette, db)
@@ -188,10 +204,10 @@ def menu_links(datasette: Datasette) -> list[dict[str, str]]:
 
 
 @hookimpl
-def prepare_connection(conn: sqlite3.Connection, datasette: Datasette) -> None:
-    """Bound every connection of `evolve serve` (`evolve.web.limits`)."""
+def prepare_connection(conn: Connection, datasette: Datasette) -> None:
+    """Bound every connection of `evolve serve` (`evolve.store.sql.prepare_served`)."""
     if _ours(datasette):
-        limits.prepare(conn)
+        prepare_served(conn)
 
 
 @hookimpl

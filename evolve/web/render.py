@@ -1,4 +1,4 @@
-"""HTML of the ancestry tree, built in Python from `queries.walk` events.
+"""HTML of the ancestry tree, built in Python from `pages.walk` events.
 
 A tree can be as deep as the run has generations; Jinja's recursive macros would use a
 dozen Python frames a level, so the nested lists are written here without recursion and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from markupsafe import Markup, escape
 
-from evolve.web.queries import Ancestry, Node, walk
+from evolve.web.pages import Ancestry, Node, walk
 
 OPEN_DEPTH = 3  # parent lists open for the individual and its two nearest edit generations
 

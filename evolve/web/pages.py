@@ -1,35 +1,28 @@
-"""What the pages show, read with plain SQL from a read-only connection to a run database.
+"""What the pages show, made from what the store read (`evolve.store.web_queries`).
 
-Each function takes a `sqlite3.Connection` (Datasette hands its own read-only ones to
-`Database.execute_fn`) and returns plain dicts, so the pages can be tested without a server
-and the SQL is the schema's (docs/DESIGN.md), not a second model of it. Nothing here reads
-`individuals.scores`: model scores come from the `scores` table.
+The store runs the SQL on Datasette's read-only connections and returns plain dicts; here
+they become what a template shows: a run's name and status, its config as dotted pairs, the
+comparison of its best text with its baselines, and an individual's ancestry as a tree. So
+the pages can be tested on plain dicts, without a server. Values a crafted file holds where a
+number or JSON belongs (SQLite lets it) are shown as text or left out, never trusted.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
 from markupsafe import Markup
 
-from evolve.store import run_process_state, text_id
+from evolve.store import run_process_state
+from evolve.store.web_queries import AncestryRead, RunRead
 from evolve.web.highlight import edit_pieces, to_html
 
 N_BEST = 10  # distinct best texts on a run page: a screenful
 MAX_ANCESTORS = 3000  # ancestry rows read for one tree; a 100 x 30 run fits whole
-
-
-def _rows(
-    conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-) -> list[dict]:
-    cursor = conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _json(value: str | None, default: Any) -> Any:
@@ -83,27 +76,12 @@ def status_of(run: Mapping[str, Any]) -> str:
 
 # -- home --------------------------------------------------------------------------------------
 
-RUNS_SQL = """
-SELECT r.id, r.name, r.tags, r.note, r.created_at, r.finished_at, r.status, r.prompt, r.mlm,
-       r.fitness, r.seed, r.generations_done,
-       CASE WHEN json_valid(r.config) THEN json_extract(r.config, '$.generations') END
-           AS generations_planned,
-       r.pid, r.host, r.process,
-       b.id AS best_id, b.fitness AS best_fitness, t.text AS best_text
-FROM runs r
-LEFT JOIN individuals b ON b.id = (
-    SELECT id FROM individuals WHERE run_id = r.id AND fitness IS NOT NULL
-    ORDER BY fitness DESC, id LIMIT 1)
-LEFT JOIN texts t ON t.id = b.text_id
-ORDER BY r.id DESC
-"""
 
-
-def runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every run, newest first: name (its own, or "run N · model"), tags, note, prompt,
-    status, progress and best text so far."""
+def runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every run as the home page lists it (rows of `web_queries.runs`, newest first): name
+    (its own, or "run N · model"), tags, note, prompt, status, progress and best text so far."""
     out = []
-    for row in _rows(conn, RUNS_SQL):
+    for row in rows:
         row["status"] = status_of(row)
         for key in ("pid", "host", "process"):
             row.pop(key)
@@ -116,81 +94,45 @@ def runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 # -- run page ----------------------------------------------------------------------------------
 
-# The fittest individual of each distinct text (a window per text: a correlated subquery per
-# text took 7 s on a 30 x 100 run, this takes milliseconds).
-BEST_TEXTS_SQL = """
-SELECT b.id, b.generation, b.op, b.fitness, t.text
-FROM (
-    SELECT id, generation, op, fitness, text_id,
-           ROW_NUMBER() OVER (PARTITION BY text_id ORDER BY fitness DESC, id) AS rank
-    FROM individuals WHERE run_id = ? AND fitness IS NOT NULL
-) b
-JOIN texts t ON t.id = b.text_id
-WHERE b.rank = 1
-ORDER BY b.fitness DESC, b.id
-LIMIT ?
-"""
 
-
-def run(conn: sqlite3.Connection, run_id: int) -> dict[str, Any] | None:
+def run(read: RunRead | None) -> dict[str, Any] | None:
     """One run with config, generation statistics, best texts and baselines; None if absent."""
-    found = _rows(conn, "SELECT * FROM runs WHERE id = ?", (run_id,))
-    if not found:
+    if read is None:
         return None
-    row = found[0]
+    row = read.run
     row["status"] = status_of(row)
     row["label"] = label(row)
     row["tags"] = tags_of(row.get("tags"))
     config = _json(row["config"], {})
     row["config_items"] = flatten(config if isinstance(config, Mapping) else {"config": config})
-    row["generations"] = _rows(
-        conn,
-        "SELECT generation, best, mean, std, worst, n_evaluated, n_cache_hits, n_unique, "
-        "best_individual_id, seconds FROM generations WHERE run_id = ? ORDER BY generation",
-        (run_id,),
-    )
+    row["generations"] = read.generations
     # Best distinct texts: an elite copied for 20 generations is one text, not 20 rows.
-    row["best"] = _rows(
-        conn,
-        BEST_TEXTS_SQL,
-        (run_id, N_BEST),
-    )
-    row["comparison"] = _comparison(conn, row)
+    row["best"] = read.best
+    row["comparison"] = _comparison(read)
     return row
 
 
-def _comparison(conn: sqlite3.Connection, run_row: Mapping[str, Any]) -> dict[str, Any]:
+def _comparison(read: RunRead) -> dict[str, Any]:
     """The run's best text and its baselines with their stored scores, one column per scorer.
 
     Scores are read from `scores` keyed by (text, prompt, scorer); a cell is the mean per
     token (total / n_tokens), the number the comparison table of `evolve compare` shows.
     """
-    prompt_id = text_id(_text(run_row["prompt"]))
     texts: list[dict[str, Any]] = []
-    best = _rows(
-        conn,
-        "SELECT i.id, i.text_id, t.text FROM individuals i JOIN texts t ON t.id = i.text_id "
-        "WHERE i.run_id = ? AND i.fitness IS NOT NULL ORDER BY i.fitness DESC, i.id LIMIT 1",
-        (run_row["id"],),
-    )
-    if best:
+    best = read.fittest
+    if best is not None:
         texts.append(
             {
                 "label": "evolved best",
-                "individual_id": best[0]["id"],
-                "text": best[0]["text"],
-                "text_id": best[0]["text_id"],
-                "prefix_id": prompt_id,
+                "individual_id": best["id"],
+                "text": best["text"],
+                "text_id": best["text_id"],
+                "prefix_id": read.prompt_id,
                 "seed": None,
                 "params": "",
             }
         )
-    for b in _rows(
-        conn,
-        "SELECT b.id, b.method, b.model, b.params, b.seed, b.text_id, b.prompt_id, t.text "
-        "FROM baselines b JOIN texts t ON t.id = b.text_id WHERE b.run_id = ? ORDER BY b.id",
-        (run_row["id"],),
-    ):
+    for b in read.baselines:
         texts.append(
             {
                 "label": f"{b['method']} ({b['model'] or '?'})",
@@ -206,34 +148,17 @@ def _comparison(conn: sqlite3.Connection, run_row: Mapping[str, Any]) -> dict[st
     scorers: list[str] = []
     for entry in texts:
         entry["scores"] = {}
-        for s in _rows(
-            conn,
-            "SELECT scorer, total, n_tokens FROM scores WHERE text_id = ? AND prefix_id = ? "
-            "ORDER BY scorer",
-            (entry["text_id"], entry["prefix_id"]),
-        ):
+        for s in read.scores[(entry["text_id"], entry["prefix_id"])]:
             total, n = _number(s["total"]), _number(s["n_tokens"])
             mean = total / n if total is not None and n else None
             entry["scores"][s["scorer"]] = {**s, "mean": mean}
             if s["scorer"] not in scorers:
                 scorers.append(s["scorer"])
-    return {"rows": texts, "scorers": sorted(scorers), "n_baselines": len(texts) - len(best)}
+    n_best = 0 if best is None else 1
+    return {"rows": texts, "scorers": sorted(scorers), "n_baselines": len(texts) - n_best}
 
 
 # -- individual page: the ancestry tree ----------------------------------------------------------
-
-ANCESTRY_SQL = """
-WITH RECURSIVE anc(id) AS (
-    SELECT ?
-    UNION
-    SELECT p.parent_id FROM anc JOIN parents p ON p.child_id = anc.id
-)
-SELECT i.id, i.run_id, i.generation, i.position, i.op, i.fitness, i.span_start, i.span_end,
-       i.detail, i.n_tokens, t.text
-FROM (SELECT id FROM anc LIMIT ?) a
-JOIN individuals i ON i.id = a.id
-JOIN texts t ON t.id = i.text_id
-"""
 
 
 @dataclass
@@ -276,27 +201,16 @@ def _origin(
         current = ps[0]
 
 
-def ancestry(conn: sqlite3.Connection, individual_id: int) -> Ancestry | None:
-    """The ancestry of one individual as a tree of Nodes (None if there is no such id).
+def ancestry(read: AncestryRead | None) -> Ancestry | None:
+    """The ancestry the store read of one individual as a tree of Nodes (None if there is no
+    such id).
 
     Ancestors reached along several paths (crossover of relatives) appear once in `nodes`;
     chains of unchanged copies are folded into the node of the text's origin.
     """
-    rows = _rows(conn, ANCESTRY_SQL, (individual_id, MAX_ANCESTORS))
-    inds = {r["id"]: r for r in rows}
-    if individual_id not in inds:
+    if read is None:
         return None
-    parents: dict[int, list[int]] = {}
-    ids = list(inds)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for child, parent in conn.execute(
-            f"SELECT child_id, parent_id FROM parents WHERE child_id IN ({marks}) "
-            "ORDER BY child_id, position",
-            chunk,
-        ):
-            parents.setdefault(child, []).append(parent)
+    individual_id, inds, parents = read.individual_id, read.individuals, read.parents
     nodes: dict[int, Node] = {}
     shown_as: dict[int, int] = {}
     todo = [individual_id]
@@ -339,16 +253,13 @@ def ancestry(conn: sqlite3.Connection, individual_id: int) -> Ancestry | None:
         )
         todo.extend(reversed(known))
     assert root is not None
-    prompt = conn.execute(
-        "SELECT prompt FROM runs WHERE id = ?", (inds[individual_id]["run_id"],)
-    ).fetchone()
     return Ancestry(
         individual=inds[individual_id],
-        prompt=prompt[0] if prompt else "",
+        prompt=read.prompt,
         root=root,
         nodes=nodes,
         shown_as=shown_as,
-        truncated=len(rows) >= MAX_ANCESTORS,
+        truncated=read.truncated,
     )
 
 
