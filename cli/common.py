@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import click
 
 from cli.process import interrupted_exit, interruption, sigterm_as_interrupt, terminated
-from evolve.store import LogStore, StoreError
+from evolve.store import DatabaseError, LogStore, StoreError
 from scoring.errors import UserError
 from scoring.models import PRESETS
 
@@ -71,7 +70,7 @@ class ErrorTranslatingGroup(click.Group):
             raise  # with the usage, which says what is missing
         except click.BadParameter as exc:  # a bad option value: one line, without the usage
             raise click.UsageError(exc.format_message()) from None
-        except sqlite3.DatabaseError as exc:
+        except DatabaseError as exc:
             raise click.ClickException(f"database error: {exc}") from exc
         except OSError as exc:
             # A write that fails without a file name is a write to the output (files are
