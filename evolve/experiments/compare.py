@@ -15,9 +15,10 @@ Every model score is a row of the store's ``scores`` table, keyed by (text, prom
 with scorer names ``pll/original/<mlm>``, ``pll/word_l2r/<mlm>`` and ``causal/<causal LM>``.
 Scores already stored are read back (`evolve.store.ScoreBook`), among them every score the
 run computed while evolving; only missing ones are computed (models load only then), so a
-second comparison costs no model time and any text can later be judged by another model. The model-score columns of the table are means over each row's texts and
-can be recomputed with plain SQL (`COMPARE_SQL`); the word statistics are cheap pure
-functions of the texts (`scoring.metrics`) and are recomputed each time.
+second comparison costs no model time and any text can later be judged by another model. The
+model-score columns of the table are means over each row's texts and can be recomputed with
+plain SQL (`COMPARE_SQL`, owned by the store: `evolve.store.experiments`); the word statistics
+are cheap pure functions of the texts (`scoring.metrics`) and are recomputed each time.
 
 A fair judge: evolved texts are written in the tokens of the run's proposer, and an uncased
 MLM writes lower-case text without newlines, which the causal judge scores worse than the
@@ -40,6 +41,7 @@ from typing import Any
 from evolve.experiments.baselines import settings_label
 from evolve.ga.representation import Representation
 from evolve.store import LogStore, ScoreBook, ScorerFactory, TextScorer
+from evolve.store.experiments import COMPARE_SQL as COMPARE_SQL  # re-exported here
 from scoring import metrics
 from scoring.devices import check_device
 from scoring.errors import UserError
@@ -375,58 +377,3 @@ def _proposer_model(run: dict[str, Any]) -> str:
     if config.get("proposer") == "causal":
         return str(config.get("causal") or run["causal"])
     return str(run["mlm"])
-
-
-# The model-score columns of `compare_run`, from the database alone. Parameters: :run (run
-# id), :causal (the judge's name, usually runs.causal) and :reference (NULL for none; the
-# reference as compare stored it, leading space included). `settings` comes out as the
-# stored JSON parameters of a baseline group. Scores are found by the prompt's text id:
-# compare stores the prompt in `texts` when it stores the first score.
-COMPARE_SQL = """
-WITH run AS (
-    SELECT r.id, r.mlm, p.id AS prompt_id
-    FROM runs r JOIN texts p ON p.text = r.prompt
-    WHERE r.id = :run
-),
-last_gen AS (
-    SELECT MAX(generation) AS generation FROM individuals WHERE run_id = :run
-),
-members(ord, method, settings, text_id) AS (
-    SELECT * FROM (
-        SELECT -2, 'evolved best', NULL, text_id FROM individuals
-        WHERE run_id = :run AND fitness IS NOT NULL
-        ORDER BY fitness DESC, id LIMIT 1
-    )
-    UNION ALL
-    SELECT -1, 'evolved population', NULL, i.text_id
-    FROM individuals i, last_gen g
-    WHERE i.run_id = :run AND i.generation = g.generation
-    UNION ALL
-    SELECT MIN(b.id) OVER (PARTITION BY b.method, b.model, b.params),
-           b.method, b.params, b.text_id
-    FROM baselines b WHERE b.run_id = :run
-    UNION ALL
-    SELECT 9e18, 'reference', NULL, t.id FROM texts t WHERE t.text = :reference
-),
-scored AS (
-    SELECT m.*, po.total AS po_total, po.n_tokens AS po_n,
-           pw.total AS pw_total, pw.n_tokens AS pw_n,
-           c.total AS c_total, c.n_tokens AS c_n
-    FROM members m CROSS JOIN run
-    LEFT JOIN scores po ON po.text_id = m.text_id AND po.prefix_id = run.prompt_id
-        AND po.scorer = 'pll/original/' || run.mlm
-    LEFT JOIN scores pw ON pw.text_id = m.text_id AND pw.prefix_id = run.prompt_id
-        AND pw.scorer = 'pll/word_l2r/' || run.mlm
-    LEFT JOIN scores c ON c.text_id = m.text_id AND c.prefix_id = run.prompt_id
-        AND c.scorer = 'causal/' || :causal
-)
-SELECT method, settings, COUNT(*) AS n,
-       AVG(po_total / po_n) AS pll_tok, AVG(po_total) AS pll,
-       AVG(pw_total / pw_n) AS pll_l2r_tok, AVG(pw_total) AS pll_l2r,
-       AVG(c_total / c_n) AS causal_tok, AVG(c_total) AS causal,
-       EXP(-AVG(c_total / c_n)) AS ppl,
-       AVG(po_n) AS mlm_tokens, AVG(c_n) AS causal_tokens
-FROM scored
-GROUP BY ord, method, settings
-ORDER BY ord
-"""

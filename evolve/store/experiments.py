@@ -2,7 +2,8 @@
 
 A baseline is a continuation made by a decoding method (greedy, beam search, sampling) of a
 prompt, optionally tied to a run; an experiment (a comparison, an amplification sweep) is a
-config, a summary and ordered JSON rows.
+config, a summary and ordered JSON rows. `COMPARE_SQL` rebuilds the model-score columns of
+`evolve compare` from the database alone.
 """
 
 from __future__ import annotations
@@ -124,3 +125,58 @@ class ExperimentsMixin(StoreCore):
             row["config"] = loads(row["config"], {})
             row["summary"] = loads(row["summary"], {})
         return rows
+
+
+# The model-score columns of `evolve.experiments.compare.compare_run`, from the database
+# alone. Parameters: :run (run id), :causal (the judge's name, usually runs.causal) and
+# :reference (NULL for none; the reference as compare stored it, leading space included).
+# `settings` comes out as the stored JSON parameters of a baseline group. Scores are found by
+# the prompt's text id: compare stores the prompt in `texts` when it stores the first score.
+COMPARE_SQL = """
+WITH run AS (
+    SELECT r.id, r.mlm, p.id AS prompt_id
+    FROM runs r JOIN texts p ON p.text = r.prompt
+    WHERE r.id = :run
+),
+last_gen AS (
+    SELECT MAX(generation) AS generation FROM individuals WHERE run_id = :run
+),
+members(ord, method, settings, text_id) AS (
+    SELECT * FROM (
+        SELECT -2, 'evolved best', NULL, text_id FROM individuals
+        WHERE run_id = :run AND fitness IS NOT NULL
+        ORDER BY fitness DESC, id LIMIT 1
+    )
+    UNION ALL
+    SELECT -1, 'evolved population', NULL, i.text_id
+    FROM individuals i, last_gen g
+    WHERE i.run_id = :run AND i.generation = g.generation
+    UNION ALL
+    SELECT MIN(b.id) OVER (PARTITION BY b.method, b.model, b.params),
+           b.method, b.params, b.text_id
+    FROM baselines b WHERE b.run_id = :run
+    UNION ALL
+    SELECT 9e18, 'reference', NULL, t.id FROM texts t WHERE t.text = :reference
+),
+scored AS (
+    SELECT m.*, po.total AS po_total, po.n_tokens AS po_n,
+           pw.total AS pw_total, pw.n_tokens AS pw_n,
+           c.total AS c_total, c.n_tokens AS c_n
+    FROM members m CROSS JOIN run
+    LEFT JOIN scores po ON po.text_id = m.text_id AND po.prefix_id = run.prompt_id
+        AND po.scorer = 'pll/original/' || run.mlm
+    LEFT JOIN scores pw ON pw.text_id = m.text_id AND pw.prefix_id = run.prompt_id
+        AND pw.scorer = 'pll/word_l2r/' || run.mlm
+    LEFT JOIN scores c ON c.text_id = m.text_id AND c.prefix_id = run.prompt_id
+        AND c.scorer = 'causal/' || :causal
+)
+SELECT method, settings, COUNT(*) AS n,
+       AVG(po_total / po_n) AS pll_tok, AVG(po_total) AS pll,
+       AVG(pw_total / pw_n) AS pll_l2r_tok, AVG(pw_total) AS pll_l2r,
+       AVG(c_total / c_n) AS causal_tok, AVG(c_total) AS causal,
+       EXP(-AVG(c_total / c_n)) AS ppl,
+       AVG(po_n) AS mlm_tokens, AVG(c_n) AS causal_tokens
+FROM scored
+GROUP BY ord, method, settings
+ORDER BY ord
+"""
