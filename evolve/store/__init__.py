@@ -2,7 +2,8 @@
 
 `db` (LogStore: opening, the facade), `schema` (DDL and migrations), `runs` (runs, generations,
 individuals), `scores` (model scores, `ScoreBook`), `experiments` (baselines, experiments),
-`sql` (read-only queries), `process` (which process runs a run), `core` (shared plumbing).
+`sql` (read-only queries), `web_queries` (the SQL of `evolve serve`), `process` (which
+process runs a run), `core` (shared plumbing).
 """
 
 from evolve.store.core import DatabaseError, StoreError, text_id
