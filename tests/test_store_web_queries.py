@@ -131,5 +131,7 @@ def test_a_served_connection_stops_a_result_past_the_limit(
     rows = conn.execute(sql + " LIMIT 1").fetchall()
     assert isinstance(rows[0], sqlite3.Row)  # rows stay as Datasette makes them
     monkeypatch.setattr(store_sql, "MAX_RESULT_BYTES", 100)
-    with pytest.raises(sqlite3.OperationalError, match="of text and blobs, the limit for one query here"):
+    with pytest.raises(
+        sqlite3.OperationalError, match="of text and blobs, the limit for one query here"
+    ):
         conn.execute(sql).fetchall()

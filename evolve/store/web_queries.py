@@ -27,9 +27,7 @@ from evolve.store.core import chunks, text_id
 Connection = sqlite3.Connection
 
 
-def _rows(
-    conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-) -> list[dict]:
+def _rows(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict]:
     cursor = conn.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -89,8 +87,7 @@ BASELINES_SQL = (
     "FROM baselines b JOIN texts t ON t.id = b.text_id WHERE b.run_id = ? ORDER BY b.id"
 )
 SCORES_SQL = (
-    "SELECT scorer, total, n_tokens FROM scores WHERE text_id = ? AND prefix_id = ? "
-    "ORDER BY scorer"
+    "SELECT scorer, total, n_tokens FROM scores WHERE text_id = ? AND prefix_id = ? ORDER BY scorer"
 )
 
 

@@ -3,12 +3,12 @@
 Every view reads through Datasette's own read-only connections: `Database.execute_fn` runs
 a read of the store (`evolve.store.web_queries`) on one and shapes its rows for the page
 (`evolve.web.pages`), so the pages see each generation as soon as a running `evolve run`
-commits it, and nothing here runs SQL or can write. Unknown or malformed ids
-(also ones beyond SQLite's 64-bit range) get Datasette's error page with status 404 and one
-line saying what was not found; a database too damaged to show gets one line too.
+commits it, and nothing here runs SQL or can write. Unknown or malformed ids (also ones
+beyond SQLite's 64-bit range) get Datasette's error page with status 404 and one line saying
+what was not found; a database too damaged to show gets one line too.
 
-Every connection is bounded (`evolve.store.sql.prepare_served`) and every request passes the checks of
-`evolve.web.guard` (Host, methods, paths, security headers).
+Every connection is bounded (`evolve.store.sql.prepare_served`) and every request passes the
+checks of `evolve.web.guard` (Host, methods, paths, security headers).
 """
 
 from __future__ import annotations
