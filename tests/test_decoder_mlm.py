@@ -243,3 +243,54 @@ def test_ga_runs_on_a_decoder_mlm(
         )
     }
     assert any(op.startswith("cx_") for op in ops)
+
+
+def test_prefix_proposer_runs_the_prompt_once_and_proposes_as_it_scores(
+    tiny_decoder_mlm_prefix_dir: Path, dmlm
+) -> None:
+    """With prefix attention the proposer's logits are those of the prefix-attention model
+    on the whole input (the prompt attends only to itself), for requests of different
+    lengths in one batch; a full-attention model ignores `FillRequest.prompt`."""
+    from evolve.ga.proposers import FillRequest
+    from evolve.ga.proposers.mlm import MLMProposer
+
+    lm = load_mlm(str(tiny_decoder_mlm_prefix_dir))
+    start = lm.tokenizer.convert_tokens_to_ids(START_TOKEN)
+    head = [start, *_ids(lm, PROMPT)]
+    conts = [_ids(lm, t) for t in (CONT, " white and soft", " yes")]
+    requests = [
+        FillRequest((*head, *c), (len(head) + 1, len(head) + len(c) - 1), prompt=len(head))
+        for c in conts
+    ]
+    proposer = MLMProposer(lm)
+    queries = [(proposer._masked(r), p) for r in requests for p in r.positions]
+    prompts = [r.prompt for r in requests for _ in r.positions]
+    got = proposer._logits(queries, prompts=prompts)
+    for (row, p), logits in zip(queries, got, strict=True):
+        ids = torch.tensor([row])
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        prompt = torch.zeros_like(keep)
+        prompt[0, : len(head)] = True
+        with torch.inference_mode():
+            hidden = lm.model.body.decoder(
+                input_ids=ids, attention_mask=attention_mask_4d(keep, prompt=prompt)
+            ).last_hidden_state
+            want = lm.model.lm_head(hidden[0, p - 1]).float()
+        assert torch.allclose(logits, want, atol=1e-4)
+    assert list(lm.model._prompts) == [tuple(head)]
+    # seeded fills and their reverse probabilities agree on the prompted path
+    seeded = [
+        FillRequest(r.input_ids, r.positions, seed=7 + i, prompt=r.prompt)
+        for i, r in enumerate(requests)
+    ]
+    filled, logq = proposer.fill(seeded, return_logq=True)
+    targets = [[row[p] for p in r.positions] for row, r in zip(filled, seeded, strict=True)]
+    assert proposer.logprob_of(seeded, targets) == pytest.approx(logq, abs=1e-4)
+    alone = [proposer.fill([r])[0] for r in seeded]
+    assert alone == filled
+    # full attention: the prompt length changes nothing
+    full = MLMProposer(dmlm)
+    plain = [FillRequest(r.input_ids, r.positions) for r in requests]
+    a = full._logits([(full._masked(r), p) for r in plain for p in r.positions])
+    b = full._logits(queries, prompts=prompts)
+    assert torch.equal(a, b)

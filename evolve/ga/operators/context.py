@@ -116,7 +116,11 @@ class OperatorContext:
             lo = off - min(len(self.prompt_ids), self.no_repeat_ngram - 1)
             region = (lo, off + len(cont_ids))
         return FillRequest(
-            tuple(ids), pos, region=region, avoid=None if avoid is None else tuple(avoid)
+            tuple(ids),
+            pos,
+            region=region,
+            avoid=None if avoid is None else tuple(avoid),
+            prompt=off,
         )
 
     @property

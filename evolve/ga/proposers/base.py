@@ -71,6 +71,10 @@ class FillRequest:
     # among candidates keeps the best one that differs from them when it drew one, so that
     # a mutation mutates; None: no such preference (the MLM proposer samples, never chooses)
     avoid: tuple[int, ...] | None = None
+    # input_ids[:prompt] are the run's fixed prompt (template head included), never filled:
+    # a masked LM with prefix attention (scoring.decoder_mlm) runs them once for every
+    # request that shares them, as its scorer does; 0: no prompt known (all attend fully)
+    prompt: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_ids", tuple(int(i) for i in self.input_ids))
@@ -78,6 +82,10 @@ class FillRequest:
         if pos and (pos[0] < 0 or pos[-1] >= len(self.input_ids)):
             raise ValueError(f"fill positions {pos} outside an input of {len(self.input_ids)}")
         object.__setattr__(self, "positions", pos)
+        prompt = int(self.prompt)
+        if not 0 <= prompt <= len(self.input_ids) or (pos and pos[0] < prompt):
+            raise ValueError(f"prompt of {prompt} tokens: fill positions {pos} must follow it")
+        object.__setattr__(self, "prompt", prompt)
         if self.region is not None:
             lo, hi = (int(x) for x in self.region)
             if not 0 <= lo <= hi <= len(self.input_ids):

@@ -62,6 +62,11 @@ class MLMProposer(FillOverloads):
             raise UserError(f"{lm.name!r}: every token id is banned, nothing can be proposed")
         probe = [*self.template.head, *self._some_ids(6), self.mask_id, *self.template.tail]
         self._split = split_model(lm, probe)
+        # A decoder masked LM scoring with prefix attention (scoring.decoder_mlm) proposes
+        # with it too: the prompt (`FillRequest.prompt`) sees only itself and runs once.
+        self._prompted = getattr(lm.model, "attention", "full") == "prefix" and hasattr(
+            lm.model, "prompt_states"
+        )
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -114,7 +119,11 @@ class MLMProposer(FillOverloads):
         elif self.order == "parallel":
             todo = [(i, p) for i, r in enumerate(requests) for p in r.positions]
             if todo:
-                logp = self._logprobs([(rows[i], p) for i, p in todo], distinct_rows=rows)
+                logp = self._logprobs(
+                    [(rows[i], p) for i, p in todo],
+                    distinct_rows=rows,
+                    prompts=[requests[i].prompt for i, _ in todo],
+                )
                 picked, lp = self._sample(
                     logp, None if gens is None else [gens[i] for i, _ in todo]
                 )
@@ -128,7 +137,10 @@ class MLMProposer(FillOverloads):
                 queries = [(rows[i], requests[i].positions[step]) for i in active]
                 row_gens = None if gens is None else [gens[i] for i in active]
                 bans = self._bans([requests[i] for i in active], queries)
-                picked, lp = self._sample(self._logprobs(queries, bans=bans), row_gens)
+                prompts = [requests[i].prompt for i in active]
+                picked, lp = self._sample(
+                    self._logprobs(queries, bans=bans, prompts=prompts), row_gens
+                )
                 for i, tok, v in zip(active, picked.tolist(), lp.tolist(), strict=True):
                     rows[i][requests[i].positions[step]] = int(tok)
                     logq[i] += float(v)
@@ -180,7 +192,8 @@ class MLMProposer(FillOverloads):
         if not queries:
             return out
         bans = self._bans(owners, seen)
-        logp = self._logprobs(queries, distinct_rows=distinct or None, bans=bans)
+        prompts = [requests[owner[n]].prompt for n in range(len(owner))]
+        logp = self._logprobs(queries, distinct_rows=distinct or None, bans=bans, prompts=prompts)
         lp = SamplingPolicy.logprob_of(logp, torch.tensor(wanted, device=logp.device))
         for i, v in zip(owner, lp.tolist(), strict=True):
             out[i] += float(v)
@@ -218,7 +231,11 @@ class MLMProposer(FillOverloads):
         todo = [(i, p) for i, r in enumerate(requests) for p in r.positions]
         if not todo:
             return
-        raw = self._logits([(rows[i], p) for i, p in todo], distinct_rows=rows)
+        raw = self._logits(
+            [(rows[i], p) for i, p in todo],
+            distinct_rows=rows,
+            prompts=[requests[i].prompt for i, _ in todo],
+        )
         where = {q: n for n, q in enumerate(todo)}
         steps = max(len(r.positions) for r in requests)
         for step in range(steps):
@@ -253,20 +270,23 @@ class MLMProposer(FillOverloads):
         queries: Sequence[tuple[list[int], int]],
         distinct_rows: Sequence[list[int]] | None = None,
         bans: Sequence[set[int]] | None = None,
+        prompts: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Log-probabilities [len(queries), vocab] of the proposal at each (row, position),
         with ``bans[i]`` forbidden at query i (the n-gram guard)."""
-        return self.policy.logprobs(self._logits(queries, distinct_rows), bans)
+        return self.policy.logprobs(self._logits(queries, distinct_rows, prompts), bans)
 
     def _logits(
         self,
         queries: Sequence[tuple[list[int], int]],
         distinct_rows: Sequence[list[int]] | None = None,
+        prompts: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Raw logits [len(queries), vocab] at each (row, position).
 
         ``distinct_rows``: when many queries share a row (parallel order), the rows to run
-        once each; queries then refer to them by identity.
+        once each; queries then refer to them by identity. ``prompts``: each query's
+        `FillRequest.prompt` (for prefix attention).
         """
         if distinct_rows is not None:
             index = {id(r): k for k, r in enumerate(distinct_rows)}
@@ -281,6 +301,9 @@ class MLMProposer(FillOverloads):
         for q, k in enumerate(which):
             by_input.setdefault(k, []).append(q)
         order = list(by_input)  # inputs in first-use order (keeps batching deterministic)
+        prompt_of = {
+            k: (prompts[qs[0]] if prompts is not None else 0) for k, qs in by_input.items()
+        }
         width_all = max(len(inputs[k]) for k in order)
         per_batch = max(1, self.tokens_per_batch // max(1, width_all))
         for start in range(0, len(order), per_batch):
@@ -291,15 +314,23 @@ class MLMProposer(FillOverloads):
                 [inputs[k] for k in chunk],
                 [local[which[q]] for q in qs],
                 [positions[q] for q in qs],
+                [prompt_of[k] for k in chunk],
             )
             for n, q in enumerate(qs):
                 found[q] = logits[n]
         return torch.stack(found)
 
     def _forward(
-        self, inputs: Sequence[list[int]], rows: Sequence[int], positions: Sequence[int]
+        self,
+        inputs: Sequence[list[int]],
+        rows: Sequence[int],
+        positions: Sequence[int],
+        prompts: Sequence[int] = (),
     ) -> torch.Tensor:
-        """Raw logits [len(rows), vocab] at ``inputs[rows[i]][positions[i]]``, one padded pass."""
+        """Raw logits [len(rows), vocab] at ``inputs[rows[i]][positions[i]]``, one padded pass
+        (with prefix attention: one per distinct prompt, after its cached states)."""
+        if self._prompted and prompts and all(prompts):
+            return self._forward_after_prompts(inputs, rows, positions, prompts)
         device = self.lm.device
         width = max(len(r) for r in inputs)
         ids = torch.full((len(inputs), width), self._pad_id, dtype=torch.long)
@@ -313,6 +344,40 @@ class MLMProposer(FillOverloads):
         p = torch.tensor(list(positions), dtype=torch.long, device=device)
         with torch.inference_mode():
             logits = logits_at(self.lm, self._split, ids, mask, r, p)
+        return logits.float()
+
+    def _forward_after_prompts(
+        self,
+        inputs: Sequence[list[int]],
+        rows: Sequence[int],
+        positions: Sequence[int],
+        prompts: Sequence[int],
+    ) -> torch.Tensor:
+        """`_forward` under prefix attention: the inputs of each distinct prompt run after
+        that prompt's cached keys and values (`DecoderMLM.continuation_hidden`)."""
+        model: Any = self.lm.model
+        device = self.lm.device
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for n, row in enumerate(inputs):
+            groups.setdefault(tuple(row[: prompts[n]]), []).append(n)
+        hidden: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+        with torch.inference_mode():
+            for prompt, members in groups.items():
+                states = model.prompt_states(prompt)
+                p = len(prompt)
+                width = max(len(inputs[n]) - p for n in members)
+                ids = torch.full((len(members), width), self._pad_id, dtype=torch.long)
+                keep = torch.zeros((len(members), width), dtype=torch.bool)
+                for m, n in enumerate(members):
+                    cont = inputs[n][p:]
+                    ids[m, : len(cont)] = torch.tensor(cont, dtype=torch.long)
+                    keep[m, : len(cont)] = True
+                states_h = model.continuation_hidden(states, ids.to(device), keep.to(device))
+                local = {n: m for m, n in enumerate(members)}
+                for q, (r, pos) in enumerate(zip(rows, positions, strict=True)):
+                    if r in local:
+                        hidden[q] = states_h[local[r], pos - p]
+            logits = model.lm_head(torch.stack(hidden))
         return logits.float()
 
     def _sample(
