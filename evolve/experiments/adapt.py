@@ -69,10 +69,11 @@ class AdaptConfig:
         metadata={"help": "Causal LM to adapt (preset, folder or hub id): the packaged one."},
     )
     steps: int = field(
-        default=2000,
+        default=1000,
         metadata={
-            "help": "Optimiser steps: ~1M training tokens at the default batch, where the "
-            "held-out targets were reached; more keeps improving slowly."
+            "help": "Optimiser steps: ~1M training tokens at the default batch, what the "
+            "shipped smollm2-mlm had (docs/smollm2-mlm.md); dev numbers still improved "
+            "slowly there, and a larger --steps on the same --out extends the same run."
         },
     )
     batch_size: int = field(
