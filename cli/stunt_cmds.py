@@ -20,10 +20,12 @@ from cli.common import db_option, open_existing, resolve_db
 from cli.options import ConfigOptions
 from cli.process import interrupted_exit
 from cli.tables import format_table
+from evolve.experiments.amplifier import save_amplifier
 from evolve.experiments.amplify import load_documents
 from evolve.experiments.stunting import (
     DEV_COLUMNS,
     KIND,
+    LOOKAHEAD_COLUMNS,
     TRAIN_COLUMNS,
     VARIANTS,
     StuntConfig,
@@ -94,7 +96,8 @@ def _parse_ids(text: str | None) -> list[int] | None:
     "save_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Save the fine-tuned weights here (new or empty folder).",
+    help="Save the fine-tuned weights here (new or empty folder); the adversarial variant's "
+    "learned amplifier goes to its amplifier/ subfolder.",
 )
 @click.option("--compare", is_flag=True, help="Compare stored stunt runs instead of training.")
 @click.option(
@@ -121,13 +124,16 @@ def stunt(
     db_path: Path | None,
     **opts: Any,
 ) -> None:
-    """Fine-tune a causal LM, optionally refusing updates toward its beam-search lookahead.
+    """Fine-tune a causal LM, optionally refusing updates toward its own lookahead.
 
     Before each update, beam search (width B, depth D) from every target position gives the
     lookahead distribution q, as in `evolve amplify`; the variant decides what the update
-    does with positions where q beats p at the real token. The dev text is scored with
-    `evolve amplify`'s numbers (log-likelihood, gain at λ = 0.01 and 0.1, slope at 0) at step
-    0, every --eval-every steps and at the end. Definitions: docs/stunting.md.
+    does with positions where q beats p at the real token. The particle and adversarial
+    variants instead remove from each update its component toward a particle lookahead or
+    a learned amplifier. The dev text is scored with `evolve amplify`'s numbers
+    (log-likelihood, gain at λ = 0.01 and 0.1, slope at 0) for beam and particle lookahead
+    (and the amplifier) at step 0, every --eval-every steps and at the end; the monitor is
+    the form the variant does not stunt against. Definitions: docs/stunting.md.
     """
     if compare:
         _compare(_parse_ids(experiments), png, as_json, db_path)
@@ -159,6 +165,8 @@ def stunt(
         result.model.save_pretrained(save_dir)
         lm.tokenizer.save_pretrained(save_dir)
         stored["saved_to"] = str(save_dir)
+        if result.amplifier is not None:
+            save_amplifier(result.amplifier, save_dir / "amplifier", {"fit_on": config.model})
     with LogStore(db) as store:
         exp_id = store.add_experiment(
             kind=KIND,
@@ -204,6 +212,7 @@ def render(exp_id: int, result: StuntResult) -> str:
         "",
     ]
     headers = ["step", "dev LL", "gain λ=.01", "gain λ=.1", "slope at 0", "± se", "coverage"]
+    headers += ["particle λ=.1", "amplifier", f"monitor ({s['monitor']}) λ=.1"]
     rows = [
         [
             e["step"],
@@ -213,6 +222,9 @@ def render(exp_id: int, result: StuntResult) -> str:
             e["slope_at_0"],
             e["slope_se"],
             e["beam_coverage"],
+            e.get("particle_gain_0.1"),
+            e.get("amplifier_gain"),
+            e.get("monitor_gain_0.1"),
         ]
         for e in result.evals
     ]
@@ -224,11 +236,29 @@ def render(exp_id: int, result: StuntResult) -> str:
             f"dev LL {_pm(s, 'dev_ll')}, gain λ=.1 {_pm(s, 'gain_0.1')}, "
             f"gain λ=.01 {_pm(s, 'gain_0.01')}, slope {_pm(s, 'slope_at_0')}"
         )
+    if c.variant in ("particle", "adversarial"):
+        toward = "the particle q" if c.variant == "particle" else "the learned amplifier"
+        lines.append(
+            f"update toward {toward}: mean cosine before projection "
+            f"{_num(s['update_cos_before_mean'], '+.4f')}, largest |<update, g_q>| after "
+            f"{_num(s['max_abs_update_dot_after'], '.2e')}; share of the update removed "
+            f"{_num(s['removed_share_mean'], '.2%')}"
+        )
+    if s.get("amplifier_fits"):
+        lines.append(
+            f"amplifier: {s['amplifier_fits']} fits, last held-out gain "
+            f"{_num(s['amplifier_heldout_gain_last'], '+.4f')} nats/token"
+        )
     cost = s["cost"]
     lines.append("")
     lines.append(
         f"cost: {cost['seconds']:.1f} s in all: lookahead {cost['lookahead_seconds']:.1f} s, "
         f"updates {cost['update_seconds']:.1f} s, dev evaluations {cost['eval_seconds']:.1f} s"
+        + (
+            f", amplifier fits {cost['amplifier_seconds']:.1f} s"
+            if cost.get("amplifier_seconds")
+            else ""
+        )
     )
     return "\n".join(lines)
 
@@ -254,6 +284,10 @@ def _compare(ids: list[int] | None, png: Path | None, as_json: bool, db_path: Pa
     for title, columns in (
         ("training", TRAIN_COLUMNS),
         ("dev text (paired changes from step 0)", DEV_COLUMNS),
+        (
+            "lookahead forms on the dev text (monitor: the form not stunted against)",
+            LOOKAHEAD_COLUMNS,
+        ),
     ):
         click.echo(f"{title}:")
         headers = [label for _, label in columns]

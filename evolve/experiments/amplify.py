@@ -489,6 +489,15 @@ def _plan(
     return contexts, positions, truncated
 
 
+def plan_positions(
+    lm: LoadedModel, docs: Sequence[Document], config: AmplifyConfig
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The contexts (start token + tokens) and scored positions `run_amplify` would use, so
+    that other measurements (a learned amplifier's gain) score exactly the same tokens."""
+    contexts, positions, _ = _plan(Lookahead(lm), docs, config.validate())
+    return contexts, positions
+
+
 def _scan(
     look: Lookahead, ctx: Sequence[int], ts: Sequence[int], beams: int, depth: int, group: int
 ) -> Iterator[list[tuple[int, torch.Tensor, BeamSet]]]:
