@@ -16,12 +16,20 @@ from typing import Any, cast
 
 import click
 
-from cli.common import db_option, open_existing, resolve_db
+from cli.common import COUNT, db_option, open_existing, resolve_db
 from cli.options import ConfigOptions
-from cli.process import interrupted_exit
+from cli.process import interrupted_exit, interruption
 from cli.tables import format_table
 from evolve.experiments.amplifier import save_amplifier
 from evolve.experiments.amplify import load_documents
+from evolve.experiments.stunt_study import (
+    REPORT_KEYS,
+    StudyConfig,
+    run_study,
+    study_figure,
+    study_runs,
+    summarise_study,
+)
 from evolve.experiments.stunting import (
     DEV_COLUMNS,
     KIND,
@@ -35,6 +43,7 @@ from evolve.experiments.stunting import (
     run_stunt,
 )
 from evolve.store import LogStore
+from scoring.devices import check_device
 from scoring.errors import UserError
 from scoring.models import check_kind, load_model
 
@@ -296,4 +305,179 @@ def _compare(ids: list[int] | None, png: Path | None, as_json: bool, db_path: Pa
     click.echo(f"picture: {path}")
 
 
-COMMANDS: list[click.Command] = [stunt]
+# Every StudyConfig field but the device is an option; `--variant` and `--source` repeat.
+STUDY_OPTIONS = ConfigOptions(
+    StudyConfig,
+    names={"variants": "--variant", "sources": "--source"},
+    short={"beams": "-B", "depth": "-D"},
+    skip=("device",),
+    types=dict.fromkeys(
+        (
+            "train_tokens",
+            "seq_len",
+            "batch_tokens",
+            "beams",
+            "depth",
+            "particles",
+            "retrain_every",
+            "amplifier_windows",
+            "amplifier_steps",
+            "eval_every",
+            "dev_positions",
+            "dev_stride",
+            "tree_tokens",
+            "checkpoint_every",
+        ),
+        COUNT,
+    ),
+)
+
+
+class _StudyBar:
+    """One tqdm bar per run of a study (steps), on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.run: tuple[str, int] | None = None
+
+    def __call__(self, variant: str, seed: int, done: int, total: int, latest: dict) -> None:
+        from tqdm import tqdm
+
+        if self.run != (variant, seed):
+            self.close()
+            self.run = (variant, seed)
+            self.bar = tqdm(
+                total=total,
+                unit="step",
+                desc=f"{variant} seed {seed}",
+                file=sys.stderr,
+                disable=None,
+            )
+        shown = {k: f"{v:.3f}" for k, v in latest.items() if v is not None}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@click.command("stunt-study")
+@STUDY_OPTIONS
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the runs' checkpoints [default: stunt-study/NAME beside the database].",
+)
+@click.option(
+    "--report", is_flag=True, help="Report the stored study (table and PNG); train nothing."
+)
+@click.option(
+    "--png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The study's picture [default: NAME.png beside the database].",
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the model trains and looks ahead (e.g. cuda).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the study's summary as JSON.")
+@db_option
+def stunt_study(
+    folder: Path | None,
+    report: bool,
+    png: Path | None,
+    device: str,
+    as_json: bool,
+    db_path: Path | None,
+    **opts: Any,
+) -> None:
+    """Run every stunting variant with several seeds on the offline English corpus.
+
+    Trains on the corpus's train split and evaluates on its dev split (the test split is
+    never read); every run stores its rows as it goes and checkpoints its state, so the
+    same command started again after a kill resumes where it stopped. Ends with a table of
+    each variant's changes from step 0, mean ± standard error over seeds, and a PNG of the
+    curves. Definitions and the full study's cost: docs/stunting.md.
+    """
+    values = STUDY_OPTIONS.values(opts)
+    values["device"] = check_device(device)
+    config = StudyConfig(**values).validate()
+    db = resolve_db(db_path)
+    if report:
+        with open_existing(db_path) as store:
+            _study_report(store, config.name, png, as_json)
+        return
+    if db.is_dir():
+        raise UserError(f"--db {db} is a folder")
+    folder = folder if folder is not None else db.parent / "stunt-study" / config.name
+    check_kind(config.model, "causal")
+    lm = load_model(config.model, "causal", config.device)
+    bar = _StudyBar()
+    with LogStore(db) as store:
+        try:
+            run_study(lm, config, store, folder, progress=bar)
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo(
+                f"{interruption()}: finished steps and evaluations are stored; run the same "
+                "command again to resume",
+                err=True,
+            )
+            raise click.exceptions.Exit(interrupted_exit()) from None
+        finally:
+            bar.close()
+        _study_report(store, config.name, png, as_json)
+
+
+def _pm_cell(entry: dict[str, Any], key: str) -> str:
+    mean, se = entry.get(key), entry.get(f"{key}_se")
+    if mean is None:
+        return ""
+    return f"{mean:+.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+
+def _study_report(store: LogStore, name: str, png: Path | None, as_json: bool) -> None:
+    study, runs = study_runs(store, name)
+    summary = summarise_study(runs)
+    db_file = cast(Path, store.path)
+    path = png if png is not None else db_file.parent / f"{name}.png"
+    finished = [r for r in runs if r["status"] == "finished"]
+    if finished:
+        study_figure(finished, f"stunt study {name!r}").savefig(path)
+    if as_json:
+        payload = {"study": study["id"], "runs": len(runs), "summary": summary}
+        click.echo(json.dumps(payload | {"png": str(path) if finished else None}, indent=2))
+        return
+    data = study["config"].get("data", {})
+    click.echo(
+        f"stunt study {name!r} (experiment {study['id']}, {study['status']}): {len(finished)} of "
+        f"{len(runs)} stored runs finished; {data.get('train_tokens_available', '?')} training "
+        f"tokens available ({data.get('epochs', 0):.2f} epochs per run), "
+        f"{data.get('dev_documents', '?')} dev documents"
+    )
+    headers = ["variant", "seeds", "monitor", *[label for _, label in REPORT_KEYS], "s/step"]
+    rows = [
+        [
+            variant,
+            entry["seeds"],
+            entry["monitor"],
+            *[_pm_cell(entry, key) for key, _ in REPORT_KEYS],
+            _num(entry["seconds_per_step"], ".1f"),
+        ]
+        for variant, entry in summary.items()
+    ]
+    click.echo("")
+    click.echo("changes from step 0 to the last evaluation, mean ± standard error over seeds:")
+    click.echo(format_table(headers, rows, digits=4))
+    if finished:
+        click.echo(f"\npicture: {path}")
+
+
+COMMANDS: list[click.Command] = [stunt, stunt_study]

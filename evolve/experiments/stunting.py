@@ -767,8 +767,14 @@ def evaluate_dev(
         out["amplifier_gain"] = math.fsum(per) / len(per)
         out["amplifier_gain_se"] = _se_of(per)
         out["per_position"]["amplifier_gain"] = per
-    form = MONITOR[config.variant]
-    out["monitor"] = form
+    return with_monitor(out, config.variant)
+
+
+def with_monitor(found: dict[str, Any], variant: str) -> dict[str, Any]:
+    """A dev evaluation with its `monitor_*` numbers set for `variant`: those of the
+    lookahead form the variant is not stunted against (`MONITOR`)."""
+    form = MONITOR[variant]
+    out = dict(found, monitor=form)
     for lam in ("0.01", "0.1"):
         key = f"gain_{lam}" if form == "beam" else f"particle_gain_{lam}"
         out[f"monitor_gain_{lam}"] = out[key]
