@@ -335,3 +335,73 @@ def test_plain_loss_is_the_same_for_the_projected_variants(lm: LoadedModel) -> N
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
     assert result.steps[0]["loss"] == pytest.approx(float(nll.detach()), abs=1e-6)
     assert math.isfinite(result.steps[0]["grad_dot"])
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def _cli_args(model: Path, tmp_path: Path) -> list[str]:
+    train, dev = tmp_path / "train.txt", tmp_path / "dev.txt"
+    train.write_text(TRAIN, encoding="utf-8")
+    dev.write_text(DEV, encoding="utf-8")
+    return [
+        "stunt", "--train", str(train), "--dev", str(dev), "--model", str(model),
+        "--db", str(tmp_path / "s.db"), "--seq-len", "8", "--batch-tokens", "16", "-B", "3",
+        "-D", "2", "--dev-positions", "10", "--particles", "4", "--amplifier-windows", "4",
+        "--amplifier-steps", "20",
+    ]  # fmt: skip
+
+
+def test_cli_v45_runs_save_and_compare(invoke, tiny_gpt2_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    args = _cli_args(tiny_gpt2_dir, tmp_path)
+    out = tmp_path / "tuned"
+    adv = invoke(*args, "--variant", "adversarial", "--steps", "2", "--save", str(out))
+    assert adv.exit_code == 0, adv.output
+    assert "update toward the learned amplifier" in adv.stdout and "amplifier: 1 fits" in adv.stdout
+    assert "monitor (beam)" in adv.stdout
+    amp = load_amplifier(out / "amplifier")
+    assert amp.spec.particles == 4 and (out / "config.json").is_file()
+    part = invoke(*args, "--variant", "particle", "--steps", "1", "--json")
+    assert part.exit_code == 0, part.output
+    summary = json.loads(part.stdout)["summary"]
+    assert summary["stunted_against"] == "particle" and summary["monitor"] == "beam"
+    assert summary["max_abs_update_dot_after"] < 1e-6
+    plain = invoke(*args, "--variant", "none", "--steps", "1")
+    assert plain.exit_code == 0 and "monitor (particle)" in plain.stdout
+    png = tmp_path / "cmp.png"
+    cmp = invoke("stunt", "--compare", "--db", str(tmp_path / "s.db"), "--png", str(png))
+    assert cmp.exit_code == 0, cmp.output
+    lines = cmp.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("lookahead forms"))
+    forms = {line.split()[1]: line.split()[3] for line in lines[at + 3 : at + 6]}
+    assert forms == {"none": "particle", "particle": "beam", "adversarial": "beam"}
+    assert png.stat().st_size > 1000
+
+
+def test_compare_figure_draws_the_monitor(lm: LoadedModel) -> None:
+    from evolve.experiments.stunting import compare_figure
+
+    config = StuntConfig(variant="particle", steps=1, **FAST, **V45)
+    result = run_stunt(lm, _docs(TRAIN), _docs(DEV), config)
+    exp = {"id": 1, "kind": "stunt", "status": "finished", "rows": result.rows}
+    fig = compare_figure([exp | {"summary": result.summary}])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any(t.startswith("monitor") for t in titles)
+    monitor = next(ax for ax in fig.axes if ax.get_title().startswith("monitor"))
+    (line,) = monitor.get_lines()[:1]
+    assert list(line.get_ydata()) == [e["monitor_gain_0.1"] for e in result.evals]
+    assert "(monitor: beam)" in line.get_label()
+
+
+def test_cli_v45_bad_input(invoke, tiny_gpt2_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    args = _cli_args(tiny_gpt2_dir, tmp_path)
+    for extra, message in (
+        (["--beta", "0"], "beta must be a number greater than 0"),
+        (["--beta", "-0.5"], "beta must be"),
+        (["--particles", "0"], "particles must be at least 1"),
+        (["--variant", "adversarial", "--retrain-every", "0"], "retrain-every"),
+    ):
+        result = invoke(*args, "--steps", "1", *extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "s.db").exists()

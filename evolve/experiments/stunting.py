@@ -1242,6 +1242,8 @@ def compare_rows(experiments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["status"] = exp["status"]
         if s.get("variant") != "penalty":
             row["alpha"] = None  # alpha only acts in the penalty variant
+        if s.get("variant") == "none":
+            row["stunted_against"] = "nothing"
         out.append(row)
     return out
 
