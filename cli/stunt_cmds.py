@@ -462,7 +462,8 @@ def _study_report(store: LogStore, name: str, png: Path | None, as_json: bool) -
         f"tokens available ({data.get('epochs', 0):.2f} epochs per run), "
         f"{data.get('dev_documents', '?')} dev documents"
     )
-    headers = ["variant", "seeds", "monitor", *[label for _, label in REPORT_KEYS], "s/step"]
+    headers = ["variant", "seeds", "monitor", *[label for _, label in REPORT_KEYS]]
+    headers += ["s/step", "checkpoint s/step", "s/eval"]
     rows = [
         [
             variant,
@@ -470,6 +471,8 @@ def _study_report(store: LogStore, name: str, png: Path | None, as_json: bool) -
             entry["monitor"],
             *[_pm_cell(entry, key) for key, _ in REPORT_KEYS],
             _num(entry["seconds_per_step"], ".1f"),
+            _num(entry["checkpoint_seconds_per_step"], ".1f"),
+            _num(entry["eval_seconds"], ".1f"),
         ]
         for variant, entry in summary.items()
     ]

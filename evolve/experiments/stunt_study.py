@@ -390,18 +390,32 @@ def summarise_study(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             vals = [r["summary"][key] for r in done if r["summary"].get(key) is not None]
             entry[key], entry[f"{key}_se"] = _mean_se(vals)
         entry["seconds_per_step"], _ = _mean_se([s for r in done if (s := step_seconds(r))])
+        entry["checkpoint_seconds_per_step"], _ = _mean_se(
+            [s for r in done if (s := step_seconds(r, ("checkpoint",)))]
+        )
+        entry["eval_seconds"], _ = _mean_se([s for r in done if (s := eval_seconds(r))])
         out[variant] = entry
     return out
 
 
-def step_seconds(run: dict[str, Any]) -> float | None:
-    """Training seconds per step of a stored run (lookahead, update, amplifier refits)."""
+def step_seconds(
+    run: dict[str, Any], parts: Sequence[str] = ("lookahead", "update", "amplifier")
+) -> float | None:
+    """Seconds per step of a stored run spent on `parts` (by default training: lookahead,
+    update, amplifier refits; checkpoints and dev evaluations apart)."""
     s = run["summary"]
     cost, steps = s.get("cost") or {}, s.get("steps_done")
     if not steps:
         return None
-    total = sum(cost.get(f"{k}_seconds", 0.0) for k in ("lookahead", "update", "amplifier"))
-    return total / steps
+    return sum(cost.get(f"{k}_seconds", 0.0) for k in parts) / steps
+
+
+def eval_seconds(run: dict[str, Any]) -> float | None:
+    """Seconds per dev evaluation the run made itself (the shared step-0 one is not its)."""
+    s = run["summary"]
+    own = (s.get("evaluations") or 0) - 1
+    seconds = (s.get("cost") or {}).get("eval_seconds")
+    return seconds / own if own > 0 and seconds else None
 
 
 def study_figure(runs: Sequence[dict[str, Any]], title: str) -> Figure:

@@ -963,7 +963,7 @@ def run_stunt(
 
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
-    timing = {"lookahead": 0.0, "update": 0.0, "eval": 0.0, "amplifier": 0.0}
+    timing = {"lookahead": 0.0, "update": 0.0, "eval": 0.0, "amplifier": 0.0, "checkpoint": 0.0}
     start = 0
     if resume is not None:
         with torch.no_grad():
@@ -992,7 +992,9 @@ def run_stunt(
 
     def checkpoint(step: int) -> None:
         if hooks.on_checkpoint is not None:
+            t0 = time.perf_counter()
             hooks.on_checkpoint(Snapshot(step, len(rows), model, optimiser, amplifier, timing))
+            timing["checkpoint"] += time.perf_counter() - t0
 
     if start == 0:
         if first_eval is not None:
