@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -110,7 +111,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dev-positions", type=int, default=0)
     parser.add_argument("--causal", default="smollm2-135m")
+    parser.add_argument("--skip-lookahead", action="store_true", help="Skip section 1.")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # shown as measured
 
     lm = load_causal(args.causal)
     licence = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"
@@ -126,6 +129,18 @@ def main() -> None:
         f"best of {args.repeats}"
     )
 
+    if not args.skip_lookahead:
+        compare_lookahead(lm, windows, B, D, N, args.repeats)
+    step_costs(lm, windows, B, D, N, args.repeats, params)
+    if args.dev_positions:
+        dev_cost(lm, licence, B, D, N, args.dev_positions)
+
+
+def compare_lookahead(
+    lm: LoadedModel, windows: torch.Tensor, B: int, D: int, N: int, repeats: int
+) -> None:
+    n_win, width = windows.shape
+    length = width - 1
     print("\n1. lookahead at every position of the batch")
     noise = particle_noise(n_win, length, D, N, seed=0)
     ways = {
@@ -149,7 +164,7 @@ def main() -> None:
     lookahead(lm.model, windows[:1, :8], torch.zeros(1, 1, dtype=torch.long), Beam(B), D)  # warm-up
     results, seconds = {}, {}
     for name, fn in ways.items():
-        results[name], seconds[name] = best_of(args.repeats, fn)
+        results[name], seconds[name] = best_of(repeats, fn)
     ref_beam = results["beam, batched engine, all windows"]
     ref_part = results["particles, batched engine, all windows"]
 
@@ -165,6 +180,12 @@ def main() -> None:
         same = torch.equal(first_tokens(results[name]), ref.first)
         print(f"{name:48s} {seconds[name]:8.2f} {seconds[name] / base:14.2f}x  {same}")
 
+
+def step_costs(
+    lm: LoadedModel, windows: torch.Tensor, B: int, D: int, N: int, repeats: int, params: int
+) -> None:
+    n_win, width = windows.shape
+    length = width - 1
     print("\n2. one training step per variant")
     tokens = n_win * length
     model = copy.deepcopy(lm.model).eval()
@@ -177,7 +198,7 @@ def main() -> None:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    _, plain = best_of(args.repeats, plain_step)
+    _, plain = best_of(repeats, plain_step)
     plain_rate = 6 * params * tokens / plain / 1e9
     print(
         f"plain forward + backward of {tokens} tokens: {plain:.2f} s, "
@@ -197,7 +218,7 @@ def main() -> None:
             particles=N,
             amplifier_windows=n_win,
         )
-        t_look, t_upd, refit = time_step(lm, windows, config, args.repeats)
+        t_look, t_upd, refit = time_step(lm, windows, config, repeats)
         k = N if variant in ("particle", "adversarial") else B
         fed = tokens * (1 + k * (D - 1)) + (tokens if variant == "adversarial" else 0)
         backward = 3 if variant in ("particle", "adversarial") else 2
@@ -214,20 +235,19 @@ def main() -> None:
                 f"(every --retrain-every steps)"
             )
 
-    if args.dev_positions:
-        print(f"\n3. one dev evaluation of {args.dev_positions} positions (beam and particle)")
-        config = StuntConfig(
-            dev_positions=args.dev_positions, dev_stride=4, beams=B, depth=D, particles=N
-        )
-        try:  # the study's dev text when the corpus is installed
-            dev = [Document(d.source, i, d.text) for i, d in enumerate(corpus.load_corpus("dev"))]
-        except corpus.UserError:
-            dev = load_documents(files=[licence], unwrap=True)
-        found, seconds_eval = timed(lambda: evaluate_dev(lm, dev, config))
-        print(
-            f"{found['positions']} positions: {seconds_eval:.1f} s "
-            f"({seconds_eval / found['positions'] * 1000:.1f} ms per position)"
-        )
+
+def dev_cost(lm: LoadedModel, licence: Path, B: int, D: int, N: int, positions: int) -> None:
+    print(f"\n3. one dev evaluation of {positions} positions (beam and particle)")
+    config = StuntConfig(dev_positions=positions, dev_stride=4, beams=B, depth=D, particles=N)
+    try:  # the study's dev text when the corpus is installed
+        dev = [Document(d.source, i, d.text) for i, d in enumerate(corpus.load_corpus("dev"))]
+    except corpus.UserError:
+        dev = load_documents(files=[licence], unwrap=True)
+    found, seconds_eval = timed(lambda: evaluate_dev(lm, dev, config))
+    print(
+        f"{found['positions']} positions: {seconds_eval:.1f} s "
+        f"({seconds_eval / found['positions'] * 1000:.1f} ms per position)"
+    )
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def test_study_runs_every_variant_and_seed(
         assert [r["step"] for r in run["rows"] if r["kind"] == "eval"] == [0, 1, 2]
         assert first["dev_ll"] == firsts[0]["dev_ll"]  # the shared step-0 evaluation
         assert first["monitor"] == run["summary"]["monitor"]
-        assert (folder / f"{run['config']['variant']}-seed{run['config']['seed']}").is_dir()
+        run_dir = folder / f"{run['config']['variant']}-seed{run['config']['seed']}"
+        assert not list(run_dir.glob("step-*")) and not (run_dir / "latest.json").exists()
     assert (folder / "adversarial-seed0" / "amplifier" / "amplifier.json").is_file()
     assert (tmp_path / "stunt-study.png").stat().st_size > 1000
     summary = study["summary"]

@@ -131,3 +131,9 @@ def resume_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor], rows: li
         amplifier_state=amp if meta.get("amplifier") else None,
         cost={k: float(v) for k, v in meta.get("cost", {}).items()},
     )
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete the checkpoint files in `folder` (other files, such as an amplifier, stay)."""
+    for path in [folder / LATEST, *folder.glob("step-*")]:
+        path.unlink(missing_ok=True)

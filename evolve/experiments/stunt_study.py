@@ -14,7 +14,9 @@ variants can be compared paired (same seed, same windows) and averaged over seed
   (`evolve.experiments.checkpoints`) every `checkpoint_every` steps and after every
   evaluation. A killed study started again with the same name resumes each unfinished run
   from its last checkpoint, drops the rows stored after it, and goes on exactly as if it had
-  not stopped; finished runs are skipped. Runs go seed by seed (all variants of seed 0
+  not stopped; finished runs are skipped. A finished run's checkpoint is deleted once the
+  study has recorded the run (the adversarial variant's last amplifier is kept): 18 final
+  checkpoints of SmolLM2 would be 29 GB. Runs go seed by seed (all variants of seed 0
   first), so a study stopped early already holds complete paired comparisons.
 - The step-0 evaluation depends only on the loaded model and the dev text, so it is made
   once per study (stored as a row of the study) and given to every run.
@@ -40,7 +42,12 @@ from matplotlib.figure import Figure
 from evolve.experiments import corpus
 from evolve.experiments.amplifier import save_amplifier
 from evolve.experiments.amplify import Document
-from evolve.experiments.checkpoints import load_checkpoint, resume_from, save_checkpoint
+from evolve.experiments.checkpoints import (
+    load_checkpoint,
+    remove_checkpoint,
+    resume_from,
+    save_checkpoint,
+)
 from evolve.experiments.stunting import (
     KIND as RUN_KIND,
 )
@@ -284,6 +291,9 @@ def run_study(
                 continue
             found = _run_one(lm, config, store, folder, data, variant, seed, first_eval, progress)
             store.append_experiment_rows(study_id, [found])
+            # Only now, with the run recorded as done, is its checkpoint of no more use: it
+            # holds the weights and AdamW moments (1.6 GB for SmolLM2-135M).
+            remove_checkpoint(folder / f"{variant}-seed{seed}")
     summary = summarise_study([store.experiment(i) for i in run_ids(store, study_id)])
     store.update_experiment(study_id, status="finished", summary=summary)
     return summary
