@@ -459,7 +459,7 @@ def _study_report(store: LogStore, name: str, png: Path | None, as_json: bool) -
     click.echo(
         f"stunt study {name!r} (experiment {study['id']}, {study['status']}): {len(finished)} of "
         f"{len(runs)} stored runs finished; {data.get('train_tokens_available', '?')} training "
-        f"tokens available ({data.get('epochs', 0):.2f} epochs per run), "
+        f"tokens available ({data.get('epochs', 0):.3g} epochs per run), "
         f"{data.get('dev_documents', '?')} dev documents"
     )
     headers = ["variant", "seeds", "monitor", *[label for _, label in REPORT_KEYS]]

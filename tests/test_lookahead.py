@@ -312,3 +312,34 @@ def test_cli_amplify_with_particles(invoke, tiny_gpt2_dir: Path, tmp_path: Path)
         assert bad.exit_code == 2, bad.output
         assert message in bad.output and "Traceback" not in bad.output
         assert len(bad.output.strip().splitlines()) <= 3  # usage line, hint, one error line
+
+
+def test_batched_documents_give_amplify_s_beams(lm: LoadedModel) -> None:
+    """`--batched` packs many documents' positions into each forward (two documents here,
+    cut into blocks of every size): the same beams and log-probabilities as one document at
+    a time."""
+    from evolve.experiments import amplify
+    from evolve.experiments.lookahead import pack_documents
+
+    docs = load_documents([TEXT])
+    config = AmplifyConfig(beams=3, depth=2, lambdas=(0.0, 0.1, 1.0), max_positions=40)
+    plain = run_amplify(lm, docs, config)
+    batched = run_amplify(lm, docs, AmplifyConfig(**{**config.to_dict(), "batched": True}))
+    assert len(plain.rows) == len(batched.rows) == 40
+    for a, b in zip(plain.rows, batched.rows, strict=True):
+        assert (a["doc"], a["t"], a["top_beam"]) == (b["doc"], b["t"], b["top_beam"])
+        assert a["logp"] == pytest.approx(b["logp"], abs=1e-6)
+        assert (a["logq"] is None) == (b["logq"] is None)
+        if a["logq"] is not None:
+            assert a["logq"] == pytest.approx(b["logq"], abs=1e-6)
+    contexts, positions = amplify.plan_positions(lm, docs, config)
+    for budget in (1, 7, 256):
+        blocks = list(pack_documents(contexts, positions, budget))
+        assert all(b.positions.numel() <= max(budget, 1) for b in blocks)
+        got = [
+            (d, t)
+            for b in blocks
+            for d, (lo, hi) in zip(b.docs, b.spans, strict=True)
+            for t in positions[d][lo:hi]
+        ]
+        assert got == [(d, t) for d, ts in enumerate(positions) for t in ts]

@@ -182,10 +182,13 @@ def features(
     want: torch.Tensor | None = None,
     full: bool = False,
     tree_tokens: int = DEFAULT_TREE_TOKENS,
+    noise: torch.Tensor | None = None,
 ) -> tuple[Features, Rollouts]:
-    """Run the amplifier's lookahead at the prefixes ids[r, : positions[r, j] + 1]."""
+    """Run the amplifier's lookahead at the prefixes ids[r, : positions[r, j] + 1]; its
+    particles from `seed`, or from `noise` when given (`particle_noise`'s shape)."""
     rows, n_pos = positions.shape
-    noise = particle_noise(rows, n_pos, spec.depth, spec.particles, seed)
+    if noise is None:
+        noise = particle_noise(rows, n_pos, spec.depth, spec.particles, seed)
     ro = lookahead(
         model,
         ids,

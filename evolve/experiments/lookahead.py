@@ -40,6 +40,7 @@ EOS is an ordinary token, as in `evolve amplify`. Everything runs without gradie
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,3 +388,70 @@ def _search(
         "calls": calls,
         "fed": fed_tokens,
     }
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows of several documents' positions for one engine call (`pack_documents`).
+
+    Row r holds positions lo..hi (indices into document docs[r]'s position list) of that
+    document; rows are right-padded (ids with 0, positions with the row's last one), and a
+    row's outputs past hi - lo are padding.
+    """
+
+    docs: list[int]
+    spans: list[tuple[int, int]]
+    ids: torch.Tensor  # [R, T] long
+    positions: torch.Tensor  # [R, P] long
+
+
+def pack_documents(
+    contexts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], budget: int
+) -> Iterator[Block]:
+    """Documents' positions in blocks of rows with R·P <= `budget` (a document with more
+    positions than that is split over rows), in document order: many short documents then
+    share one forward per depth step instead of taking one each."""
+    rows: list[tuple[int, int, int]] = []
+    for d, ts in enumerate(positions):
+        for lo in range(0, len(ts), budget):
+            rows.append((d, lo, min(len(ts), lo + budget)))
+    block: list[tuple[int, int, int]] = []
+    for row in rows:
+        longest = max([hi - lo for _, lo, hi in block] + [row[2] - row[1]])
+        if block and (len(block) + 1) * longest > budget:
+            yield _block(block, contexts, positions)
+            block = []
+        block.append(row)
+    if block:
+        yield _block(block, contexts, positions)
+
+
+def _block(
+    rows: list[tuple[int, int, int]],
+    contexts: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+) -> Block:
+    width = max(positions[d][hi - 1] + 1 for d, _, hi in rows)
+    n_pos = max(hi - lo for _, lo, hi in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    pos = torch.zeros(len(rows), n_pos, dtype=torch.long)
+    for r, (d, lo, hi) in enumerate(rows):
+        ts = list(positions[d][lo:hi])
+        ctx = list(contexts[d][: ts[-1] + 1])
+        ids[r, : len(ctx)] = torch.tensor(ctx)
+        pos[r] = torch.tensor(ts + [ts[-1]] * (n_pos - len(ts)))
+    return Block([d for d, _, _ in rows], [(lo, hi) for _, lo, hi in rows], ids, pos)
+
+
+def block_noise(
+    block: Block, doc_noise: Callable[[int], torch.Tensor], depth: int, n: int
+) -> torch.Tensor:
+    """The particle noise of a block from each document's own noise [1, P_d, depth, 2, n]
+    (`doc_noise(d)`), so that a position's particles do not depend on the packing."""
+    out = torch.zeros(*block.positions.shape, depth, 2, n, dtype=torch.float64)
+    cache: dict[int, torch.Tensor] = {}
+    for r, (d, (lo, hi)) in enumerate(zip(block.docs, block.spans, strict=True)):
+        if d not in cache:
+            cache = {d: doc_noise(d)}
+        out[r, : hi - lo] = cache[d][0, lo:hi]
+    return out

@@ -120,8 +120,8 @@ class StudyConfig:
         default=512,
         metadata=_help(
             "batch_tokens",
-            "Target tokens per step: 8 windows of 64, so the batched lookahead fills its "
-            "forwards (1024 rollout rows at B = 4... 8 particles over 64 positions × 8).",
+            "Target tokens per step: 8 windows of 64, whose lookahead the batched engine "
+            "serves in a few forwards of ~1k rows (`tree_tokens`).",
         ),
     )
     lr: float = field(default=1e-4, metadata=_help("lr"))

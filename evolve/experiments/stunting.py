@@ -102,9 +102,11 @@ from evolve.experiments.lookahead import (
     Beam,
     Particles,
     Search,
+    block_noise,
     check_particles,
     derived_seed,
     lookahead,
+    pack_documents,
     particle_noise,
 )
 from scoring.errors import UserError
@@ -137,6 +139,7 @@ ZERO_UPDATE_VARIANTS = ("particle", "adversarial")  # v4 and v5: the update is p
 # for two uses.
 NOISE_TRAIN, NOISE_FIT, NOISE_FIT_INIT, NOISE_DEV_AMPLIFIER = 1, 2, 3, 4
 DEV_NOISE_SEED = 0  # every dev evaluation of every run uses the same particles: paired
+DEV_BLOCK = 256  # dev positions per batched-engine call (the amplifier's dev gain)
 EVAL_LAMBDAS = (0.0, 0.01, 0.1)  # λ = 0 is p itself; 0.01 and 0.1 are the issue's small λ
 DEFAULT_STEPS = 20  # when neither steps nor epochs is given
 TREE_ROWS = 64  # beam rows per tree forward, as `evolve amplify`'s default batch_tokens
@@ -262,7 +265,7 @@ class StuntConfig:
         default=50,
         metadata={
             "help": "Adversarial: steps between refits of the amplifier on the current model "
-            "(also before step 1); 50 keeps it near the model at a few percent of the cost."
+            "(also before step 1); 50 refits it about 40 times in a 1M-token study run."
         },
     )
     amplifier_windows: int = field(
@@ -275,8 +278,8 @@ class StuntConfig:
     amplifier_steps: int = field(
         default=200,
         metadata={
-            "help": "Adversarial: full-batch Adam steps per refit (early-stopped on the held-"
-            "out positions); the head is tiny, so 200 take seconds."
+            "help": "Adversarial: full-batch Adam steps per refit, early-stopped on the "
+            "held-out positions (the head has ~10k parameters and fixed inputs)."
         },
     )
     tree_tokens: int = field(
@@ -368,7 +371,8 @@ class StuntConfig:
             stride=self.dev_stride,
             unwrap=self.unwrap,
             causal=self.model,
-            batch_tokens=TREE_ROWS if lookahead == "beam" else self.tree_tokens,
+            batch_tokens=self.tree_tokens,
+            batched=True,  # many short dev documents share each forward
             lookahead=lookahead,  # type: ignore[arg-type]
             particles=self.particles,
             beta=self.beta,
@@ -786,28 +790,37 @@ def amplifier_dev_gains(
     lm: LoadedModel, dev: Sequence[Document], config: StuntConfig, amp: Amplifier
 ) -> list[float]:
     """log r(x) - log p(x) of the learned amplifier at the dev positions `run_amplify` scores
-    (same plan), each document's particles from a stream fixed by its number."""
+    (same plan), many documents per forward, each document's particles from a stream fixed
+    by its number."""
     contexts, positions = plan_positions(lm, dev, config.amplify_config())
+    spec = amp.spec
+
+    def doc_noise(d: int) -> torch.Tensor:
+        seed = derived_seed(DEV_NOISE_SEED, d, NOISE_DEV_AMPLIFIER)
+        return particle_noise(1, len(positions[d]), spec.depth, spec.particles, seed)
+
     out: list[float] = []
-    for d, (ctx, ts) in enumerate(zip(contexts, positions, strict=True)):
-        if not ts:
-            continue
-        ids = torch.tensor([ctx])
-        x = torch.tensor([[ctx[t + 1] for t in ts]])
+    for block in pack_documents(contexts, positions, DEV_BLOCK):
+        x = torch.zeros(block.positions.shape, dtype=torch.long)
+        for r, d in enumerate(block.docs):
+            ctx = contexts[d]
+            x[r] = torch.tensor([ctx[t + 1] for t in block.positions[r].tolist()])
         feats, ro = features(
             lm.model,
-            ids,
-            torch.tensor([ts]),
-            amp.spec,
-            derived_seed(DEV_NOISE_SEED, d, NOISE_DEV_AMPLIFIER),
+            block.ids,
+            block.positions,
+            spec,
+            0,
             want=x[..., None],
             tree_tokens=config.tree_tokens,
+            noise=block_noise(block, doc_noise, spec.depth, spec.particles),
         )
         assert ro.want_logp is not None
         logp_x = ro.want_logp[..., 0]
         with torch.no_grad():
             gain = log_r_at(feats, amp(feats), x, logp_x) - logp_x
-        out.extend(gain[0].tolist())
+        for r, (lo, hi) in enumerate(block.spans):
+            out.extend(gain[r, : hi - lo].tolist())
     return out
 
 
