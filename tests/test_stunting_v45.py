@@ -405,3 +405,14 @@ def test_cli_v45_bad_input(invoke, tiny_gpt2_dir: Path, tmp_path: Path) -> None:
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.output and "Traceback" not in result.output
         assert not (tmp_path / "s.db").exists()
+
+
+def test_an_amplifier_equal_to_p_leaves_the_update_alone(lm: LoadedModel) -> None:
+    """Δ = 0 (fresh, or reset after a fit that did not generalise): r is p, so there is no
+    direction toward it; the step is the plain one, not a projection against rounding."""
+    from evolve.experiments.stunting import amplifier_windows
+
+    windows = training_windows(lm, _docs(TRAIN), 8)[:2]
+    amp = amplifier_windows(lm.model, windows, new_amplifier(_spec(lm), 0), seed=1)
+    assert amp.dense is None and not bool(amp.toward.any())
+    assert torch.equal(amp.weight, torch.zeros_like(amp.weight))

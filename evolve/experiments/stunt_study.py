@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from evolve.experiments import corpus
 from evolve.experiments.amplifier import save_amplifier
@@ -461,17 +462,19 @@ def study_figure(runs: Sequence[dict[str, Any]], title: str) -> Figure:
             mean = [0.0 if m is None else m for m, _ in stats]
             se = [e or 0.0 for _, e in stats]
             label = f"{variant} ({len(group)} seed{'s' if len(group) > 1 else ''})"
-            line = ax.plot(steps, mean, marker="o", label=label)[0]
+            color = f"C{VARIANTS.index(variant)}" if variant in VARIANTS else None
+            ax.plot(steps, mean, marker="o", label=label, color=color)
             ax.fill_between(
                 steps,
                 [m - e for m, e in zip(mean, se, strict=True)],
                 [m + e for m, e in zip(mean, se, strict=True)],
-                color=line.get_color(),
+                color=color,
                 alpha=0.2,
             )
     for ax, _, name in panels:
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title}: mean ± standard error over seeds")
     handles, labels = axes[0][0].get_legend_handles_labels()

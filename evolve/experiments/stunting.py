@@ -539,8 +539,19 @@ def amplifier_windows(
     )
     assert ro.full_logp is not None
     with torch.no_grad():
-        log_r = dense_log_r(feats, amp(feats), ro.full_logp)
+        delta = amp(feats)
     logp_x = ro.full_logp.gather(-1, x[..., None])[..., 0]
+    if not bool(delta.any()):
+        # r is p (a fresh amplifier, or one reset to p): there is no direction toward it,
+        # and r - p computed in floating point would be rounding noise to project against.
+        return Amplified(
+            logp_x=logp_x,
+            q_x=logp_x.exp(),
+            first=feats.cand,
+            weight=torch.zeros(feats.cand.shape, dtype=torch.float64),
+            ess=ro.ess(),
+        )
+    log_r = dense_log_r(feats, delta, ro.full_logp)
     return Amplified(
         logp_x=logp_x,
         q_x=log_r.gather(-1, x[..., None])[..., 0].exp(),
