@@ -51,6 +51,8 @@ from scoring.models import check_kind, load_model
 STUNT_OPTIONS = ConfigOptions(
     StuntConfig, short={"beams": "-B", "depth": "-D"}, skip=("device",), toggles=("unwrap",)
 )
+# Six variants make click's [none|skip|...] metavar as long as a help line; the help names them.
+next(o for o in STUNT_OPTIONS.options if o.path == "variant").attrs["metavar"] = "VARIANT"
 
 
 class _Bar:
