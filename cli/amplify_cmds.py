@@ -38,7 +38,8 @@ AMPLIFY_OPTIONS = ConfigOptions(
     skip=("device",),
     toggles=("length_norm", "unwrap"),
     types=dict.fromkeys(
-        ("beams", "depth", "max_positions", "stride", "start", "batch_tokens"), COUNT
+        ("beams", "depth", "max_positions", "stride", "start", "batch_tokens", "particles", "seed"),
+        COUNT,
     ),
 )
 
@@ -84,11 +85,13 @@ def amplify(
     db_path: Path | None,
     **opts: Any,
 ) -> None:
-    """Score real text under a causal LM p and under p amplified by beam-search lookahead.
+    """Score real text under a causal LM p and under p amplified by lookahead.
 
     At each position, beam search (width B, depth D) from the prefix gives q, the
-    beam-weighted distribution of the beams' first tokens; the mixes (1-λ)p + λq and
-    p^(1-λ) q_eps^λ are compared with p on the real next token.
+    beam-weighted distribution of the beams' first tokens (or, with --lookahead particle,
+    the weighted first tokens of particles sampled from p and reweighted toward
+    p(path)^beta); the mixes (1-λ)p + λq and p^(1-λ) q_eps^λ are compared with p on the
+    real next token.
     """
     values = AMPLIFY_OPTIONS.values(opts)
     values["causal"] = absolute_model(values["causal"])
@@ -152,13 +155,19 @@ def render(exp_id: int, result: AmplifyResult) -> str:
     """The experiment as text: header, one table row per λ, best λ, cost."""
     s = result.summary
     cost = s["cost"]
+    particle = s.get("lookahead") == "particle"
+    search = (
+        f"particles={s['particles']} beta={s['beta']:g} D={s['depth']}"
+        if particle
+        else f"B={s['beams']} D={s['depth']}"
+    )
     lines = [
         f"amplify experiment {exp_id} ({result.status}): {s['positions']} positions in "
-        f"{s['documents']} document(s), model {s['model']}, B={s['beams']} D={s['depth']}, "
+        f"{s['documents']} document(s), model {s['model']}, {search}, "
         f"eps={s['epsilon']:g}, length_norm={s['length_norm']}",
         f"naive p: mean log-lik {s['naive_mean_ll']:.4f} nats/token; the real token starts a "
-        f"beam at {_pct(s['beam_coverage'])} of positions; top-1 accuracy p {_pct(s['top1_p'])},"
-        f" q {_pct(s['top1_q'])}",
+        f"{'particle' if particle else 'beam'} at {_pct(s['beam_coverage'])} of positions; "
+        f"top-1 accuracy p {_pct(s['top1_p'])}, q {_pct(s['top1_q'])}",
         "",
     ]
     arith, geo = s["arith"]["by_lambda"], s["geo"]["by_lambda"]

@@ -39,7 +39,8 @@ PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
     "methods",
     type=click.Choice(METHODS),
     multiple=True,
-    help="Decoding method (repeatable) [default: greedy, beam, sample; amplified is opt-in].",
+    help="Decoding method (repeatable) [default: greedy, beam, sample; amplified, particle "
+    "and learned are opt-in].",
 )
 @click.option(
     "--causal",
@@ -86,6 +87,21 @@ PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
     "--amp-lambda", default=_defaults.amp_lambda, show_default=True, help="Amplified: mix weight."
 )
 @click.option(
+    "--particles",
+    default=_defaults.particles,
+    type=COUNT,
+    show_default=True,
+    help="Particle: paths per token.",
+)
+@click.option(
+    "--beta", default=_defaults.beta, show_default=True, help="Particle: target p(path)^beta."
+)
+@click.option(
+    "--amplifier",
+    default=_defaults.amplifier,
+    help="Learned: folder of a learned amplifier (from evolve stunt --variant adversarial).",
+)
+@click.option(
     "--seed", default=_defaults.seed, type=COUNT, show_default=True, help="First sample's seed."
 )
 @click.option("--device", default=_defaults.device, show_default=True)
@@ -116,6 +132,9 @@ def baseline(
         samples=o["samples"],
         amp_depth=o["amp_depth"],
         amp_lambda=o["amp_lambda"],
+        particles=o["particles"],
+        beta=o["beta"],
+        amplifier=str(Path(o["amplifier"]).absolute()) if o["amplifier"] else "",
         seed=o["seed"],
         device=o["device"],
     ).validate()

@@ -36,6 +36,7 @@ import pytest
 from evolve.api import RunSummary
 from evolve.experiments.amplify import BeamSet, Lookahead
 from evolve.experiments.baselines import BaselineText
+from evolve.experiments.stunting import Amplified, StuntConfig
 from evolve.ga.engine import Engine, Generation
 from evolve.ga.evaluate import EvalStats, NewScore
 from evolve.ga.proposers import CausalProposer
@@ -88,6 +89,16 @@ USES: dict[str, list[tuple[type, list[str]]]] = {
         (CausalScorer, ["score"]),
         (TokenScores, ["total", "n_tokens"]),
         (LoadedModel, ["model"]),
+    ],
+    "mlm_heldout": [
+        (LoadedModel, ["model", "tokenizer"]),
+        (CausalScorer, ["score"]),
+        (PLLScorer, ["score"]),
+    ],
+    "stunt_batching": [
+        (LoadedModel, ["model"]),
+        (Amplified, ["first"]),
+        (StuntConfig, ["variant", "amplifier_spec"]),
     ],
     "causal_speed": [
         (Generation, ["texts", "new_scores"]),

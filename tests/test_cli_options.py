@@ -62,9 +62,27 @@ AMPLIFY_BEFORE: dict[str, tuple[tuple[str, ...], str | None]] = {
     "unwrap": (("--unwrap", "--no-unwrap"), "no-unwrap"),
     "batch_tokens": (("--batch-tokens",), f"64; {RANGE}"),
 }
+# Options added since (issue 23: particle lookahead, v4/v5 stunting), checked the same way.
+STUNT_ADDED: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "particles": (("--particles",), "8"),
+    "beta": (("--beta",), "2.0"),
+    "retrain_every": (("--retrain-every",), "50"),
+    "amplifier_windows": (("--amplifier-windows",), "16"),
+    "amplifier_steps": (("--amplifier-steps",), "200"),
+    "tree_tokens": (("--tree-tokens",), "1024"),
+}
+AMPLIFY_ADDED: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "lookahead": (("--lookahead",), "beam"),
+    "particles": (("--particles",), f"16; {RANGE}"),
+    "beta": (("--beta",), "2.0"),
+    "batched": (("--batched",), None),
+    "seed": (("--seed",), f"0; {RANGE}"),
+}
 COMMANDS = [
-    pytest.param(stunt, STUNT_OPTIONS, StuntConfig, STUNT_BEFORE, id="stunt"),
-    pytest.param(amplify, AMPLIFY_OPTIONS, AmplifyConfig, AMPLIFY_BEFORE, id="amplify"),
+    pytest.param(stunt, STUNT_OPTIONS, StuntConfig, STUNT_BEFORE | STUNT_ADDED, id="stunt"),
+    pytest.param(
+        amplify, AMPLIFY_OPTIONS, AmplifyConfig, AMPLIFY_BEFORE | AMPLIFY_ADDED, id="amplify"
+    ),
 ]
 
 
@@ -90,7 +108,8 @@ def test_names_defaults_and_choices_are_as_before(
     if command is stunt:
         variant = params["variant"].type
         assert isinstance(variant, click.Choice)
-        assert tuple(variant.choices) == ("none", "skip", "penalty", "balance")
+        assert tuple(variant.choices)[:4] == ("none", "skip", "penalty", "balance")
+        assert tuple(variant.choices)[4:] == ("particle", "adversarial")  # issue 23
 
 
 @pytest.mark.parametrize("command,options,config,before", COMMANDS)

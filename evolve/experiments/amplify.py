@@ -38,11 +38,23 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
+from evolve.experiments.lookahead import (
+    DEFAULT_TREE_TOKENS,
+    Beam,
+    Particles,
+    Search,
+    block_noise,
+    check_particles,
+    derived_seed,
+    lookahead,
+    pack_documents,
+    particle_noise,
+)
 from scoring.causal import start_token_id
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel
@@ -52,6 +64,8 @@ KIND = "amplify"  # experiment kind in the store
 MIXES = ("arith", "geo")
 DEFAULT_LAMBDAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 PREFILL_CHUNK = 512  # document tokens per extension forward (bounds attention memory)
+LookaheadForm = Literal["beam", "particle"]
+LOOKAHEADS: tuple[LookaheadForm, ...] = get_args(LookaheadForm)
 
 Progress = Callable[[int, int], None]  # (positions done, positions in all)
 
@@ -139,10 +153,58 @@ class AmplifyConfig:
             "memory only."
         },
     )
+    lookahead: LookaheadForm = field(
+        default="beam",
+        metadata={
+            "help": "How q is made: beam (the B best paths of depth D, weighted by their "
+            "probability) or particle (`particles` paths sampled from p and reweighted toward "
+            "p(path)^`beta`, sequential Monte Carlo); beam, the form the earlier runs used."
+        },
+    )
+    particles: int = field(
+        default=16,
+        metadata={
+            "help": "Particle lookahead: paths per position; 16 keeps the cost near B = 4 "
+            "beams at depth 3 while most first tokens with real mass are drawn."
+        },
+    )
+    beta: float = field(
+        default=2.0,
+        metadata={
+            "help": "Particle lookahead: target p(path)^beta. 1 gives p's own first-token "
+            "distribution back, large values the best path's first token; 2 weighs each first "
+            "token by how predictable its continuation is."
+        },
+    )
+    batched: bool = field(
+        default=False,
+        metadata={
+            "help": "Beam lookahead: search many documents' positions together in the batched "
+            "engine (the same beams, log-probabilities within ~1e-6; much faster for many "
+            "short documents); off, one document at a time as the runs recorded here were "
+            "made. The particle lookahead is always batched."
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Particle lookahead: seed of the particles' random numbers (one stream per "
+            "document), so a run repeats exactly."
+        },
+    )
     device: str = "cpu"  # no option: `evolve amplify` scores on the CPU
 
     def validate(self) -> AmplifyConfig:
         """Check every field once; raise UserError with a one-line message on bad input."""
+        if self.lookahead not in LOOKAHEADS:
+            raise UserError(
+                f"lookahead must be one of {', '.join(LOOKAHEADS)}, got {self.lookahead!r}"
+            )
+        check_particles(self.particles, self.beta)
+        if self.lookahead == "particle" and self.length_norm:
+            raise UserError("length-norm weights beams; the particle lookahead has none")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed must be 0 or more, got {self.seed}")
         if not isinstance(self.beams, int) or self.beams < 1:
             raise UserError(f"beams must be at least 1, got {self.beams}")
         if not isinstance(self.depth, int) or self.depth < 1:
@@ -441,6 +503,15 @@ def _plan(
     return contexts, positions, truncated
 
 
+def plan_positions(
+    lm: LoadedModel, docs: Sequence[Document], config: AmplifyConfig
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The contexts (start token + tokens) and scored positions `run_amplify` would use, so
+    that other measurements (a learned amplifier's gain) score exactly the same tokens."""
+    contexts, positions, _ = _plan(Lookahead(lm), docs, config.validate())
+    return contexts, positions
+
+
 def _scan(
     look: Lookahead, ctx: Sequence[int], ts: Sequence[int], beams: int, depth: int, group: int
 ) -> Iterator[list[tuple[int, torch.Tensor, BeamSet]]]:
@@ -498,17 +569,27 @@ def run_amplify(
             f"({config.start + 2}) tokens"
         )
     tok = lm.tokenizer
-    group = max(1, config.batch_tokens // config.beams)
+    particle = config.lookahead == "particle"
+    k = config.particles if particle else config.beams
+    group = max(1, config.batch_tokens // k)
     rows: list[dict[str, Any]] = []
     interrupted = False
     began = time.perf_counter()
     try:
-        for d, (ctx, ts) in enumerate(zip(contexts, positions, strict=True)):
-            for found in _scan(look, ctx, ts, config.beams, config.depth, group):
-                for t, logp, beams in found:
-                    rows.append(_score_position(tok, docs[d], t, ctx[t + 1], logp, beams, config))
-                if progress is not None:
-                    progress(len(rows), total)
+        if particle or config.batched:
+            scans: Iterator[tuple[int, Scored]] = _engine_scan(look, contexts, positions, config)
+        else:
+            scans = (
+                (d, found)
+                for d, (ctx, ts) in enumerate(zip(contexts, positions, strict=True))
+                for found in _beam_scan(look, ctx, ts, config, group)
+            )
+        for d, found in scans:
+            ctx = contexts[d]
+            for t, logp, q, top in found:
+                rows.append(_score_position(tok, docs[d], t, ctx[t + 1], logp, q, top, config))
+            if progress is not None:
+                progress(len(rows), total)
     except KeyboardInterrupt:
         interrupted = True
         if not rows:
@@ -530,18 +611,99 @@ def run_amplify(
     return AmplifyResult(config=config, summary=summary, rows=rows, interrupted=interrupted)
 
 
+# (t, log p [V], q [V], (best path's tokens, its log-probability)) for one group of positions
+Scored = list[tuple[int, torch.Tensor, torch.Tensor, tuple[torch.Tensor, float]]]
+
+
+def _beam_scan(
+    look: Lookahead, ctx: Sequence[int], ts: Sequence[int], config: AmplifyConfig, group: int
+) -> Iterator[Scored]:
+    for found in _scan(look, ctx, ts, config.beams, config.depth, group):
+        yield [
+            (
+                t,
+                logp,
+                amplified_distribution(
+                    beams.tokens, beams.logprobs, logp.shape[-1], config.length_norm
+                ),
+                (beams.tokens[0], float(beams.logprobs[0])),
+            )
+            for t, logp, beams in found
+        ]
+
+
+ENGINE_BLOCK = 256  # positions per batched-engine call: bounds the [positions, V] log p
+
+
+def _engine_scan(
+    look: Lookahead,
+    contexts: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    config: AmplifyConfig,
+) -> Iterator[tuple[int, Scored]]:
+    """(document, its scored positions) through the batched engine
+    (`evolve.experiments.lookahead`), many documents' positions per forward.
+
+    Particles: each document's random numbers come from a stream seeded by (seed, document
+    number) and drawn at once, so a position's particles depend neither on how positions are
+    grouped nor on the other documents.
+    """
+    particle = config.lookahead == "particle"
+    n, depth = config.particles, config.depth
+    search: Search = Particles(n, config.beta) if particle else Beam(config.beams)
+    k = n if particle else config.beams
+
+    def doc_noise(d: int) -> torch.Tensor:
+        return particle_noise(1, len(positions[d]), depth, n, derived_seed(config.seed, d))
+
+    for block in pack_documents(contexts, positions, ENGINE_BLOCK):
+        ro = lookahead(
+            look.model,
+            block.ids,
+            block.positions,
+            search,
+            depth,
+            noise=block_noise(block, doc_noise, depth, n) if particle else None,
+            full=True,
+            tree_tokens=max(config.batch_tokens, k),
+        )
+        look.forward_calls += ro.forward_calls
+        look.tokens_fed += ro.tokens_fed
+        assert ro.full_logp is not None
+        vocab = look.vocab_size
+        for r, (d, (lo, hi)) in enumerate(zip(block.docs, block.spans, strict=True)):
+            found: Scored = []
+            for j, t in enumerate(positions[d][lo:hi]):
+                if particle:
+                    q = torch.zeros(vocab, dtype=torch.float64)
+                    q.index_add_(0, ro.first[r, j], ro.weight[r, j])
+                    best = int(ro.weight[r, j].argmax())
+                else:
+                    q = amplified_distribution(
+                        ro.tokens[r, j], ro.path_logp[r, j], vocab, config.length_norm
+                    )
+                    best = 0
+                top = (ro.tokens[r, j, best], float(ro.path_logp[r, j, best]))
+                found.append((t, ro.full_logp[r, j], q, top))
+            yield d, found
+
+
 def _score_position(
     tok: Any,
     doc: Document,
     t: int,
     token_id: int,
     logp: torch.Tensor,
-    beams: BeamSet,
+    q: torch.Tensor,
+    top: tuple[torch.Tensor, float],
     config: AmplifyConfig,
 ) -> dict[str, Any]:
-    """One row: the real token's log-probability under p, q, q_eps and every mix."""
+    """One row: the real token's log-probability under p, q, q_eps and every mix.
+
+    `top` is the lookahead's best path (the first beam; the heaviest particle) and its
+    log-probability.
+    """
     lams = list(config.lambdas)
-    q = amplified_distribution(beams.tokens, beams.logprobs, logp.shape[-1], config.length_norm)
     logp_x = float(logp[token_id])
     q_x = float(q[token_id])
     logq_x = math.log(q_x) if q_x > 0 else -math.inf
@@ -562,8 +724,8 @@ def _score_position(
         "top1_q": int(q.argmax()) == token_id,
         "log_arith": [_finite(log_arith(logp_x, logq_x, lam)) for lam in lams],
         "log_geo": geo,
-        "top_beam": tok.decode(beams.tokens[0].tolist()),
-        "top_beam_logprob": float(beams.logprobs[0]),
+        "top_beam": tok.decode(top[0].tolist()),
+        "top_beam_logprob": top[1],
     }
 
 
@@ -617,7 +779,13 @@ def summarise(
     per_mix["arith"]["slope_se"] = _se(np.array(ratio))
     return {
         "positions": n,
+        "lookahead": config.lookahead,
         "beams": config.beams,
+        **(
+            {"particles": config.particles, "beta": config.beta}
+            if config.lookahead == "particle"
+            else {}
+        ),
         "depth": config.depth,
         "epsilon": config.epsilon,
         "length_norm": config.length_norm,
@@ -729,3 +897,103 @@ def sample_amplified(
         forward_calls=look.forward_calls,
         seconds=time.perf_counter() - began,
     )
+
+
+# (context ids, step) -> log-probabilities [V] of the next token (float64)
+NextLogprobs = Callable[[Sequence[int], int], torch.Tensor]
+
+
+def sample_with(
+    lm: LoadedModel,
+    prompt: str,
+    max_new_tokens: int,
+    next_logprobs: NextLogprobs,
+    temperature: float = 1.0,
+    seed: int = 0,
+    reserve: int = 0,
+) -> AmplifiedSample:
+    """Sample a continuation token by token from `next_logprobs` (a lookahead distribution).
+
+    Temperature 0 takes the argmax; otherwise a draw from a torch generator seeded with
+    `seed` (global RNGs untouched). Stops at EOS. `reserve` tokens of the model's window are
+    kept free for the lookahead's own depth. Each step recomputes the prefix: simple, and
+    cheap next to the lookahead for the short continuations baselines are.
+    """
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UserError(f"temperature must be 0 or more, got {temperature}")
+    look = Lookahead(lm)
+    ids = list(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else []
+    if not ids:
+        ids = [look.start_id]
+    max_new_tokens = min(max_new_tokens, max(0, look.max_length - reserve - len(ids)))
+    gen = torch.Generator().manual_seed(seed)
+    began = time.perf_counter()
+    out: list[int] = []
+    for step in range(max_new_tokens):
+        log_a = next_logprobs([*ids, *out], step)
+        if temperature == 0:
+            nxt = int(log_a.argmax())
+        else:
+            weights = torch.softmax(log_a / temperature, dim=-1)
+            nxt = int(torch.multinomial(weights, 1, generator=gen))
+        if look.eos_id is not None and nxt == look.eos_id:
+            break
+        out.append(nxt)
+    return AmplifiedSample(
+        text=lm.tokenizer.decode(out, skip_special_tokens=True),
+        token_ids=tuple(out),
+        forward_calls=len(out) + 1,
+        seconds=time.perf_counter() - began,
+    )
+
+
+def particle_next(
+    lm: LoadedModel, particles: int, beta: float, depth: int, lam: float, seed: int
+) -> NextLogprobs:
+    """log of (1-λ)·p + λ·q_particle after a context: the particle-amplified model.
+
+    Step s of a sample draws its particles from a stream seeded by (seed, s).
+    """
+    check_particles(particles, beta)
+    if not (math.isfinite(lam) and 0 <= lam <= 1):
+        raise UserError(f"lambda must lie in [0, 1], got {lam}")
+    search = Particles(particles, beta)
+
+    def next_logprobs(ids: Sequence[int], step: int) -> torch.Tensor:
+        noise = particle_noise(1, 1, depth, particles, derived_seed(seed, step))
+        ro = lookahead(
+            lm.model,
+            torch.tensor([list(ids)]),
+            torch.tensor([[len(ids) - 1]]),
+            search,
+            depth,
+            noise=noise,
+            full=True,
+            tree_tokens=DEFAULT_TREE_TOKENS,
+        )
+        assert ro.full_logp is not None
+        logp = ro.full_logp[0, 0]
+        q = ro.q_dense(logp.shape[-1])[0, 0]
+        return ((1 - lam) * logp.exp() + lam * q).log()
+
+    return next_logprobs
+
+
+def sample_particle(
+    lm: LoadedModel,
+    prompt: str,
+    max_new_tokens: int,
+    particles: int = 16,
+    beta: float = 2.0,
+    depth: int = 3,
+    lam: float = 0.5,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> AmplifiedSample:
+    """Sample from the particle-amplified model (1-λ)p + λ q_particle (`particle_next`)."""
+    if not isinstance(depth, int) or depth < 1:
+        raise UserError(f"depth must be at least 1, got {depth}")
+    nxt = particle_next(lm, particles, beta, depth, lam, seed)
+    return sample_with(lm, prompt, max_new_tokens, nxt, temperature, seed, reserve=depth)

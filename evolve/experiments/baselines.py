@@ -41,8 +41,10 @@ from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
 from scoring.template import text_ids
 
-METHODS = ("greedy", "beam", "sample", "amplified")
-DEFAULT_METHODS = ("greedy", "beam", "sample")  # amplified costs D forwards a token: opt-in
+METHODS = ("greedy", "beam", "sample", "amplified", "particle", "learned")
+# amplified, particle and learned cost D forwards a token (and learned needs an amplifier
+# checkpoint): opt-in
+DEFAULT_METHODS = ("greedy", "beam", "sample")
 DEFAULT_NEW_TOKENS = 20  # without a run: about the length of a default evolved continuation
 
 # Short names for the settings column of the comparison table.
@@ -84,6 +86,11 @@ class BaselineConfig:
     samples: int = 5  # sampled texts (one seed each): enough for distinct-n and self-BLEU
     amp_depth: int = 3  # amplified sampling: lookahead depth D (beam width is num_beams)
     amp_lambda: float = 0.5  # amplified sampling: weight of the beams' first-token distribution
+    particles: int = 16  # particle sampling: paths per token, as `evolve amplify`'s default
+    beta: float = 2.0  # particle sampling: target p(path)^beta, as `evolve amplify`'s default
+    amplifier: str = (
+        ""  # learned sampling: a learned amplifier's folder (stunt --save DIR/amplifier)
+    )
     seed: int = 0  # the first sample's seed; greedy and beam record it too
     device: str = "cpu"
 
@@ -108,6 +115,19 @@ class BaselineConfig:
         _require(
             0 <= self.amp_lambda <= 1, f"amp_lambda must lie within [0, 1] (got {self.amp_lambda})"
         )
+        if "particle" in self.methods:
+            from evolve.experiments.lookahead import check_particles
+
+            check_particles(self.particles, self.beta)
+        if "learned" in self.methods:
+            _require(
+                bool(self.amplifier),
+                "method learned needs --amplifier DIR (a learned amplifier's folder, e.g. "
+                "DIR/amplifier of `evolve stunt --variant adversarial --save DIR`)",
+            )
+            from evolve.experiments.amplifier import load_amplifier
+
+            load_amplifier(self.amplifier)  # a missing or broken checkpoint fails here, early
         _require(
             1 <= self.num_return_sequences <= self.num_beams,
             f"num_return_sequences must lie within [1, num_beams={self.num_beams}] "
@@ -189,6 +209,16 @@ class BaselineConfig:
                 lam=self.amp_lambda,
                 temperature=self.temperature,
             )
+        elif method == "particle":
+            base.update(
+                particles=self.particles,
+                beta=self.beta,
+                depth=self.amp_depth,
+                lam=self.amp_lambda,
+                temperature=self.temperature,
+            )
+        elif method == "learned":
+            base.update(amplifier=self.amplifier, temperature=self.temperature)
         return base
 
 
@@ -259,7 +289,7 @@ def generate_baselines(
     out: list[BaselineText] = []
     for method in cfg.methods:
         params = cfg.params(method)
-        sampled = method in ("sample", "amplified")
+        sampled = method in ("sample", "amplified", "particle", "learned")
         seeds = [cfg.seed + i for i in range(cfg.samples)] if sampled else [cfg.seed]
         for seed in seeds:
             same = [
@@ -306,6 +336,36 @@ def _generate(
             lam=cfg.amp_lambda,
             temperature=cfg.temperature,
             seed=seed,
+        )
+        return [sample.text]
+    if method == "particle":
+        from evolve.experiments.amplify import sample_particle
+
+        sample = sample_particle(
+            lm,
+            cfg.prompt,
+            max_new_tokens=cfg.new_tokens or DEFAULT_NEW_TOKENS,
+            particles=cfg.particles,
+            beta=cfg.beta,
+            depth=cfg.amp_depth,
+            lam=cfg.amp_lambda,
+            temperature=cfg.temperature,
+            seed=seed,
+        )
+        return [sample.text]
+    if method == "learned":
+        from evolve.experiments.amplifier import learned_next, load_amplifier
+        from evolve.experiments.amplify import sample_with
+
+        amp = load_amplifier(cfg.amplifier)
+        sample = sample_with(
+            lm,
+            cfg.prompt,
+            cfg.new_tokens or DEFAULT_NEW_TOKENS,
+            learned_next(lm.model, amp, seed),
+            temperature=cfg.temperature,
+            seed=seed,
+            reserve=amp.spec.depth,
         )
         return [sample.text]
     tok = lm.tokenizer

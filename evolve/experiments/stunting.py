@@ -80,19 +80,66 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from evolve.experiments.amplifier import (
+    Amplifier,
+    AmplifierSpec,
+    dense_log_r,
+    features,
+    fit_amplifier,
+    log_r_at,
+    new_amplifier,
+)
 from evolve.experiments.amplify import (
     AmplifyConfig,
     Document,
     amplified_distribution,
     iter_positions,
+    plan_positions,
     run_amplify,
+)
+from evolve.experiments.lookahead import (
+    DEFAULT_TREE_TOKENS,
+    Beam,
+    Particles,
+    Search,
+    block_noise,
+    check_particles,
+    derived_seed,
+    lookahead,
+    pack_documents,
+    particle_noise,
 )
 from scoring.errors import UserError
 from scoring.models import DEFAULT_CAUSAL, LoadedModel
 
 KIND = "stunt"  # experiment kind in the store
-Variant = Literal["none", "skip", "penalty", "balance"]
+Variant = Literal["none", "skip", "penalty", "balance", "particle", "adversarial"]
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
+# The lookahead a variant stunts against, and the one its dev monitor uses instead (a "dev
+# set" of lookahead: a form the training never pushed against). `none` stunts against
+# nothing; it is monitored like the beam variants it is the control for.
+STUNTED_AGAINST: dict[str, str | None] = {
+    "none": None,
+    "skip": "beam",
+    "penalty": "beam",
+    "balance": "beam",
+    "particle": "particle",
+    "adversarial": "amplifier",
+}
+MONITOR: dict[str, str] = {
+    "none": "particle",
+    "skip": "particle",
+    "penalty": "particle",
+    "balance": "particle",
+    "particle": "beam",
+    "adversarial": "beam",
+}
+ZERO_UPDATE_VARIANTS = ("particle", "adversarial")  # v4 and v5: the update is projected
+# Purposes of the random streams derived from (seed, step, purpose): never the same numbers
+# for two uses.
+NOISE_TRAIN, NOISE_FIT, NOISE_FIT_INIT, NOISE_DEV_AMPLIFIER = 1, 2, 3, 4
+DEV_NOISE_SEED = 0  # every dev evaluation of every run uses the same particles: paired
+DEV_BLOCK = 256  # dev positions per batched-engine call (the amplifier's dev gain)
 EVAL_LAMBDAS = (0.0, 0.01, 0.1)  # λ = 0 is p itself; 0.01 and 0.1 are the issue's small λ
 DEFAULT_STEPS = 20  # when neither steps nor epochs is given
 TREE_ROWS = 64  # beam rows per tree forward, as `evolve amplify`'s default batch_tokens
@@ -115,7 +162,9 @@ class StuntConfig:
             "(plain fine-tuning, the control the others are compared with), skip (drop those "
             "positions), penalty (also push p away from the lookahead's tokens, weight "
             "`alpha`), balance (reweight toward and away positions, ratio at most "
-            "`balance_cap`)."
+            "`balance_cap`): v1-v3, against beam search; particle (v4: the update's "
+            "component toward the particle lookahead's q is removed) or adversarial (v5: the "
+            "same toward a learned amplifier, refit every `retrain_every` steps)."
         },
     )
     alpha: float = field(
@@ -197,6 +246,49 @@ class StuntConfig:
             "that a few positions cannot take over a batch's update."
         },
     )
+    particles: int = field(
+        default=8,
+        metadata={
+            "help": "Particle lookahead (what particle stunts against, the amplifier's "
+            "rollouts, and the dev monitor of none/skip/penalty/balance): paths per position; "
+            "8 at depth 2 feed 8 tokens per position, twice what 4 beams do."
+        },
+    )
+    beta: float = field(
+        default=2.0,
+        metadata={
+            "help": "Particle lookahead: target p(path)^beta (1: p itself; large: the best "
+            "path); 2 weighs a first token by how predictable its continuation is."
+        },
+    )
+    retrain_every: int = field(
+        default=50,
+        metadata={
+            "help": "Adversarial: steps between refits of the amplifier on the current model "
+            "(also before step 1); 50 refits it about 40 times in a 1M-token study run."
+        },
+    )
+    amplifier_windows: int = field(
+        default=16,
+        metadata={
+            "help": "Adversarial: training windows the amplifier is fit on at each refit, a "
+            "quarter of their positions held out: 16 default windows give ~500 positions."
+        },
+    )
+    amplifier_steps: int = field(
+        default=200,
+        metadata={
+            "help": "Adversarial: full-batch Adam steps per refit, early-stopped on the "
+            "held-out positions (the head has ~10k parameters and fixed inputs)."
+        },
+    )
+    tree_tokens: int = field(
+        default=DEFAULT_TREE_TOKENS,
+        metadata={
+            "help": "Lookahead rollout rows per forward pass (the whole batch's windows are "
+            "searched together): speed and memory only, the results do not change."
+        },
+    )
     unwrap: bool = field(
         default=False,
         metadata={
@@ -236,7 +328,19 @@ class StuntConfig:
             raise UserError(f"epochs must be more than 0, got {self.epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"lr must be more than 0, got {self.lr}")
-        for name in ("seq_len", "beams", "depth", "eval_every", "dev_positions", "dev_stride"):
+        check_particles(self.particles, self.beta)
+        for name in (
+            "seq_len",
+            "beams",
+            "depth",
+            "eval_every",
+            "dev_positions",
+            "dev_stride",
+            "retrain_every",
+            "amplifier_windows",
+            "amplifier_steps",
+            "tree_tokens",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {value}")
@@ -257,8 +361,8 @@ class StuntConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def amplify_config(self) -> AmplifyConfig:
-        """The `evolve amplify` configuration of one dev evaluation."""
+    def amplify_config(self, lookahead: str = "beam") -> AmplifyConfig:
+        """The `evolve amplify` configuration of one dev evaluation (beam or particle)."""
         return AmplifyConfig(
             beams=self.beams,
             depth=self.depth,
@@ -267,8 +371,27 @@ class StuntConfig:
             stride=self.dev_stride,
             unwrap=self.unwrap,
             causal=self.model,
-            batch_tokens=TREE_ROWS,
+            batch_tokens=self.tree_tokens,
+            batched=True,  # many short dev documents share each forward
+            lookahead=lookahead,  # type: ignore[arg-type]
+            particles=self.particles,
+            beta=self.beta,
+            seed=DEV_NOISE_SEED,
             device=self.device,
+        ).validate()
+
+    def amplifier_spec(self, lm: LoadedModel) -> AmplifierSpec:
+        """The learned amplifier of the adversarial variant: particle rollouts as configured."""
+        hf: Any = lm.model
+        hidden = int(getattr(hf.config, "hidden_size", 0) or getattr(hf.config, "n_embd", 0))
+        vocab = int(hf.get_output_embeddings().weight.shape[0])
+        return AmplifierSpec(
+            hidden_size=hidden,
+            vocab_size=vocab,
+            particles=self.particles,
+            beta=self.beta,
+            depth=self.depth,
+            model=self.model,
         ).validate()
 
 
@@ -322,6 +445,8 @@ class Amplified:
     q_x: torch.Tensor
     first: torch.Tensor
     weight: torch.Tensor
+    dense: torch.Tensor | None = None  # [R, L, V] a learned amplifier's r (adversarial)
+    ess: torch.Tensor | None = None  # [R, L] particles' effective sample size
 
     @property
     def toward(self) -> torch.Tensor:
@@ -357,6 +482,148 @@ def amplify_windows(lm: LoadedModel, windows: torch.Tensor, beams: int, depth: i
             first[r, t] = found.tokens[:, 0]
             weight[r, t] = torch.softmax(found.logprobs.double(), dim=-1)
     return Amplified(logp_x=logp_x, q_x=q_x, first=first, weight=weight)
+
+
+def lookahead_windows(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    search: Search,
+    depth: int,
+    *,
+    noise: torch.Tensor | None = None,
+    tree_tokens: int = DEFAULT_TREE_TOKENS,
+) -> Amplified:
+    """`amplify_windows` for a whole batch at once (`evolve.experiments.lookahead`).
+
+    All windows' caches in one forward, then one forward per depth step for the rollouts
+    of every position of every window (cut into pieces of at most `tree_tokens` rows).
+    With `Beam(B)` it finds the beams `amplify_windows` finds; `Particles` needs `noise`
+    [R, L, depth, 2, n].
+    """
+    length = windows.shape[1] - 1
+    x = windows[:, 1:]
+    positions = torch.arange(length)[None].expand(windows.shape[0], -1)
+    ro = lookahead(
+        model,
+        windows[:, :length],
+        positions,
+        search,
+        depth,
+        noise=noise,
+        want=x[..., None],
+        tree_tokens=tree_tokens,
+    )
+    assert ro.want_logp is not None
+    return Amplified(
+        logp_x=ro.want_logp[..., 0],
+        q_x=ro.q_at(x[..., None])[..., 0],
+        first=ro.first,
+        weight=ro.weight,
+        ess=ro.ess() if isinstance(search, Particles) else None,
+    )
+
+
+def amplifier_windows(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    amp: Amplifier,
+    seed: int,
+    tree_tokens: int = DEFAULT_TREE_TOKENS,
+) -> Amplified:
+    """The learned amplifier r at every position of a batch: r(x) and the dense r."""
+    length = windows.shape[1] - 1
+    x = windows[:, 1:]
+    positions = torch.arange(length)[None].expand(windows.shape[0], -1)
+    feats, ro = features(
+        model, windows[:, :length], positions, amp.spec, seed, full=True, tree_tokens=tree_tokens
+    )
+    assert ro.full_logp is not None
+    with torch.no_grad():
+        delta = amp(feats)
+    logp_x = ro.full_logp.gather(-1, x[..., None])[..., 0]
+    if not bool(delta.any()):
+        # r is p (a fresh amplifier, or one reset to p): there is no direction toward it,
+        # and r - p computed in floating point would be rounding noise to project against.
+        return Amplified(
+            logp_x=logp_x,
+            q_x=logp_x.exp(),
+            first=feats.cand,
+            weight=torch.zeros(feats.cand.shape, dtype=torch.float64),
+            ess=ro.ess(),
+        )
+    log_r = dense_log_r(feats, delta, ro.full_logp)
+    return Amplified(
+        logp_x=logp_x,
+        q_x=log_r.gather(-1, x[..., None])[..., 0].exp(),
+        first=feats.cand,
+        weight=torch.zeros(feats.cand.shape, dtype=torch.float64),
+        dense=log_r.exp(),
+        ess=ro.ess(),
+    )
+
+
+def zero_update_step(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    amp: Amplified,
+) -> dict[str, Any]:
+    """One AdamW step on the mean NLL with no first-order movement toward q (v4, v5).
+
+    The direction that raises p toward the lookahead's q is g_q = ∇θ mean_t Σ_v q_t(v)
+    log p_θ(v | x<t) (minus ∇ of the cross-entropy of p_θ against q; q - p gives the same
+    direction because Σ_v p ∇log p = 0). The optimiser's step Δ is made as usual, then its
+    component along g_q is removed: Δ' = Δ - (⟨Δ, g_q⟩ / ‖g_q‖²) g_q, so ⟨Δ', g_q⟩ = 0 (to
+    rounding): to first order the update moves p neither toward nor away from q. The
+    numbers returned record ⟨-∇NLL, g_q⟩ (what a plain gradient step would do), ⟨Δ, g_q⟩
+    before and ⟨Δ', g_q⟩ after the projection, and the share of ‖Δ‖ removed.
+    """
+    logp = logits.log_softmax(-1)
+    nll = -logp.gather(-1, targets[..., None]).squeeze(-1)
+    loss = nll.mean()
+    if amp.dense is not None:
+        toward_term = (amp.dense.to(logp.dtype) * logp).sum(-1).mean()
+    else:
+        picked = logp.gather(-1, amp.first)
+        toward_term = (amp.weight.to(logp.dtype) * picked).sum(-1).mean()
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_q = torch.autograd.grad(toward_term, params, retain_graph=True, allow_unused=True)
+    g_q = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, g_q, strict=True))
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+
+    def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+        return math.fsum(float((x.double() * y.double()).sum()) for x, y in zip(a, b, strict=True))
+
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    gq_sq, g_sq = dot(g_q, g_q), dot(grads, grads)
+    grad_dot = -dot(grads, g_q)
+    before = [p.detach().clone() for p in params]
+    optimiser.step()
+    with torch.no_grad():
+        delta = [p - b for p, b in zip(params, before, strict=True)]
+        d_dot, d_sq = dot(delta, g_q), dot(delta, delta)
+        coef = d_dot / gq_sq if gq_sq > 0 else 0.0
+        if coef:
+            for p, g in zip(params, g_q, strict=True):
+                p.sub_(g, alpha=coef)
+        after = [p - b for p, b in zip(params, before, strict=True)]
+        a_dot = dot(after, g_q)
+    norm_q = math.sqrt(gq_sq)
+    return {
+        "loss": float(loss.detach()),
+        "nll": float(loss.detach()),
+        "toward": float(amp.toward.double().mean()),
+        "affected": 1.0 if gq_sq > 0 else 0.0,
+        "grad_dot": grad_dot,
+        "grad_cos": grad_dot / (math.sqrt(g_sq) * norm_q) if g_sq > 0 and gq_sq > 0 else None,
+        "update_dot_before": d_dot,
+        "update_dot_after": a_dot,
+        "update_cos_before": d_dot / (math.sqrt(d_sq) * norm_q) if d_sq > 0 and gq_sq > 0 else None,
+        "removed_share": abs(coef) * norm_q / math.sqrt(d_sq) if d_sq > 0 else 0.0,
+        "ess": None if amp.ess is None else float(amp.ess.mean()),
+    }
 
 
 def balance_weights(toward: torch.Tensor, magnitude: torch.Tensor, cap: float) -> torch.Tensor:
@@ -427,6 +694,7 @@ class StuntResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     model: Any = None  # the fine-tuned torch module (a copy; the loaded model is untouched)
+    amplifier: Amplifier | None = None  # the adversarial variant's last fit
 
     @property
     def status(self) -> str:
@@ -441,19 +709,42 @@ class StuntResult:
         return [r for r in self.rows if r["kind"] == "eval"]
 
 
-def evaluate_dev(lm: LoadedModel, dev: Sequence[Document], config: StuntConfig) -> dict[str, Any]:
-    """One dev evaluation with `run_amplify` on the current weights: LL, gains, slope.
+def evaluate_dev(
+    lm: LoadedModel,
+    dev: Sequence[Document],
+    config: StuntConfig,
+    amplifier: Amplifier | None = None,
+) -> dict[str, Any]:
+    """One dev evaluation on the current weights: LL, and the gain of every lookahead form.
 
-    Also keeps, per dev position, log p, log a(0.01), log a(0.1) and q/p at the real token, so
-    that changes between evaluations (always the same positions) get paired standard errors.
+    Beam: `run_amplify` as `evolve amplify` computes it (dev LL, gain at λ = 0.01 and 0.1,
+    slope at 0). Particle: `run_amplify` with the particle lookahead on the same positions,
+    with the same particles at every evaluation (seed `DEV_NOISE_SEED`). Amplifier (when
+    given): the mean log r(x) - log p(x) of the learned amplifier. `monitor_*` repeats the
+    numbers of the form the variant does not stunt against (`MONITOR`).
+
+    Also keeps, per dev position, log p, log a(0.01), log a(0.1) and q/p at the real token and
+    the other forms' per-position gains, so that changes between evaluations (always the same
+    positions) get paired standard errors.
     """
-    result = run_amplify(lm, dev, config.amplify_config())
-    if result.interrupted:
+    beam = run_amplify(lm, dev, config.amplify_config("beam"))
+    if beam.interrupted:
         raise KeyboardInterrupt  # a partial evaluation is not comparable with the others
-    s = result.summary
+    particle = run_amplify(lm, dev, config.amplify_config("particle"))
+    if particle.interrupted:
+        raise KeyboardInterrupt
+    s, ps = beam.summary, particle.summary
     by_lam = {row["lambda"]: row for row in s["arith"]["by_lambda"]}
+    p_lam = {row["lambda"]: row for row in ps["arith"]["by_lambda"]}
     at = {lam: EVAL_LAMBDAS.index(lam) for lam in (0.01, 0.1)}
-    return {
+
+    def gains(rows: list[dict[str, Any]], lam: float) -> list[float | None]:
+        return [
+            None if r["log_arith"][at[lam]] is None else r["log_arith"][at[lam]] - r["logp"]
+            for r in rows
+        ]
+
+    out: dict[str, Any] = {
         "positions": s["positions"],
         "dev_ll": s["naive_mean_ll"],
         "gain_0.01": by_lam[0.01]["gain"],
@@ -464,23 +755,115 @@ def evaluate_dev(lm: LoadedModel, dev: Sequence[Document], config: StuntConfig) 
         "slope_se": s["arith"]["slope_se"],
         "beam_coverage": s["beam_coverage"],
         "helped": by_lam[0.1]["helped"],
+        "particle_gain_0.01": p_lam[0.01]["gain"],
+        "particle_gain_0.01_se": p_lam[0.01]["gain_se"],
+        "particle_gain_0.1": p_lam[0.1]["gain"],
+        "particle_gain_0.1_se": p_lam[0.1]["gain_se"],
+        "particle_slope_at_0": ps["arith"]["slope_at_0"],
+        "particle_coverage": ps["beam_coverage"],
+        "amplifier_gain": None,
+        "amplifier_gain_se": None,
         "per_position": {
-            "logp": [r["logp"] for r in result.rows],
-            "log_a_0.01": [r["log_arith"][at[0.01]] for r in result.rows],
-            "log_a_0.1": [r["log_arith"][at[0.1]] for r in result.rows],
+            "logp": [r["logp"] for r in beam.rows],
+            "log_a_0.01": [r["log_arith"][at[0.01]] for r in beam.rows],
+            "log_a_0.1": [r["log_arith"][at[0.1]] for r in beam.rows],
             "q_over_p": [
-                0.0 if r["logq"] is None else math.exp(r["logq"] - r["logp"]) for r in result.rows
+                0.0 if r["logq"] is None else math.exp(r["logq"] - r["logp"]) for r in beam.rows
+            ],
+            "particle_gain_0.01": gains(particle.rows, 0.01),
+            "particle_gain_0.1": gains(particle.rows, 0.1),
+            "particle_q_over_p": [
+                0.0 if r["logq"] is None else math.exp(r["logq"] - r["logp"]) for r in particle.rows
             ],
         },
     }
+    if amplifier is not None:
+        per = amplifier_dev_gains(lm, dev, config, amplifier)
+        out["amplifier_gain"] = math.fsum(per) / len(per)
+        out["amplifier_gain_se"] = _se_of(per)
+        out["per_position"]["amplifier_gain"] = per
+    return with_monitor(out, config.variant)
+
+
+def with_monitor(found: dict[str, Any], variant: str) -> dict[str, Any]:
+    """A dev evaluation with its `monitor_*` numbers set for `variant`: those of the
+    lookahead form the variant is not stunted against (`MONITOR`)."""
+    form = MONITOR[variant]
+    out = dict(found, monitor=form)
+    for lam in ("0.01", "0.1"):
+        key = f"gain_{lam}" if form == "beam" else f"particle_gain_{lam}"
+        out[f"monitor_gain_{lam}"] = out[key]
+        out[f"monitor_gain_{lam}_se"] = out[f"{key}_se"]
+    return out
+
+
+def amplifier_dev_gains(
+    lm: LoadedModel, dev: Sequence[Document], config: StuntConfig, amp: Amplifier
+) -> list[float]:
+    """log r(x) - log p(x) of the learned amplifier at the dev positions `run_amplify` scores
+    (same plan), many documents per forward, each document's particles from a stream fixed
+    by its number."""
+    contexts, positions = plan_positions(lm, dev, config.amplify_config())
+    spec = amp.spec
+
+    def doc_noise(d: int) -> torch.Tensor:
+        seed = derived_seed(DEV_NOISE_SEED, d, NOISE_DEV_AMPLIFIER)
+        return particle_noise(1, len(positions[d]), spec.depth, spec.particles, seed)
+
+    out: list[float] = []
+    for block in pack_documents(contexts, positions, DEV_BLOCK):
+        x = torch.zeros(block.positions.shape, dtype=torch.long)
+        for r, d in enumerate(block.docs):
+            ctx = contexts[d]
+            x[r] = torch.tensor([ctx[t + 1] for t in block.positions[r].tolist()])
+        feats, ro = features(
+            lm.model,
+            block.ids,
+            block.positions,
+            spec,
+            0,
+            want=x[..., None],
+            tree_tokens=config.tree_tokens,
+            noise=block_noise(block, doc_noise, spec.depth, spec.particles),
+        )
+        assert ro.want_logp is not None
+        logp_x = ro.want_logp[..., 0]
+        with torch.no_grad():
+            gain = log_r_at(feats, amp(feats), x, logp_x) - logp_x
+        for r, (lo, hi) in enumerate(block.spans):
+            out.extend(gain[r, : hi - lo].tolist())
+    return out
+
+
+def _se_of(values: Sequence[float]) -> float | None:
+    n = len(values)
+    if n < 2:
+        return None
+    mean = math.fsum(values) / n
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+CHANGE_KEYS = (
+    "dev_ll",
+    "gain_0.01",
+    "gain_0.1",
+    "slope_at_0",
+    "particle_gain_0.01",
+    "particle_gain_0.1",
+    "particle_slope_at_0",
+    "amplifier_gain",
+    "monitor_gain_0.01",
+    "monitor_gain_0.1",
+)
 
 
 def paired_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
-    """Change of dev LL, gains and slope between two evaluations, with paired standard errors.
+    """Change of dev LL, gains and slopes between two evaluations, with paired standard errors.
 
     Both evaluations score the same dev positions, so the per-position differences give the
     standard error of the change (much smaller than that of either mean when positions vary
-    more than the change does). None where undefined (one position, or a gain of -inf).
+    more than the change does). None where undefined (one position, a gain of -inf, or a
+    form one of the evaluations lacks, such as an amplifier before its first fit).
     """
     a, b = first["per_position"], last["per_position"]
 
@@ -489,6 +872,18 @@ def paired_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]
             return [y - x for x, y in zip(a["logp"], b["logp"], strict=True)]
         if key == "slope_at_0":
             return [y - x for x, y in zip(a["q_over_p"], b["q_over_p"], strict=True)]
+        if key.startswith("monitor_"):
+            form = last.get("monitor")
+            if form is None or form != first.get("monitor"):
+                return None
+            key = key.removeprefix("monitor_") if form == "beam" else f"particle_{key[8:]}"
+            return per_position(key)
+        if key.startswith(("particle_", "amplifier_")):
+            name = "particle_q_over_p" if key == "particle_slope_at_0" else key
+            xs, ys = a.get(name), b.get(name)
+            if xs is None or ys is None or None in xs or None in ys:
+                return None
+            return [y - x for x, y in zip(xs, ys, strict=True)]
         lam = key.removeprefix("gain_")
         diffs = []
         for pa, aa, pb, ab in zip(
@@ -500,19 +895,44 @@ def paired_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]
         return diffs
 
     out: dict[str, Any] = {}
-    for key in ("dev_ll", "gain_0.01", "gain_0.1", "slope_at_0"):
+    for key in CHANGE_KEYS:
         d = per_position(key)
-        mean: float | None = None
-        se: float | None = None
-        if d:
-            n = len(d)
-            mean = math.fsum(d) / n
-            if n > 1:
-                var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
-                se = math.sqrt(var / n)
-        out[f"{key}_change"] = mean
-        out[f"{key}_change_se"] = se
+        out[f"{key}_change"] = math.fsum(d) / len(d) if d else None
+        out[f"{key}_change_se"] = _se_of(d) if d else None
     return out
+
+
+@dataclass
+class Snapshot:
+    """What a checkpoint saves after a step: live objects, read while the run waits."""
+
+    step: int
+    n_rows: int  # rows recorded up to and including this step (and its evaluation)
+    model: torch.nn.Module
+    optimiser: torch.optim.Optimizer
+    amplifier: Amplifier | None
+    cost: dict[str, float]
+
+
+@dataclass
+class Resume:
+    """A run to continue: the rows it recorded up to `step` and its state after that step."""
+
+    step: int
+    rows: list[dict[str, Any]]
+    model_state: dict[str, torch.Tensor]  # named parameters
+    optimiser_state: dict[str, Any]  # torch.optim state_dict
+    amplifier_state: dict[str, torch.Tensor] | None
+    cost: dict[str, float]
+
+
+@dataclass
+class Hooks:
+    """Where a run reports as it goes (a study stores rows and checkpoints with these)."""
+
+    on_row: Callable[[dict[str, Any]], None] | None = None  # each row once it is final
+    on_checkpoint: Callable[[Snapshot], None] | None = None
+    checkpoint_every: int = 1  # steps; also after every evaluation and the last step
 
 
 def run_stunt(
@@ -521,13 +941,25 @@ def run_stunt(
     dev: Sequence[Document],
     config: StuntConfig,
     progress: Progress | None = None,
+    *,
+    windows: torch.Tensor | None = None,
+    hooks: Hooks | None = None,
+    resume: Resume | None = None,
+    first_eval: dict[str, Any] | None = None,
 ) -> StuntResult:
     """Fine-tune a copy of `lm`'s model with the configured variant, monitoring on `dev`.
+
+    `windows` (from `training_windows`) replaces tokenising `train`; `first_eval` is the
+    step-0 evaluation when it is already known (a study computes it once for all runs: it
+    depends only on the loaded model and the dev text). `resume` continues a run from the
+    state a checkpoint saved: the run then goes on exactly as if it had not stopped (window
+    order, particles and amplifier refits are functions of the seed and the step).
 
     Bad input (too short a text, a window longer than the model takes) raises UserError
     before any update. Ctrl-C stops and returns the rows so far with `interrupted=True`.
     """
     config.validate()
+    hooks = hooks or Hooks()
     if lm.kind != "causal":
         raise UserError(f"{lm.name!r} is not a causal LM")
     if config.seq_len + 1 + config.depth > lm.max_length:
@@ -539,64 +971,108 @@ def run_stunt(
     vocab = int(hf.get_output_embeddings().weight.shape[0])
     if config.beams > vocab:
         raise UserError(f"beams ({config.beams}) exceed the vocabulary size ({vocab})")
-    windows = training_windows(lm, train, config.seq_len)
+    if windows is None:
+        windows = training_windows(lm, train, config.seq_len)
     n_steps = resolve_steps(config, len(windows))
     torch.manual_seed(config.seed)
     model = copy.deepcopy(lm.model)  # load_model caches: never train the shared copy
     model.eval()  # no dropout: the p being trained is the p the lookahead sees
     view = dataclasses.replace(lm, model=model)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    amplifier: Amplifier | None = None
+    if config.variant == "adversarial":
+        amplifier = new_amplifier(
+            config.amplifier_spec(lm), derived_seed(config.seed, 0, NOISE_FIT_INIT)
+        )
 
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
-    timing = {"lookahead": 0.0, "update": 0.0, "eval": 0.0}
+    timing = {"lookahead": 0.0, "update": 0.0, "eval": 0.0, "amplifier": 0.0, "checkpoint": 0.0}
+    start = 0
+    if resume is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(resume.model_state[name])
+        optimiser.load_state_dict(resume.optimiser_state)
+        if amplifier is not None and resume.amplifier_state is not None:
+            amplifier.load_state_dict(resume.amplifier_state)
+        rows = list(resume.rows)
+        start = resume.step
+        timing.update({k: v for k, v in resume.cost.items() if k in timing})
     latest: dict[str, Any] = {}
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if hooks.on_row is not None:
+            hooks.on_row(row)
 
     def evaluate(step: int) -> None:
         t0 = time.perf_counter()
-        found = evaluate_dev(view, dev, config)
+        found = evaluate_dev(view, dev, config, amplifier if step > 0 else None)
         timing["eval"] += time.perf_counter() - t0
-        if step == 0 and found["positions"] < config.dev_positions:
-            raise UserError(
-                f"the dev text gives {found['positions']} positions, fewer than one evaluation "
-                f"window (dev-positions {config.dev_positions} at stride {config.dev_stride})"
-            )
-        rows.append({"kind": "eval", "step": step, **found})
+        check_dev_size(found, config)
+        record({"kind": "eval", "step": step, **found})
         latest.update(dev_ll=found["dev_ll"], gain=found["gain_0.1"])
 
-    evaluate(0)  # before any update; also checks the dev text is long enough
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    def checkpoint(step: int) -> None:
+        if hooks.on_checkpoint is not None:
+            t0 = time.perf_counter()
+            hooks.on_checkpoint(Snapshot(step, len(rows), model, optimiser, amplifier, timing))
+            timing["checkpoint"] += time.perf_counter() - t0
+
+    if start == 0:
+        if first_eval is not None:
+            check_dev_size(first_eval, config)
+            record({"kind": "eval", "step": 0, **first_eval})
+        else:
+            evaluate(0)  # before any update; also checks the dev text is long enough
     order = window_order(len(windows), config.seed)
+    for _ in range(start * config.rows_per_step):
+        next(order)  # the windows the finished steps took
     interrupted = False
     try:
-        for step in range(1, n_steps + 1):
+        for step in range(start + 1, n_steps + 1):
             picked = [next(order) for _ in range(config.rows_per_step)]
             batch = windows[picked]
+            if amplifier is not None and (step - 1) % config.retrain_every == 0:
+                t0 = time.perf_counter()
+                fit = refit_amplifier(model, windows, amplifier, config, step)
+                timing["amplifier"] += time.perf_counter() - t0
+                record({"kind": "amplifier", "step": step, **fit})
             t0 = time.perf_counter()
-            amp = amplify_windows(view, batch, config.beams, config.depth)
+            amp = step_lookahead(model, batch, config, step, amplifier)
             t1 = time.perf_counter()
             logits = model(input_ids=batch[:, :-1].to(config.device)).logits.float().cpu()
-            loss, numbers = stunt_loss(
-                logits, batch[:, 1:], amp, config.variant, config.alpha, config.balance_cap
-            )
-            optimiser.zero_grad(set_to_none=True)
-            if loss is not None:
-                loss.backward()
-                optimiser.step()
+            if config.variant in ZERO_UPDATE_VARIANTS:
+                numbers = zero_update_step(model, optimiser, logits, batch[:, 1:], amp)
+                loss_value: float | None = numbers.pop("loss")
+            else:
+                loss, numbers = stunt_loss(
+                    logits, batch[:, 1:], amp, config.variant, config.alpha, config.balance_cap
+                )
+                optimiser.zero_grad(set_to_none=True)
+                if loss is not None:
+                    loss.backward()
+                    optimiser.step()
+                loss_value = None if loss is None else float(loss.detach())
             timing["lookahead"] += t1 - t0
             timing["update"] += time.perf_counter() - t1
-            rows.append(
+            record(
                 {
                     "kind": "step",
                     "step": step,
                     "windows": picked,
-                    "loss": None if loss is None else float(loss.detach()),
-                    "updated": loss is not None,
+                    "loss": loss_value,
+                    "updated": loss_value is not None,
                     **numbers,
                 }
             )
             latest.update(nll=numbers["nll"], affected=numbers["affected"])
-            if step % config.eval_every == 0 or step == n_steps:
+            evaluated = step % config.eval_every == 0 or step == n_steps
+            if evaluated:
                 evaluate(step)
+            if evaluated or step % hooks.checkpoint_every == 0:
+                checkpoint(step)
             if progress is not None:
                 progress(step, n_steps, dict(latest))
     except KeyboardInterrupt:
@@ -604,8 +1080,79 @@ def run_stunt(
     seconds = time.perf_counter() - began
     summary = summarise(rows, config, n_steps, len(windows))
     summary["model"] = lm.name
-    summary["cost"] = {"seconds": seconds, **{f"{k}_seconds": v for k, v in timing.items()}}
-    return StuntResult(config, summary, rows, interrupted, model)
+    summary["cost"] = {
+        "seconds": seconds,
+        **{f"{k}_seconds": v for k, v in timing.items()},
+        "steps_this_session": sum(1 for r in rows if r["kind"] == "step") - start,
+    }
+    return StuntResult(config, summary, rows, interrupted, model, amplifier)
+
+
+def check_dev_size(found: dict[str, Any], config: StuntConfig) -> None:
+    if found["positions"] < config.dev_positions:
+        raise UserError(
+            f"the dev text gives {found['positions']} positions, fewer than one evaluation "
+            f"window (dev-positions {config.dev_positions} at stride {config.dev_stride})"
+        )
+
+
+def step_lookahead(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    config: StuntConfig,
+    step: int,
+    amplifier: Amplifier | None,
+) -> Amplified:
+    """What the variant stunts against at every position of the step's batch."""
+    seed = derived_seed(config.seed, step, NOISE_TRAIN)
+    if config.variant == "adversarial":
+        assert amplifier is not None
+        return amplifier_windows(model, batch, amplifier, seed, config.tree_tokens)
+    if config.variant == "particle":
+        rows, width = batch.shape
+        search: Search = Particles(config.particles, config.beta)
+        noise = particle_noise(rows, width - 1, config.depth, config.particles, seed)
+        return lookahead_windows(
+            model, batch, search, config.depth, noise=noise, tree_tokens=config.tree_tokens
+        )
+    return lookahead_windows(
+        model, batch, Beam(config.beams), config.depth, tree_tokens=config.tree_tokens
+    )
+
+
+def refit_amplifier(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    amplifier: Amplifier,
+    config: StuntConfig,
+    step: int,
+) -> dict[str, Any]:
+    """Fit the amplifier (warm start) on `amplifier_windows` training windows drawn for this
+    step, with the current model's features. Its numbers go into an "amplifier" row."""
+    gen = torch.Generator().manual_seed(derived_seed(config.seed, step, NOISE_FIT))
+    n = min(config.amplifier_windows, len(windows))
+    chosen = windows[torch.randperm(len(windows), generator=gen)[:n]]
+    length = chosen.shape[1] - 1
+    x = chosen[:, 1:]
+    positions = torch.arange(length)[None].expand(n, -1)
+    feats, ro = features(
+        model,
+        chosen[:, :length],
+        positions,
+        amplifier.spec,
+        derived_seed(config.seed, step, NOISE_FIT, 1),
+        want=x[..., None],
+        tree_tokens=config.tree_tokens,
+    )
+    assert ro.want_logp is not None
+    return fit_amplifier(
+        amplifier,
+        feats,
+        x,
+        ro.want_logp[..., 0],
+        config.amplifier_steps,
+        derived_seed(config.seed, step, NOISE_FIT, 2),
+    )
 
 
 def summarise(
@@ -622,9 +1169,21 @@ def summarise(
     first, last = (evals[0], evals[-1]) if evals else ({}, {})
     changes = paired_change(first, last) if len(evals) > 1 else {}
     tail = steps[-max(1, len(steps) // 4) :] if steps else []
+    ends = (
+        "dev_ll",
+        "gain_0.01",
+        "gain_0.1",
+        "slope_at_0",
+        "particle_gain_0.1",
+        "amplifier_gain",
+        "monitor_gain_0.1",
+    )
+    fits = [r for r in rows if r["kind"] == "amplifier"]
     return {
         "variant": config.variant,
         "alpha": config.alpha,
+        "stunted_against": STUNTED_AGAINST[config.variant],
+        "monitor": MONITOR[config.variant],
         "steps_planned": n_steps,
         "steps_done": len(steps),
         "updates": sum(1 for r in steps if r["updated"]),
@@ -635,9 +1194,17 @@ def summarise(
         "train_nll_mean": mean("nll"),
         "toward_share": mean("toward"),
         "affected_share": mean("affected"),
+        "update_cos_before_mean": mean("update_cos_before"),
+        "removed_share_mean": mean("removed_share"),
+        "max_abs_update_dot_after": max(
+            (abs(r["update_dot_after"]) for r in steps if r.get("update_dot_after") is not None),
+            default=None,
+        ),
+        "amplifier_fits": len(fits),
+        "amplifier_heldout_gain_last": fits[-1].get("heldout_gain") if fits else None,
         "evaluations": len(evals),
-        **{f"{k}_start": first.get(k) for k in ("dev_ll", "gain_0.01", "gain_0.1", "slope_at_0")},
-        **{f"{k}_end": last.get(k) for k in ("dev_ll", "gain_0.01", "gain_0.1", "slope_at_0")},
+        **{f"{k}_start": first.get(k) for k in ends},
+        **{f"{k}_end": last.get(k) for k in ends},
         "end_step": last.get("step"),
         **changes,
     }
@@ -674,6 +1241,19 @@ DEV_COLUMNS = (
     ("slope_at_0_change", "Δ slope"),
     ("slope_at_0_change_se", "± se"),
 )
+LOOKAHEAD_COLUMNS = (
+    ("id", "id"),
+    ("variant", "variant"),
+    ("stunted_against", "stunted against"),
+    ("monitor", "monitor"),
+    ("monitor_gain_0.1_start", "monitor .1 start"),
+    ("monitor_gain_0.1_change", "Δ monitor .1"),
+    ("monitor_gain_0.1_change_se", "± se"),
+    ("particle_gain_0.1_change", "Δ particle .1"),
+    ("particle_gain_0.1_change_se", "± se"),
+    ("amplifier_gain_end", "amplifier gain end"),
+    ("removed_share_mean", "update removed"),
+)
 
 
 def compare_rows(experiments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -683,27 +1263,35 @@ def compare_rows(experiments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if exp.get("kind") != KIND:
             raise UserError(f"experiment {exp.get('id')} is a {exp.get('kind')!r}, not a stunt run")
         s = exp["summary"]
-        row = {key: s.get(key) for key, _ in (*TRAIN_COLUMNS, *DEV_COLUMNS)}
+        row = {key: s.get(key) for key, _ in (*TRAIN_COLUMNS, *DEV_COLUMNS, *LOOKAHEAD_COLUMNS)}
         row["id"] = exp["id"]
         row["status"] = exp["status"]
         if s.get("variant") != "penalty":
             row["alpha"] = None  # alpha only acts in the penalty variant
+        if s.get("variant") == "none":
+            row["stunted_against"] = "nothing"
         out.append(row)
     return out
 
 
 def compare_figure(experiments: Sequence[dict[str, Any]]) -> Figure:
-    """Dev log-likelihood, lookahead gain (λ = 0.1 and 0.01) and slope at 0 over steps."""
+    """Over training steps: dev log-likelihood; the gain of each lookahead form (beam at
+    λ = 0.1 and 0.01, particle at 0.1, the learned amplifier); the slope at 0; and the dev
+    monitor, each run's gain at λ = 0.1 for the form it is not stunted against."""
     if not experiments:
         raise UserError("no stunt experiments to compare")
-    fig = Figure(figsize=(11, 7.5), dpi=120, layout="constrained")
+    fig = Figure(figsize=(18, 8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
+    axes = fig.subplots(2, 4)
     panels = [
         (axes[0][0], "dev_ll", "dev mean log-likelihood of p (nats/token)"),
-        (axes[0][1], "gain_0.1", "amplify gain at λ = 0.1 (nats/token)"),
-        (axes[1][0], "gain_0.01", "amplify gain at λ = 0.01 (nats/token)"),
-        (axes[1][1], "slope_at_0", "slope d(mean log a(λ))/dλ at λ = 0"),
+        (axes[0][1], "gain_0.1", "beam gain at λ = 0.1 (nats/token)"),
+        (axes[0][2], "particle_gain_0.1", "particle gain at λ = 0.1 (nats/token)"),
+        (axes[0][3], "monitor_gain_0.1", "monitor: gain at λ = 0.1 of the form not stunted"),
+        (axes[1][0], "gain_0.01", "beam gain at λ = 0.01 (nats/token)"),
+        (axes[1][1], "slope_at_0", "beam slope d(mean log a(λ))/dλ at λ = 0"),
+        (axes[1][2], "amplifier_gain", "learned amplifier gain log r - log p"),
+        (axes[1][3], "particle_gain_0.01", "particle gain at λ = 0.01 (nats/token)"),
     ]
     for exp in experiments:
         evals = [r for r in exp["rows"] if r.get("kind") == "eval"]
@@ -711,6 +1299,8 @@ def compare_figure(experiments: Sequence[dict[str, Any]]) -> Figure:
         label = f"{exp['id']}: {s.get('variant')}"
         if s.get("variant") == "penalty":
             label += f" α={s.get('alpha'):g}"
+        if s.get("monitor"):
+            label += f" (monitor: {s['monitor']})"
         for ax, key, _ in panels:
             pts = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
@@ -719,7 +1309,7 @@ def compare_figure(experiments: Sequence[dict[str, Any]]) -> Figure:
         ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in (axes[0][1], axes[1][0], axes[1][1]):
+    for ax, _, _ in panels[1:]:
         ax.axhline(0.0, color="grey", linewidth=0.8)
     models = sorted({str(e["summary"].get("model")) for e in experiments})
     fig.suptitle(f"stunting: {', '.join(models)}")

@@ -98,6 +98,56 @@ class ExperimentsMixin(StoreCore):
                 )
         return experiment_id
 
+    def append_experiment_rows(self, experiment_id: int, rows: list[dict[str, Any]]) -> int:
+        """Add rows after the experiment's last one (a long experiment writes as it goes, so
+        that a kill keeps what it finished); the number of rows it now has."""
+        with self._transaction():
+            self._require_experiment(experiment_id)
+            (n,) = self.db.conn.execute(
+                "SELECT COUNT(*) FROM experiment_rows WHERE experiment_id = ?", (experiment_id,)
+            ).fetchone()
+            if rows:
+                self.db.table("experiment_rows").insert_all(
+                    {"experiment_id": experiment_id, "idx": n + i, "data": dumps(row)}
+                    for i, row in enumerate(rows)
+                )
+        return int(n) + len(rows)
+
+    def truncate_experiment_rows(self, experiment_id: int, keep: int) -> int:
+        """Delete the rows after the first `keep` (a resumed experiment redoes them from its
+        last checkpoint); how many were deleted."""
+        with self._transaction():
+            self._require_experiment(experiment_id)
+            cursor = self.db.conn.execute(
+                "DELETE FROM experiment_rows WHERE experiment_id = ? AND idx >= ?",
+                (experiment_id, keep),
+            )
+        return int(cursor.rowcount)
+
+    def update_experiment(
+        self,
+        experiment_id: int,
+        *,
+        status: str | None = None,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        """Set the status and/or the summary of a stored experiment."""
+        values: dict[str, Any] = {}
+        if status is not None:
+            values["status"] = status
+        if summary is not None:
+            values["summary"] = dumps(summary)
+        if not values:
+            return
+        with self._transaction():
+            self._require_experiment(experiment_id)
+            self.db.table("experiments").update(experiment_id, values)
+
+    def _require_experiment(self, experiment_id: int) -> None:
+        found = self.db.conn.execute("SELECT 1 FROM experiments WHERE id = ?", (experiment_id,))
+        if not found.fetchone():
+            raise StoreError(f"no experiment {experiment_id} in {self._where}")
+
     def experiment(self, experiment_id: int) -> dict[str, Any]:
         """One experiment with config, summary and rows decoded; StoreError if unknown."""
         row = self._one("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
