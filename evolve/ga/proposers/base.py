@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, overload, runtime_checkable
 
+from scoring.errors import UserError
+
 Order = Literal["l2r", "parallel"]
 ORDERS: tuple[Order, ...] = ("l2r", "parallel")
 
@@ -100,6 +102,23 @@ class FillRequest:
         """(lo, the guarded tokens of ``row``) with ``unknown`` ids (the mask) as None."""
         lo, hi = self.region if self.region is not None else (0, len(row))
         return lo, [None if t == unknown else int(t) for t in row[lo:hi]]
+
+
+def check_requests(
+    requests: Sequence[FillRequest], model: str, limit: int, *, left_context: bool = False
+) -> None:
+    """Refuse what no proposer can fill: a request that is no `FillRequest`, one longer than
+    the model's window (`limit` tokens of `model`), and with ``left_context`` (a causal LM,
+    which fills from the left only) one that fills its first position."""
+    for i, r in enumerate(requests):
+        if not isinstance(r, FillRequest):
+            raise TypeError(f"request {i} is a {type(r).__name__}, not a FillRequest")
+        if len(r.input_ids) > limit:
+            raise UserError(
+                f"fill request {i} is {len(r.input_ids)} tokens long; {model} takes at most {limit}"
+            )
+        if left_context and r.positions and r.positions[0] == 0:
+            raise UserError(f"fill request {i}: a causal LM needs left context to fill from")
 
 
 Filled = list[list[int]]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from evolve.ga.proposers.base import FillOverloads, FillRequest
+from evolve.ga.proposers.base import FillOverloads, FillRequest, check_requests
 from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.causal import (
     cache_layers,
@@ -166,7 +166,7 @@ class CausalProposer(FillOverloads):
         """
         if return_logq:
             raise UserError(NO_LOGQ)
-        self._check(requests)
+        check_requests(requests, self.lm.name, self.lm.max_length, left_context=True)
         self.stats.calls += 1
         rows = [list(r.input_ids) for r in requests]
         spans = [spans_of(r.positions) for r in requests]
@@ -238,21 +238,6 @@ class CausalProposer(FillOverloads):
             index = at + len(tokens)
             out.append(self.policy.bans_for(here, index) if index < len(here) else set())
         return out
-
-    def _check(self, requests: Sequence[FillRequest]) -> None:
-        limit = self.lm.max_length
-        for i, r in enumerate(requests):
-            if not isinstance(r, FillRequest):
-                raise TypeError(f"request {i} is a {type(r).__name__}, not a FillRequest")
-            if len(r.input_ids) > limit:
-                raise UserError(
-                    f"fill request {i} is {len(r.input_ids)} tokens long; "
-                    f"{self.lm.name} takes at most {limit}"
-                )
-            if r.positions and r.positions[0] == 0:
-                raise UserError(f"fill request {i}: a causal LM needs left context to fill from")
-
-    # -- one batch per fill step ---------------------------------------------------------
 
     def _chunks(self, gaps: Sequence[_Gap]) -> list[list[int]]:
         """The chosen fill of each gap: all lengths in one batch, split only where rows x

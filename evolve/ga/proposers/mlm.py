@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from evolve.ga.proposers.base import _UNUSED, ORDERS, FillOverloads, FillRequest, Order
+from evolve.ga.proposers.base import (
+    _UNUSED,
+    ORDERS,
+    FillOverloads,
+    FillRequest,
+    Order,
+    check_requests,
+)
 from evolve.ga.proposers.sampling import SamplingPolicy, seeded_generators
 from scoring.errors import UserError
 from scoring.heads import logits_at, pad_id, split_model
@@ -110,7 +117,7 @@ class MLMProposer(FillOverloads):
         proposal log-probability of each (sum of the sampled tokens' log-probabilities under
         the distribution sampled from; 0.0 for greedy and for a request with no positions).
         """
-        self._check(requests)
+        check_requests(requests, self.lm.name, self.lm.max_length)
         rows = [self._masked(r) for r in requests]
         logq = [0.0] * len(requests)
         gens = seeded_generators([r.seed for r in requests], self.lm.device)
@@ -159,7 +166,7 @@ class MLMProposer(FillOverloads):
         ``parallel`` order they are scored under one shared masked input. ``-inf`` where the
         proposal could never produce the targets (top-k cut, banned, or not the greedy pick).
         """
-        self._check(requests)
+        check_requests(requests, self.lm.name, self.lm.max_length)
         if len(targets) != len(requests):
             raise ValueError(f"{len(targets)} target lists for {len(requests)} requests")
         queries: list[tuple[list[int], int]] = []
@@ -200,17 +207,6 @@ class MLMProposer(FillOverloads):
         return out
 
     # -- internals ------------------------------------------------------------------------
-
-    def _check(self, requests: Sequence[FillRequest]) -> None:
-        limit = self.lm.max_length
-        for i, r in enumerate(requests):
-            if not isinstance(r, FillRequest):
-                raise TypeError(f"request {i} is a {type(r).__name__}, not a FillRequest")
-            if len(r.input_ids) > limit:
-                raise UserError(
-                    f"fill request {i} is {len(r.input_ids)} tokens long; "
-                    f"{self.lm.name} takes at most {limit}"
-                )
 
     def _masked(self, request: FillRequest) -> list[int]:
         row = list(request.input_ids)
