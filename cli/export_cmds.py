@@ -1,7 +1,7 @@
 """`evolve export RUN`: a run's rows as JSON lines or CSV, streamed to stdout or a file.
 
 What is exported (`--what`): `individuals` (every individual of every generation, with its
-parents and model scores), `generations` (statistics per generation), `edits` (the `edits`
+parents, its island (empty in a run without islands) and model scores), `generations` (statistics per generation), `edits` (the `edits`
 view: each child with its operator, span, parents and fitness gain) or `baselines` (the
 causal LM's own decodings of the run's prompt). Rows are read from the store in chunks and
 written as they come, so a large run is never held in memory. JSON lines keep nested values
@@ -34,7 +34,7 @@ WHAT = ("individuals", "generations", "edits", "baselines")
 COLUMNS = {
     "individuals": [
         "id", "generation", "position", "text", "fitness", "op", "span_start", "span_end",
-        "parents", "n_tokens", "pareto_rank", "objectives", "detail",
+        "parents", "n_tokens", "pareto_rank", "island", "objectives", "detail",
     ],
     "generations": [
         "generation", "best", "mean", "std", "worst", "n_evaluated", "n_cache_hits", "n_unique",

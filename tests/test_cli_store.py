@@ -3,7 +3,9 @@ database filled via LogStore."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -394,3 +396,42 @@ def test_format_table_alignment_and_truncation() -> None:
     assert lines[2] == "  1  aaaaaaaaa…  -1.235  x"
     assert lines[3] == "120  two\\nlines              2"
     assert lines[4] == "  3"
+
+
+def test_export_has_each_individuals_island(tmp_path: Path) -> None:
+    """An island run's export says which island each individual lived on, in JSON lines and
+    in CSV; a run without islands leaves the column empty."""
+    path = tmp_path / "evolve.db"
+    with LogStore(path) as s:
+        islands = s.create_run(PROMPT, 1, {"population": 4}, "tiny-bert", None, "pll")
+        s.write_generation(
+            islands,
+            0,
+            [
+                {**individual(f" text {pos}", -1.0 - pos, pos=pos), "island": pos // 2}
+                for pos in range(4)
+            ],
+            stats(-1.0),
+            "rng0",
+            {},
+        )
+        plain = s.create_run(PROMPT, 2, {"population": 1}, "tiny-bert", None, "pll")
+        s.write_generation(plain, 0, [individual(" alone", -1.0)], stats(-1.0), "rng0", {})
+    db = ["--db", str(path)]
+    rows = [json.loads(x) for x in invoke("export", str(islands), *db).output.splitlines()]
+    assert [(r["position"], r["island"]) for r in rows] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+    lines = list(
+        csv.DictReader(io.StringIO(invoke("export", str(islands), "--format", "csv", *db).output))
+    )
+    assert [(r["position"], r["island"]) for r in lines] == [
+        ("0", "0"),
+        ("1", "0"),
+        ("2", "1"),
+        ("3", "1"),
+    ]
+    (alone,) = [json.loads(x) for x in invoke("export", str(plain), *db).output.splitlines()]
+    assert alone["island"] is None
+    (alone_csv,) = csv.DictReader(
+        io.StringIO(invoke("export", str(plain), "--format", "csv", *db).output)
+    )
+    assert alone_csv["island"] == ""

@@ -418,7 +418,7 @@ class RunsMixin(StoreCore):
             rows = self._rows(
                 "SELECT i.id, i.generation, i.position, t.text, i.token_ids, i.n_tokens, "
                 "i.fitness, i.op, i.span_start, i.span_end, i.detail, i.objectives, "
-                "i.pareto_rank FROM individuals i JOIN texts t ON t.id = i.text_id "
+                "i.pareto_rank, i.island FROM individuals i JOIN texts t ON t.id = i.text_id "
                 "WHERE i.run_id = ? AND (i.generation, i.position, i.id) > (?, ?, ?) "
                 "ORDER BY i.generation, i.position, i.id LIMIT ?",
                 (run_id, *after, chunk_size),
