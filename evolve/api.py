@@ -22,12 +22,12 @@ run started with (``workers=``): the result does not depend on it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evolve.experiments.baselines import BaselineConfig, generate_baselines
 from evolve.ga.config import RunConfig, WorkersConfig
 from evolve.ga.engine import Engine, Generation, Hook
 from evolve.ga.population import StartText, StartTexts
@@ -37,8 +37,9 @@ from evolve.store import LogStore
 from evolve.store.recorder import Recorder, RunLabels
 from evolve.store.scores import ScoreBook
 from scoring.base import Scorer
+from scoring.decoding import Decoding, decode, prompt_ids
 from scoring.errors import UserError
-from scoring.models import check_kind
+from scoring.models import check_kind, load_causal
 
 
 class RunInterrupted(Exception):
@@ -156,25 +157,30 @@ def _open(db: LogStore | str | Path | Any | None) -> LogStore:
 
 
 def baseline_starts(store: LogStore, run_id: int, cfg: RunConfig, engine: Engine) -> StartTexts:
-    """Generation 0 from the causal LM's own decoding of the prompt (`evolve.experiments.
-    baselines`): beam search with one beam per member, greedy, or samples; the texts are
-    stored as the run's baselines."""
+    """Generation 0 from the causal LM's own decoding of the prompt (`scoring.decoding`):
+    beam search with one beam per member, greedy, or samples (one seed each, from the run's);
+    the texts are stored as the run's baselines, which `evolve compare` measures it against."""
 
     def starts(method: str, n: int) -> Sequence[StartText]:
-        bcfg = BaselineConfig(
-            prompt=cfg.prompt,
-            run_id=run_id,
-            methods=(method,),
-            causal=cfg.causal,
-            new_tokens=cfg.init_len,
-            num_beams=n,
-            num_return_sequences=n,
-            samples=n,
-            seed=cfg.seed,
-            device=cfg.device,
-        )
-        made = generate_baselines(bcfg, store, lm=engine.models.causal)
-        return [StartText(b.text, {"baseline_id": b.id}) for b in made]
+        lm = engine.models.causal or load_causal(cfg.causal, device=cfg.device)
+        decoding = Decoding(
+            new_tokens=cfg.init_len, num_beams=n, num_return_sequences=n, samples=n, seed=cfg.seed
+        ).validate()
+        ids = prompt_ids(lm, cfg.prompt, decoding.new_tokens, cfg.causal)
+        out: list[StartText] = []
+        for seed in decoding.seeds(sampled=method == "sample"):
+            made = store.stored_or_new_baselines(
+                cfg.prompt,
+                method,
+                cfg.causal,
+                decoding.params(method),
+                seed,
+                decoding.texts_per_call(method),
+                functools.partial(decode, lm, ids, method, decoding, seed),
+                run_id=run_id,
+            )
+            out.extend(StartText(text, {"baseline_id": i}) for i, text, _ in made)
+        return out
 
     return starts
 

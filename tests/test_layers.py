@@ -1,5 +1,8 @@
 """The layers import one way: scoring <- evolve.ga <- evolve.store / evolve.experiments <- cli.
 
+The GA's side (evolve.ga and the API that runs it, evolve.api) never imports evolve.experiments:
+a run's generation 0 decodes with scoring.decoding, not with the baselines.
+
 Walks the AST of every module (imports inside functions included), so a lazy import cannot
 sneak a dependency past the rule either.
 """
@@ -61,6 +64,40 @@ def test_imports_point_down(path: Path) -> None:
     allowed = ALLOWED[layer]
     bad = [m for m in _imports(path) if not any(m == a or m.startswith(a + ".") for a in allowed)]
     assert not bad, f"{_module_name(path)} ({layer}) imports {bad}"
+
+
+# The GA's side: the GA itself and the API that runs it (generation 0 included, which decodes
+# with `scoring.decoding`). The experiments consume the GA; nothing of a run imports them.
+GA_SIDE = ("evolve.ga", "evolve.api", "evolve")
+EXPERIMENTS = "evolve.experiments"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in MODULES if _module_name(p) in GA_SIDE or _module_name(p).startswith("evolve.ga.")],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_ga_side_never_imports_the_experiments(path: Path) -> None:
+    bad = [m for m in _imports(path) if m == EXPERIMENTS or m.startswith(EXPERIMENTS + ".")]
+    assert not bad, f"{_module_name(path)} imports {bad}"
+    # nor names one for a lazy import (the facade's export table imports by name)
+    named = [
+        node.value
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"evolve\.experiments(\.\w+)*", node.value)
+    ]
+    assert not named, f"{_module_name(path)} names {named}"
+
+
+def test_the_ga_side_is_checked() -> None:
+    names = {
+        _module_name(p)
+        for p in MODULES
+        if _module_name(p) in GA_SIDE or _module_name(p).startswith("evolve.ga.")
+    }
+    assert {"evolve", "evolve.api", "evolve.ga.engine", "evolve.ga.population"} <= names
 
 
 def test_every_package_is_checked() -> None:

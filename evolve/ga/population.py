@@ -3,8 +3,8 @@ suppression, survivors that prefer distinct texts, and generation 0.
 
 Generation 0 comes from one of three places: user-given seed texts, the proposer's own fills
 of an all-placeholder continuation, or texts made elsewhere and handed in by an injected
-`StartTexts` callable (the causal LM's beam/greedy/sampled decoding of the prompt, see
-`evolve.experiments.baselines`; the GA never imports it).
+`StartTexts` callable (the causal LM's beam/greedy/sampled decoding of the prompt with
+`scoring.decoding`, wired and stored in `evolve.api`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Mersenne Twister tuple as integers, numpy's legacy MT19937 state as its 624 word
 counters, torch's CPU generator state as base64 of its byte tensor. `set_rng_state` checks
 the shape and types of every part before it touches a generator.
 
-`rng_scope` runs a block with all three generators seeded and gives the caller's states back
-afterwards, so a notebook's own random numbers are not disturbed by a run.
+`seed_everything` (defined in `scoring.rng`, where decoding seeds its samples with it) seeds
+all three. `rng_scope` runs a block with all three generators seeded and gives the caller's
+states back afterwards, so a notebook's own random numbers are not disturbed by a run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from scoring.errors import UserError
+from scoring.rng import seed_everything
 
 FORMAT = "rng-json-1"  # tag of the data-only state format written by get_rng_state
 _MT_WORDS = 624  # Mersenne Twister state size (python and numpy alike)
@@ -34,12 +36,6 @@ _MT_WORDS = 624  # Mersenne Twister state size (python and numpy alike)
 
 class RNGStateError(UserError):
     """A stored random state that is not one this version wrote (or was tampered with)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def get_rng_state() -> str:

@@ -8,6 +8,7 @@ config, a summary and ordered JSON rows. `COMPARE_SQL` rebuilds the model-score 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from evolve.store.core import StoreCore, StoreError, dumps, loads, now, put_texts, text_id
@@ -47,6 +48,37 @@ class ExperimentsMixin(StoreCore):
             )
         assert table.last_rowid is not None
         return int(table.last_rowid)
+
+    def stored_or_new_baselines(
+        self,
+        prompt: str,
+        method: str,
+        model: str,
+        params: dict[str, Any],
+        seed: int,
+        wanted: int,
+        make: Callable[[], Sequence[str]],
+        run_id: int | None = None,
+    ) -> list[tuple[int, str, bool]]:
+        """(id, text, reused) of the `wanted` baselines of exactly this run, prompt, method,
+        model, params and seed: the stored ones first; where fewer are stored, `make()` writes
+        the texts again and those past the stored ones are added. Asking again returns the
+        stored texts (the same seed gives the same text, and a duplicate would count twice in a
+        comparison); `make` must be deterministic, so that its first texts are the stored ones
+        a call that stopped part-way left behind."""
+        rows = self._rows(
+            "SELECT b.id, b.params, t.text FROM baselines b JOIN texts t ON t.id = b.text_id "
+            "WHERE b.prompt_id = ? AND b.run_id IS ? AND b.method = ? AND b.model = ? "
+            "AND b.seed = ? ORDER BY b.id",
+            [text_id(prompt), run_id, method, model, seed],
+        )
+        same = [b for b in rows if loads(b["params"], {}) == params]
+        out = [(b["id"], b["text"], True) for b in same[:wanted]]
+        if len(same) < wanted:
+            for text in make()[len(same) :]:
+                new_id = self.add_baseline(prompt, method, model, params, seed, text, run_id=run_id)
+                out.append((new_id, text, False))
+        return out
 
     def baselines(self, run_id: int | None = None, prompt: str | None = None) -> list[dict]:
         """Baselines, oldest first, optionally only those of a run and/or a prompt."""
