@@ -32,8 +32,6 @@ from evolve.ga.config import TEMPERATURE_MAX, TEMPERATURE_MIN
 from evolve.store import LogStore
 from scoring.decoding import (
     DEFAULT_NEW_TOKENS,
-    MAX_BEAMS,
-    MAX_SAMPLES,
     Decoding,
     decode,
     prompt_ids,
@@ -59,8 +57,6 @@ _SHORT = {
     "top_p": "p",
     "typical_p": "typical",
 }
-
-__all__ = ["DEFAULT_NEW_TOKENS", "MAX_BEAMS", "MAX_SAMPLES"]  # kept importable from here
 
 
 @dataclass(frozen=True)
