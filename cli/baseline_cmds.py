@@ -7,6 +7,7 @@ prints what comes back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import click
 
 from cli.common import COUNT, ID, absolute_model, db_option, open_existing, resolve_db, unescape
+from cli.options import ConfigOptions
 from cli.tables import format_table
 from evolve.experiments.baselines import (
     DEFAULT_METHODS,
@@ -24,120 +26,58 @@ from evolve.experiments.baselines import (
 )
 from evolve.experiments.compare import COLUMNS, Comparison, compare_run
 from evolve.store import LogStore
-from scoring.models import DEFAULT_CAUSAL
 
-_defaults = BaselineConfig()
 TEXT_WIDTH = 70  # continuation column: enough words to judge a text at a glance
 PLOTS_DIR = Path("runs") / "plots"  # default: runs/plots/run-N/
 
 
+# Every BaselineConfig field is an option (help and default from its metadata) but the
+# prompt, which is unescaped; the option names are the ones the command always had.
+BASELINE_OPTIONS = ConfigOptions(
+    BaselineConfig,
+    names={"run_id": "--run", "methods": "--method"},
+    skip=("prompt",),
+    unshown=("causal", "amplifier"),  # empty: the run's model; no amplifier
+    types={
+        "run_id": ID,
+        "methods": click.Choice(METHODS),
+        **dict.fromkeys(
+            (
+                "new_tokens",
+                "num_beams",
+                "no_repeat_ngram_size",
+                "num_return_sequences",
+                "top_k",
+                "samples",
+                "amp_depth",
+                "particles",
+                "seed",
+            ),
+            COUNT,
+        ),
+    },
+)
+PROMPT_HELP = {f.name: f for f in dataclasses.fields(BaselineConfig)}["prompt"].metadata["help"]
+
+
 @click.command()
-@click.option("--prompt", help=r"Prompt to continue (\n means a newline); default: the run's.")
-@click.option("--run", "run_id", type=ID, help="Link to this run: its prompt and length.")
-@click.option(
-    "--method",
-    "methods",
-    type=click.Choice(METHODS),
-    multiple=True,
-    help="Decoding method (repeatable) [default: greedy, beam, sample; amplified, particle "
-    "and learned are opt-in].",
-)
-@click.option(
-    "--causal",
-    default="",
-    help=f"Causal LM [default: the run's, else {DEFAULT_CAUSAL}].",
-)
-@click.option(
-    "--new-tokens",
-    type=COUNT,
-    default=None,
-    help="Continuation length in causal-LM tokens [default: the run's best, else 20].",
-)
-@click.option("--num-beams", default=_defaults.num_beams, type=COUNT, show_default=True)
-@click.option("--length-penalty", default=_defaults.length_penalty, show_default=True)
-@click.option(
-    "--no-repeat-ngram-size", default=_defaults.no_repeat_ngram_size, type=COUNT, show_default=True
-)
-@click.option(
-    "--num-return-sequences",
-    default=_defaults.num_return_sequences,
-    type=COUNT,
-    show_default=True,
-    help="Beams kept from beam search.",
-)
-@click.option("--temperature", default=_defaults.temperature, show_default=True)
-@click.option("--top-k", default=_defaults.top_k, type=COUNT, show_default=True, help="0 = no cut.")
-@click.option("--top-p", default=_defaults.top_p, show_default=True)
-@click.option("--typical-p", default=_defaults.typical_p, show_default=True, help="1 = off.")
-@click.option(
-    "--samples",
-    default=_defaults.samples,
-    type=COUNT,
-    show_default=True,
-    help="Sampled texts, one seed each.",
-)
-@click.option(
-    "--amp-depth",
-    default=_defaults.amp_depth,
-    type=COUNT,
-    show_default=True,
-    help="Amplified: lookahead D.",
-)
-@click.option(
-    "--amp-lambda", default=_defaults.amp_lambda, show_default=True, help="Amplified: mix weight."
-)
-@click.option(
-    "--particles",
-    default=_defaults.particles,
-    type=COUNT,
-    show_default=True,
-    help="Particle: paths per token.",
-)
-@click.option(
-    "--beta", default=_defaults.beta, show_default=True, help="Particle: target p(path)^beta."
-)
-@click.option(
-    "--amplifier",
-    default=_defaults.amplifier,
-    help="Learned: folder of a learned amplifier (from evolve stunt --variant adversarial).",
-)
-@click.option(
-    "--seed", default=_defaults.seed, type=COUNT, show_default=True, help="First sample's seed."
-)
-@click.option("--device", default=_defaults.device, show_default=True)
+@click.option("--prompt", help=PROMPT_HELP)
+@BASELINE_OPTIONS
 @db_option
-def baseline(
-    prompt: str | None,
-    run_id: int | None,
-    methods: tuple[str, ...],
-    db_path: Path | None,
-    **opts: Any,  # click's converted option values, one type per option
-) -> None:
+def baseline(prompt: str | None, db_path: Path | None, **opts: Any) -> None:
     """Continue a prompt with greedy, beam search and sampling; store the texts."""
-    o = opts
+    values = BASELINE_OPTIONS.values(opts)
+    causal, amplifier = values["causal"], values["amplifier"]
     cfg = BaselineConfig(
-        prompt=unescape(prompt) if prompt is not None else "",
-        run_id=run_id,
-        methods=methods or DEFAULT_METHODS,
-        causal=absolute_model(str(o["causal"])) if o["causal"] else "",
-        new_tokens=o["new_tokens"],
-        num_beams=o["num_beams"],
-        length_penalty=o["length_penalty"],
-        no_repeat_ngram_size=o["no_repeat_ngram_size"],
-        num_return_sequences=o["num_return_sequences"],
-        temperature=o["temperature"],
-        top_k=o["top_k"],
-        top_p=o["top_p"],
-        typical_p=o["typical_p"],
-        samples=o["samples"],
-        amp_depth=o["amp_depth"],
-        amp_lambda=o["amp_lambda"],
-        particles=o["particles"],
-        beta=o["beta"],
-        amplifier=str(Path(o["amplifier"]).absolute()) if o["amplifier"] else "",
-        seed=o["seed"],
-        device=o["device"],
+        **{
+            **values,
+            "prompt": unescape(prompt) if prompt is not None else "",
+            "methods": tuple(values["methods"]) or DEFAULT_METHODS,
+            "causal": absolute_model(str(causal)) if causal else "",
+            "amplifier": str(Path(amplifier).absolute()) if amplifier else "",
+        }
     ).validate()
+    run_id = cfg.run_id
     store = open_existing(db_path) if run_id is not None else LogStore(resolve_db(db_path))
     with store:
         made = generate_baselines(cfg, store)

@@ -12,10 +12,12 @@ An option is named after its field (`init_len` -> `--init-len`, `mutation.top_k`
 `--top-k`); `names` renames the few whose CLI name differs and `short` adds short flags.
 `toggles` makes a bool an `--x/--no-x` pair (for commands that always had both), and
 `types` gives a field a click type of its own (e.g. an `IntRange` that keeps a count
-inside SQLite's integers). Fields that need their own handling (the prompt, read from a
-file or unescaped) are `skip`ped and given by the command itself. `ConfigOptions.values`
-turns click's keyword arguments back into the nested dict of field values (what
-`RunConfig.from_dict` reads, or a flat config's keyword arguments), with no code per option.
+inside SQLite's integers; on a tuple of strings, each repeated value's type). `unshown`
+fields show no default (their help says what the default means, e.g. "the run's"). Fields
+that need their own handling (the prompt, read from a file or unescaped) are `skip`ped and
+given by the command itself. `ConfigOptions.values` turns click's keyword arguments back into
+the nested dict of field values (what `RunConfig.from_dict` reads, or a flat config's keyword
+arguments), with no code per option.
 """
 
 from __future__ import annotations
@@ -80,17 +82,26 @@ class ConfigOptions:
         skip: Collection[str] = (),
         toggles: Collection[str] = (),
         types: Mapping[str, click.ParamType] | None = None,
+        unshown: Collection[str] = (),
     ) -> None:
         names, short, types = dict(names or {}), dict(short or {}), dict(types or {})
         leaves = [(path, f, kind) for path, f, kind in config_fields(cls) if path not in skip]
-        named = set(names) | set(short) | set(skip) | set(toggles) | set(types)
+        named = set(names) | set(short) | set(skip) | set(toggles) | set(types) | set(unshown)
         unknown = named - {p for p, _, _ in config_fields(cls)}
         if unknown:
             raise TypeError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
         longs = {path: _long_name(path, f, names, path in toggles) for path, f, _ in leaves}
         self.options = [
             _make_option(
-                path, f, kind, longs[path], short.get(path), longs, path in toggles, types.get(path)
+                path,
+                f,
+                kind,
+                longs[path],
+                short.get(path),
+                longs,
+                path in toggles,
+                types.get(path),
+                path in unshown,
             )
             for path, f, kind in leaves
         ]
@@ -132,6 +143,7 @@ def _make_option(
     longs: Mapping[str, str],
     toggle: bool,
     own_type: click.ParamType | None,
+    unshown: bool,
 ) -> FieldOption:
     text = f.metadata.get("help", "").strip()
     if not text:
@@ -155,6 +167,8 @@ def _make_option(
             attrs = {"is_flag": True, "flag_value": not default, "default": default}
     elif own_type is not None:
         attrs = {"type": own_type, "default": default}
+        if elements == (str, Ellipsis):
+            attrs["multiple"] = True  # repeatable, each value of the field's own type
     elif typing.get_origin(kind) is Literal:
         attrs = {"type": click.Choice(typing.get_args(kind)), "default": default}
     elif kind in (int, float, str):
@@ -167,7 +181,7 @@ def _make_option(
         attrs = {"type": NumberList(elements[0]), "default": shown}
     else:
         raise TypeError(f"no option type for config field {path} ({kind})")
-    if not attrs.get("is_flag") and not attrs.get("multiple"):
+    if not attrs.get("is_flag") and not attrs.get("multiple") and not unshown:
         attrs["show_default"] = True
     attrs["help"] = text
     decls = (short, long) if short else (long,)

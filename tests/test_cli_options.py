@@ -1,4 +1,5 @@
-"""`evolve stunt` and `evolve amplify` options come from their configs (cli/options.py).
+"""`evolve stunt`, `evolve amplify` and `evolve baseline` options come from their configs
+(cli/options.py).
 
 Each config field with help becomes an option whose help and default are the field's; the
 option names, short flags, defaults and choices are the ones the commands had when the
@@ -20,10 +21,12 @@ import pytest
 from click.testing import Result
 
 from cli.amplify_cmds import AMPLIFY_OPTIONS, amplify
+from cli.baseline_cmds import BASELINE_OPTIONS, baseline
 from cli.common import COUNT
 from cli.options import ConfigOptions, NumberList
 from cli.stunt_cmds import STUNT_OPTIONS, stunt
 from evolve.experiments.amplify import AmplifyConfig
+from evolve.experiments.baselines import METHODS, BaselineConfig
 from evolve.experiments.stunting import StuntConfig
 
 Invoke = Callable[..., Result]
@@ -303,3 +306,105 @@ def test_toggles_and_types_must_fit_their_fields() -> None:
         ConfigOptions(Knobs, types={"shout": COUNT})
     with pytest.raises(TypeError, match="has no field 'loud'"):
         ConfigOptions(Knobs, toggles=("loud",))
+
+
+# `evolve baseline --help` before its options were generated (issue 24), the particle,
+# learned and amplifier options of issue 23 included: (option names, shown default).
+BASELINE_BEFORE: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "run_id": (("--run",), None),
+    "methods": (("--method",), None),
+    "causal": (("--causal",), None),
+    "new_tokens": (("--new-tokens",), None),
+    "num_beams": (("--num-beams",), f"4; {RANGE}"),
+    "length_penalty": (("--length-penalty",), "1.0"),
+    "no_repeat_ngram_size": (("--no-repeat-ngram-size",), f"0; {RANGE}"),
+    "num_return_sequences": (("--num-return-sequences",), f"1; {RANGE}"),
+    "temperature": (("--temperature",), "1.0"),
+    "top_k": (("--top-k",), f"0; {RANGE}"),
+    "top_p": (("--top-p",), "0.9"),
+    "typical_p": (("--typical-p",), "1.0"),
+    "samples": (("--samples",), f"5; {RANGE}"),
+    "amp_depth": (("--amp-depth",), f"3; {RANGE}"),
+    "amp_lambda": (("--amp-lambda",), "0.5"),
+    "particles": (("--particles",), f"16; {RANGE}"),
+    "beta": (("--beta",), "2.0"),
+    "amplifier": (("--amplifier",), None),
+    "seed": (("--seed",), f"0; {RANGE}"),
+    "device": (("--device",), "cpu"),
+}
+
+
+def _click_default(help_text: str) -> str | None:
+    """The default click appends to an option's help (not one the help text itself names)."""
+    found = re.search(r"(?:^|  )\[default: ([^\]]*)\]$", help_text)
+    return found.group(1) if found else None
+
+
+COUNTS = ("run_id", "new_tokens", "num_beams", "no_repeat_ngram_size", "num_return_sequences")
+COUNTS += ("top_k", "samples", "amp_depth", "particles", "seed")
+
+
+def test_baseline_names_defaults_and_types_are_as_before(invoke: Invoke) -> None:
+    ctx = click.Context(baseline, info_name="baseline")
+    params = {p.name: p for p in baseline.params}
+    assert {o.param for o in BASELINE_OPTIONS.options} == set(BASELINE_BEFORE)
+    assert set(params) == {*BASELINE_BEFORE, "prompt", "db_path"}
+    for name, (names, shown) in BASELINE_BEFORE.items():
+        param = params[name]
+        assert set(param.opts) | set(param.secondary_opts) == set(names), name
+        record = param.get_help_record(ctx)
+        assert record is not None
+        assert _click_default(record[1]) == shown, (name, record)
+    for name in COUNTS:
+        assert isinstance(params[name].type, click.IntRange), name
+    method = params["methods"]
+    assert method.multiple and isinstance(method.type, click.Choice)
+    assert tuple(method.type.choices) == METHODS
+    result = invoke("baseline", "--help", terminal_width=200, max_content_width=200)
+    shown = re.sub(r"\s+", " ", result.stdout)
+    for f in dataclasses.fields(BaselineConfig):
+        start = " ".join(f.metadata["help"].split()[:3])
+        assert start in shown, f"{f.name}'s help is not in `evolve baseline --help`"
+
+
+def test_baseline_options_reach_their_fields() -> None:
+    assert BaselineConfig(**BASELINE_OPTIONS.values(baseline.make_context("b", []).params)) == (
+        BaselineConfig()
+    )
+    args = ["--run", "3", "--method", "beam", "--method", "particle", "--causal", "m"]
+    args += ["--new-tokens", "7", "--num-beams", "6", "--length-penalty", "0.5"]
+    args += ["--no-repeat-ngram-size", "2", "--num-return-sequences", "3", "--temperature", "0.7"]
+    args += ["--top-k", "9", "--top-p", "0.8", "--typical-p", "0.95", "--samples", "2"]
+    args += ["--amp-depth", "4", "--amp-lambda", "0.25", "--particles", "8", "--beta", "3"]
+    args += ["--amplifier", "amp", "--seed", "11", "--device", "cuda"]
+    values = BASELINE_OPTIONS.values(baseline.make_context("baseline", args).params)
+    assert BaselineConfig(**values) == BaselineConfig(
+        run_id=3,
+        methods=("beam", "particle"),
+        causal="m",
+        new_tokens=7,
+        num_beams=6,
+        length_penalty=0.5,
+        no_repeat_ngram_size=2,
+        num_return_sequences=3,
+        temperature=0.7,
+        top_k=9,
+        top_p=0.8,
+        typical_p=0.95,
+        samples=2,
+        amp_depth=4,
+        amp_lambda=0.25,
+        particles=8,
+        beta=3.0,
+        amplifier="amp",
+        seed=11,
+        device="cuda",
+    )
+
+
+def test_baseline_bad_value_is_one_line_exit_2(invoke: Invoke) -> None:
+    result = invoke("baseline", "--prompt", "Hi", "--method", "odd")
+    assert result.exit_code == 2
+    assert "Invalid value for '--method': 'odd' is not one of" in result.output
+    result = invoke("baseline", "--prompt", "Hi", "--num-beams", "-1")
+    assert result.exit_code == 2 and "Invalid value for '--num-beams'" in result.output

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from evolve.ga.config import TEMPERATURE_MAX, TEMPERATURE_MIN
@@ -46,6 +46,8 @@ METHODS = ("greedy", "beam", "sample", "amplified", "particle", "learned")
 # checkpoint): opt-in
 DEFAULT_METHODS = ("greedy", "beam", "sample")
 
+_DECODING = Decoding()
+
 # Short names for the settings column of the comparison table.
 _SHORT = {
     "num_beams": "beams",
@@ -63,29 +65,100 @@ _SHORT = {
 class BaselineConfig:
     """What to generate; `validate` checks every field, `resolve` fills model, prompt, length."""
 
-    prompt: str = ""  # the prompt; with run_id, empty means "the run's prompt"
-    run_id: int | None = None  # link the baselines to this run (prompt and length from it)
-    methods: tuple[str, ...] = DEFAULT_METHODS  # one call fills a comparison
-    causal: str = ""  # empty: the run's causal LM, else DEFAULT_CAUSAL (packaged, offline)
-    new_tokens: int | None = None  # None: the run's best length, else DEFAULT_NEW_TOKENS
-    num_beams: int = 4  # a common beam width
-    length_penalty: float = 1.0  # transformers' default; moot here, as all beams end equally long
-    no_repeat_ngram_size: int = 0  # 0 = off: plain beam search, repetitions included
-    num_return_sequences: int = 1  # beam search as it is used: its single best beam
-    temperature: float = 1.0  # the model's own distribution
-    top_k: int = 0  # 0 = no cut; top_p trims the tail instead
-    top_p: float = 0.9  # nucleus sampling (Holtzman et al. 2020), a common default
-    typical_p: float = 1.0  # 1.0 = off; e.g. 0.95 for locally typical sampling (Meister et al.)
-    samples: int = 5  # sampled texts (one seed each): enough for distinct-n and self-BLEU
-    amp_depth: int = 3  # amplified sampling: lookahead depth D (beam width is num_beams)
-    amp_lambda: float = 0.5  # amplified sampling: weight of the beams' first-token distribution
-    particles: int = 16  # particle sampling: paths per token, as `evolve amplify`'s default
-    beta: float = 2.0  # particle sampling: target p(path)^beta, as `evolve amplify`'s default
-    amplifier: str = (
-        ""  # learned sampling: a learned amplifier's folder (stunt --save DIR/amplifier)
+    prompt: str = field(
+        default="",  # with run_id, empty means the run's prompt
+        metadata={"help": r"Prompt to continue (\n means a newline); default: the run's."},
     )
-    seed: int = 0  # the first sample's seed; greedy and beam record it too
-    device: str = "cpu"
+    run_id: int | None = field(
+        default=None, metadata={"help": "Link to this run: its prompt and length."}
+    )
+    methods: tuple[str, ...] = field(
+        default=DEFAULT_METHODS,
+        metadata={
+            "help": "Decoding method (repeatable) [default: greedy, beam, sample; amplified, "
+            "particle and learned are opt-in]: one call fills a comparison."
+        },
+    )
+    causal: str = field(
+        default="",  # empty: the run's causal LM, else DEFAULT_CAUSAL (packaged, offline)
+        metadata={"help": f"Causal LM [default: the run's, else {DEFAULT_CAUSAL}]."},
+    )
+    new_tokens: int | None = field(
+        default=None,  # None: the run's best length, else DEFAULT_NEW_TOKENS
+        metadata={
+            "help": "Continuation length in causal-LM tokens [default: the run's best, else "
+            f"{DEFAULT_NEW_TOKENS}]."
+        },
+    )
+    # The settings greedy, beam search and sampling share with a run's generation 0: defaults
+    # (and why each is what it is) in `scoring.decoding.Decoding`.
+    num_beams: int = field(
+        default=_DECODING.num_beams, metadata={"help": "Beam width (a common one)."}
+    )
+    length_penalty: float = field(
+        default=_DECODING.length_penalty,
+        metadata={
+            "help": "Beam search's length penalty (transformers' default; moot here, as all "
+            "beams end equally long)."
+        },
+    )
+    no_repeat_ngram_size: int = field(
+        default=_DECODING.no_repeat_ngram_size,
+        metadata={"help": "Beam search: ban repeated n-grams of this size; 0 = off."},
+    )
+    num_return_sequences: int = field(
+        default=_DECODING.num_return_sequences,
+        metadata={"help": "Beams kept from beam search (as it is used: its single best)."},
+    )
+    temperature: float = field(
+        default=_DECODING.temperature,
+        metadata={"help": "Sampling temperature; 1 = the model's own distribution."},
+    )
+    top_k: int = field(
+        default=_DECODING.top_k,
+        metadata={"help": "Sampling: keep the k likeliest tokens; 0 = no cut."},
+    )
+    top_p: float = field(
+        default=_DECODING.top_p,
+        metadata={"help": "Nucleus sampling (Holtzman et al. 2020), a common default."},
+    )
+    typical_p: float = field(
+        default=_DECODING.typical_p,
+        metadata={"help": "Locally typical sampling (Meister et al.), e.g. 0.95; 1 = off."},
+    )
+    samples: int = field(
+        default=_DECODING.samples,
+        metadata={"help": "Sampled texts, one seed each: enough for distinct-n and self-BLEU."},
+    )
+    amp_depth: int = field(
+        default=3, metadata={"help": "Amplified: lookahead D (the beam width is `num_beams`)."}
+    )
+    amp_lambda: float = field(
+        default=0.5,
+        metadata={"help": "Amplified: mix weight of the beams' first-token distribution."},
+    )
+    particles: int = field(
+        default=16,
+        metadata={"help": "Particle: paths per token, as evolve amplify's default."},
+    )
+    beta: float = field(
+        default=2.0,
+        metadata={"help": "Particle: target p(path)^beta, as evolve amplify's default."},
+    )
+    amplifier: str = field(
+        default="",
+        metadata={
+            "help": "Learned: folder of a learned amplifier (from evolve stunt --variant "
+            "adversarial --save DIR: DIR/amplifier)."
+        },
+    )
+    seed: int = field(
+        default=_DECODING.seed,
+        metadata={"help": "First sample's seed; greedy and beam search record it too."},
+    )
+    device: str = field(
+        default="cpu", metadata={"help": "Torch device of the model: cpu, cuda, cuda:N or mps."}
+    )
 
     def validate(self) -> BaselineConfig:
         """Check every option once; raise UserError with a one-line message. Returns self."""
