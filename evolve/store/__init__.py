@@ -1,9 +1,10 @@
 """The only SQLite code: the run log (`LogStore`), split by aggregate.
 
-`db` (LogStore: opening, the facade), `schema` (DDL and migrations), `runs` (runs, generations,
-individuals), `scores` (model scores, `ScoreBook`), `experiments` (baselines, experiments),
-`sql` (read-only queries), `web_queries` (the SQL of `evolve serve`), `process` (which
-process runs a run), `core` (shared plumbing).
+`db` (LogStore: opening, the facade), `schema` (DDL and migrations), `runs` (runs),
+`generations` (writing a generation), `individuals` (reading them, lineage), `scores` (model
+scores, `ScoreBook`), `experiments` (baselines, experiments), `sql` (read-only queries),
+`web_queries` (the SQL of `evolve serve`), `process` (which process runs a run), `core`
+(shared plumbing).
 """
 
 from evolve.store.core import DatabaseError, StoreError, text_id
