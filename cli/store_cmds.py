@@ -1,7 +1,9 @@
-"""Commands that read the run database: runs, show, lineage, sql and db path.
+"""Commands that read the run database: runs and show (here), lineage, sql and db.
 
 `runs`, `show` and `lineage` print tables, or with `--json` JSON whose keys README lists
-(kept stable: scripts read them).
+(kept stable: scripts read them). `lineage` lives in `cli.lineage_cmds`, `sql` and `db` in
+`cli.sql_cmds`; `COMMANDS` here registers all five, and their names stay importable from
+here.
 
 They only format what `evolve.store.LogStore` returns. Reading commands refuse a missing
 database instead of creating an empty one; `evolve sql` opens the file read-only, so no
@@ -14,32 +16,32 @@ marker and the reason, and the other runs as usual.
 from __future__ import annotations
 
 import json
-import math
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.common import COUNT, ID, db_option, open_for_reading, resolve_db
-from cli.files import decode_text, read_file_bytes, read_stdin_bytes
-from cli.process import interrupted_exit, interruption, whole_process
-from cli.tables import NULL, format_cell, format_table, visible
-from evolve.experiments.worddiff import Piece, edit_pieces
+from cli.common import COUNT, ID, db_option, open_for_reading
+from cli.lineage_cmds import diff_text as diff_text
+from cli.lineage_cmds import lineage
+from cli.lineage_cmds import lineage_records as lineage_records
+from cli.sql_cmds import SQL_BLOCK as SQL_BLOCK
+from cli.sql_cmds import SQL_BLOCK_BYTES as SQL_BLOCK_BYTES
+from cli.sql_cmds import SQL_FLUSH_S as SQL_FLUSH_S
+from cli.sql_cmds import SQL_MAX_ROWS as SQL_MAX_ROWS
+from cli.sql_cmds import SQL_TIMEOUT_S as SQL_TIMEOUT_S
+from cli.sql_cmds import _Output as _Output
+from cli.sql_cmds import db, sql
+from cli.tables import echo_json as _echo_json
+from cli.tables import escape as _escape
+from cli.tables import format_table, visible
 from evolve.ga.config import RunConfig
-from evolve.store import LogStore, StoreError, run_process_state
-from evolve.store.access import backup_database
-from evolve.store.sql import limit_heap
+from evolve.store import run_process_state
 from scoring.errors import UserError
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
 NAME_WIDTH = 24  # runs table: names and tags are short labels
 UNUSABLE = "!"  # marks the status of a run whose stored config this version cannot use
-
-
-def _span(start: int | None, end: int | None) -> str:
-    return "" if start is None else f"{start}:{end}"
 
 
 def _when(stamp: str | None) -> str:
@@ -71,11 +73,6 @@ def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
         else:
             items.append((f"{prefix}{key}", value))
     return items
-
-
-def _escape(text: Any) -> str:
-    """Stored text on one terminal line: line breaks and control characters made visible."""
-    return visible(str(text))
 
 
 def _status(run: dict[str, Any]) -> str:
@@ -149,10 +146,6 @@ def run_record(run: dict[str, Any]) -> dict[str, Any]:
         "causal": run["causal"],
         "seed": run["seed"],
     }
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 @click.command()
@@ -396,357 +389,5 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
             click.echo("\nNo generation written yet.")
 
 
-def lineage_records(store: LogStore, individual_id: int, max_depth: int | None) -> list[dict]:
-    """The ancestry of an individual with, for every edit, the word-level diff of the child
-    against its parents (`evolve.experiments.worddiff`): runs of pieces with their kind."""
-    rows = store.lineage(individual_id, max_depth=max_depth)
-    texts = {row["id"]: row["text"] for row in rows}
-    out = []
-    for row in rows:
-        parents = row["parents"]
-        for pid in parents:
-            if pid not in texts:  # beyond --max-depth
-                texts[pid] = store.individual(pid)["text"]
-        pieces = edit_pieces(row["text"], [texts[p] for p in parents]) if parents else []
-        out.append(
-            {
-                "depth": row["depth"],
-                "id": row["id"],
-                "run_id": row["run_id"],
-                "generation": row["generation"],
-                "position": row["position"],
-                "op": row["op"],
-                "span": None if row["span_start"] is None else [row["span_start"], row["span_end"]],
-                "fitness": row["fitness"],
-                "parents": parents,
-                "text": row["text"],
-                "diff": _runs_of(pieces),
-                "scores": row.get("scores") or {},
-            }
-        )
-    return out
-
-
-def _runs_of(pieces: list[Piece]) -> list[dict[str, str]]:
-    """Consecutive pieces of one kind joined: [{"kind", "text"}, ...]."""
-    out: list[dict[str, str]] = []
-    for piece in pieces:
-        if out and out[-1]["kind"] == piece.kind:
-            out[-1]["text"] += piece.text
-        else:
-            out.append({"kind": piece.kind, "text": piece.text})
-    return out
-
-
-def diff_text(diff: list[dict[str, str]], parents: list[int]) -> str:
-    """A diff as one line, in git's word-diff style: [-deleted-] {+inserted+}, and for a
-    crossover [#ID: words] for the words that came from parent ID."""
-    out = []
-    for part in diff:
-        text, kind = part["text"], part["kind"]
-        stripped = text.lstrip()
-        space = text[: len(text) - len(stripped)]
-        if kind == "same" or not stripped:
-            out.append(text)
-        elif kind == "insert":
-            out.append(f"{space}{{+{stripped}+}}")
-        elif kind == "delete":
-            out.append(f"{space}[-{stripped}-]")
-        else:
-            out.append(f"{space}[#{parents[int(kind[-1])]}: {stripped}]")
-    return _escape("".join(out))
-
-
-@click.command()
-@click.argument("individual_id", type=ID)
-@click.option(
-    "--max-depth",
-    type=COUNT,
-    default=None,
-    help="Stop this many generations back (default: back to the first).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys in README).")
-@db_option
-def lineage(individual_id: int, max_depth: int | None, as_json: bool, db_path: Path | None) -> None:
-    """The ancestry of an individual: every edit that led to it, nearest first, with the full
-    texts and what each edit changed ([-deleted-] {+inserted+}, [#ID: from parent ID])."""
-    with open_for_reading(db_path) as store:
-        me = store.individual(individual_id)
-        records = lineage_records(store, individual_id, max_depth)
-        if as_json:
-            _echo_json(
-                {
-                    "individual": {
-                        "id": me["id"],
-                        "run_id": me["run_id"],
-                        "generation": me["generation"],
-                        "op": me["op"],
-                        "fitness": me["fitness"],
-                        "text": me["text"],
-                        "full_text": me["full_text"],
-                    },
-                    "lineage": records,
-                }
-            )
-            return
-        click.echo(
-            f"Individual {me['id']}: run {_escape(me['run_id'])}, generation "
-            f"{_escape(me['generation'])}, op {_escape(me['op'])}, "
-            f"fitness {format_cell(me['fitness']) or '-'}"
-        )
-        click.echo(_escape(me["full_text"]))
-        for a in records:
-            span = "" if a["span"] is None else f" span {a['span'][0]}:{a['span'][1]}"
-            parents = ",".join(str(p) for p in a["parents"]) or "-"
-            click.echo(
-                f"\ndepth {a['depth']}  gen {_escape(a['generation'])}  id {a['id']}  "
-                f"{_escape(str(a['op']) + span)}  "
-                f"fitness {format_cell(a['fitness']) or '-'}  parents {_escape(parents)}"
-            )
-            click.echo(f"  text: {_escape(a['text'])}")
-            if a["parents"]:
-                click.echo(f"  diff: {diff_text(a['diff'], a['parents'])}")
-
-
-def _json_value(value: Any) -> Any:
-    return value.hex() if isinstance(value, bytes) else str(value)
-
-
-def _read_query(query: str | None, query_file: str | None) -> str:
-    """The SQL from the argument or from --file (`-`: standard input), as text."""
-    if (query is None) == (query_file is None):
-        raise UserError(
-            "give the query as an argument or with --file PATH (- for standard input), not both"
-            if query is not None
-            else "no query: give it as an argument or with --file PATH (- for standard input)"
-        )
-    if query is not None:
-        return query
-    assert query_file is not None
-    name = "standard input" if query_file == "-" else query_file
-    data = read_stdin_bytes() if query_file == "-" else read_file_bytes(Path(query_file))
-    text = decode_text(data, name)
-    if not text.strip():
-        raise UserError(f"{name} holds no query")
-    return text
-
-
-class _Output:
-    """Rows printed as they come: a table in blocks, or a JSON array one object a line.
-
-    A table's column widths come from its first block (all rows, when there are fewer than
-    SQL_BLOCK and they hold less than SQL_BLOCK_BYTES of text), so a short result looks as
-    every other table; later rows are padded to those widths (a longer cell widens its own
-    line only). NULL is shown as NULL, the empty string as nothing. Output is flushed at
-    least every SQL_FLUSH_S seconds, so rows show while a slow query still runs.
-    """
-
-    def __init__(self, columns: list[str], as_json: bool) -> None:
-        self.columns, self.as_json = columns, as_json
-        self.block: list[tuple] = []
-        self.block_bytes = 0  # text and blob bytes held in `block`
-        self.widths: list[int] | None = None
-        self.numeric: list[bool] = []
-        self.count = 0
-        self.flushed = 0.0
-
-    def add(self, row: tuple) -> None:
-        self.count += 1
-        if self.as_json:
-            record = json.dumps(
-                dict(zip(self.columns, row, strict=True)), ensure_ascii=False, default=_json_value
-            )
-            click.echo(("[\n  " if self.count == 1 else ",\n  ") + record, nl=False)
-        else:
-            self.block.append(row)
-            self.block_bytes += sum(len(v) for v in row if isinstance(v, str | bytes))
-            if len(self.block) >= SQL_BLOCK or self.block_bytes >= SQL_BLOCK_BYTES:
-                self._print_block()
-        if time.monotonic() - self.flushed > SQL_FLUSH_S:
-            self._print_block()
-            sys.stdout.flush()
-            self.flushed = time.monotonic()
-
-    def _print_block(self) -> None:
-        if self.as_json or not self.block:
-            return
-        if self.widths is None:
-            text = format_table(self.columns, self.block, null=NULL)
-            self.widths = [
-                max(
-                    [
-                        len(format_cell(h)),
-                        *(len(format_cell(row[i], null=NULL)) for row in self.block),
-                    ]
-                )
-                for i, h in enumerate(self.columns)
-            ]
-            self.numeric = [
-                all(row[i] is None or _is_number(row[i]) for row in self.block)
-                for i in range(len(self.columns))
-            ]
-            click.echo(text)
-        else:
-            for row in self.block:
-                cells = [format_cell(v, null=NULL) for v in row]
-                parts = [
-                    c.rjust(w) if self.numeric[i] or _is_number(row[i]) else c.ljust(w)
-                    for i, (c, w) in enumerate(zip(cells, self.widths, strict=False))
-                ]
-                click.echo("  ".join(parts).rstrip())
-        self.block = []
-        self.block_bytes = 0
-
-    def close(self) -> None:
-        """Print what is left (also after an error or Ctrl-C: those rows are real)."""
-        if self.as_json:
-            click.echo("[]" if self.count == 0 else "\n]")
-        elif self.columns:
-            if self.widths is None and not self.block:
-                click.echo(format_table(self.columns, [], null=NULL))
-            self._print_block()
-        sys.stdout.flush()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-SQL_TIMEOUT_S = 30.0  # long enough for any query on a large run database; an endless one ends
-SQL_MAX_ROWS = 10_000  # more than a terminal shows; --max-rows 0 (or --json to a file) for all
-SQL_BLOCK = 1_000  # table rows held to measure column widths before the first is printed
-SQL_BLOCK_BYTES = 16 * 2**20  # ... unless their text reaches this: held rows stay bounded
-SQL_FLUSH_S = 0.2  # how stale printed rows may get while a slow query runs
-
-
-@click.command()
-@click.argument("query", required=False)
-@click.option(
-    "-f",
-    "--file",
-    "query_file",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    default=None,
-    help="Read the query from this file ('-': standard input) instead of QUERY.",
-)
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print rows as a JSON list of objects, one a line."
-)
-@click.option(
-    "-p",
-    "--param",
-    "params",
-    type=(str, str),
-    multiple=True,
-    metavar="NAME VALUE",
-    help="Bind :NAME in the query to VALUE (repeatable).",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=SQL_TIMEOUT_S,
-    show_default=True,
-    help="Stop the query after this many seconds (0: no limit); a stopped query exits 2.",
-)
-@click.option(
-    "--max-rows",
-    type=COUNT,
-    default=SQL_MAX_ROWS,
-    show_default=True,
-    help="Print at most this many rows (0: all); a line on stderr says when rows were cut.",
-)
-@db_option
-def sql(
-    query: str | None,
-    query_file: str | None,
-    as_json: bool,
-    params: tuple[tuple[str, str], ...],
-    timeout: float,
-    max_rows: int,
-    db_path: Path | None,
-) -> None:
-    """Run a read-only SQL query, e.g. evolve sql "SELECT * FROM edits LIMIT 5".
-
-    Tables: runs, individuals, parents, texts, generations, scores, baselines, experiments,
-    experiment_rows. Views: individual_texts, lineage, edits. Writes are refused. Rows are
-    printed as they come; Ctrl-C stops the query within a second. NULL prints as NULL. A
-    value may be at most 16 MiB, and SQLite at most 256 MiB of memory.
-    """
-    if math.isnan(timeout):
-        raise UserError("--timeout must be a number of seconds (0: no limit), not nan")
-    text = _read_query(query, query_file)
-    params_ = dict(params) if params else {}
-    if whole_process():  # this process only runs the query: cap SQLite's memory for it
-        limit_heap()
-    out: _Output | None = None
-    cut = False
-    try:
-        with (
-            LogStore(resolve_db(db_path), readonly=True) as store,
-            store.stream(text, params_, timeout or None) as (columns, rows),
-        ):
-            out = _Output(columns, as_json)
-            for row in rows:
-                if max_rows and out.count >= max_rows:
-                    cut = True
-                    break
-                out.add(row)
-    except KeyboardInterrupt:
-        if out is not None:
-            out.close()
-        n = out.count if out is not None else 0
-        click.echo(
-            f"{interruption()}: the query was stopped after {n:,} row{'' if n == 1 else 's'}; "
-            "it changed nothing.",
-            err=True,
-        )
-        raise click.exceptions.Exit(interrupted_exit()) from None
-    except StoreError:
-        if out is not None:  # the time limit: the rows printed before it stand
-            out.close()
-        raise
-    assert out is not None
-    out.close()
-    if cut:
-        click.echo(
-            f"(output cut at {max_rows:,} rows: the query has more; --max-rows 0 prints all)",
-            err=True,
-        )
-
-
-@click.group()
-def db() -> None:
-    """About the run database itself."""
-
-
-@db.command()
-@click.option("--json", "as_json", is_flag=True, help='Print {"path", "exists"} as JSON.')
-@db_option
-def path(as_json: bool, db_path: Path | None) -> None:
-    """Print the database path that --db / MLM_EVOLVE_DB / the default resolves to."""
-    resolved = resolve_db(db_path).resolve()
-    if as_json:
-        click.echo(json.dumps({"path": str(resolved), "exists": resolved.exists()}))
-    else:
-        click.echo(str(resolved))
-
-
-@db.command()
-@click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
-@db_option
-def backup(dest: Path, force: bool, db_path: Path | None) -> None:
-    """Copy the database to DEST as one whole file, safely while runs write it.
-
-    The copy holds everything committed before it began (SQLite's online backup), is checked
-    with integrity_check and needs no -wal file. A plain `cp` of a database in use may miss
-    the newest generation; this does not.
-    """
-    done = backup_database(resolve_db(db_path), dest, force=force)
-    click.echo(
-        f"Backed up {resolve_db(db_path)} to {done.dest}: {done.runs} runs, "
-        f"{done.generations} generations, {done.bytes / 1e6:.1f} MB in {done.seconds:.1f} s."
-    )
-
-
+# lineage, sql and db are registered with the store's commands, as before the split
 COMMANDS: list[click.Command] = [runs, show, lineage, sql, db]

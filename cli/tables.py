@@ -15,6 +15,7 @@ text goes through it; `--json` output stays exact (JSON escapes C0 controls itse
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -59,6 +60,18 @@ def visible(text: str, tab: str = "\\t", newline: str = "\\n") -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def escape(text: Any) -> str:
+    """Stored text on one terminal line: line breaks and control characters made visible."""
+    return visible(str(text))
+
+
+def echo_json(value: Any) -> None:
+    """`--json` output: indented, non-ASCII kept (JSON escapes control characters itself)."""
+    import click
+
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def format_cell(

@@ -41,6 +41,7 @@ from helpers_proc import (
     wait_for_generations,
 )
 
+import cli.sql_cmds
 import cli.store_cmds
 import evolve.store.access as access
 from evolve.store import LogStore, StoreError
@@ -325,7 +326,7 @@ def test_long_tables_print_in_blocks_with_the_first_blocks_widths(
     tmp_path: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = filled(tmp_path / "a.db")
-    monkeypatch.setattr(cli.store_cmds, "SQL_BLOCK", 3)
+    monkeypatch.setattr(cli.sql_cmds, "SQL_BLOCK", 3)  # where `evolve sql` now lives
     query = f"{ENDLESS.replace('FROM c)', 'FROM c WHERE x < 8)')} SELECT x, 'r' || x AS name FROM c"
     lines = invoke("sql", query, "--db", db).stdout.splitlines()
     assert lines[0] == "x  name" and len(lines) == 2 + 8
