@@ -18,8 +18,9 @@ import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
+from evolve.ga.fitness import CAUSAL, KIND_NAMES, KINDS, PLL, TYPICAL, FitnessKind, help_text
 from evolve.ga.operators.context import CxPoints
 from evolve.ga.proposers.base import Order
 from evolve.ga.proposers.sampling import SamplingPolicy
@@ -32,7 +33,10 @@ Algorithm = Literal["simple", "mu_plus_lambda"]
 Normalisation = Literal["mean", "total"]
 ProposerKind = Literal["mlm", "causal"]
 ProposerDtype = Literal["fp32", "bf16"]
-Objective = Literal["pll", "causal", "sum", "nsga2", "typical"]
+if TYPE_CHECKING:
+    Objective = str
+else:  # the registered fitness kinds (`evolve.ga.fitness`): --fitness's choices come from it
+    Objective = Literal[KIND_NAMES]
 TypicalModel = Literal["mlm", "causal"]
 BaselineInit = Literal["beam", "greedy", "sample"]  # starts made by decoding with the causal LM
 Init = Literal["auto", "seed", "mlm", BaselineInit]
@@ -43,7 +47,7 @@ CX_POINTS: tuple[CxPoints, ...] = get_args(CxPoints)
 NORMALISATIONS: tuple[Normalisation, ...] = get_args(Normalisation)
 PROPOSERS: tuple[ProposerKind, ...] = get_args(ProposerKind)
 PROPOSER_DTYPES: tuple[ProposerDtype, ...] = get_args(ProposerDtype)
-OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
+OBJECTIVES: tuple[Objective, ...] = KIND_NAMES
 TYPICAL_MODELS: tuple[TypicalModel, ...] = get_args(TypicalModel)
 BASELINE_INITS: tuple[BaselineInit, ...] = get_args(BaselineInit)
 INITS: tuple[Init, ...] = get_args(Init)  # a nested Literal is flattened
@@ -169,22 +173,13 @@ class CrossoverConfig:
 
 @dataclass(frozen=True)
 class FitnessConfig:
-    """What is maximised. ``pll``: MLM pseudo-log-likelihood; ``causal``: causal-LM
-    log p(continuation | prompt); ``sum``: ``pll_weight * pll + causal_weight * causal``;
-    ``nsga2``: Pareto selection over (pll, causal, diversity); ``typical``: local typicality
-    (also a weighted term of sum/nsga2 with ``typical_weight``); ``rep_penalty`` subtracts
+    """What is maximised: `objective` names a fitness kind (`evolve.ga.fitness`: pll, causal,
+    sum, nsga2, typical, each a module there); the other fields are options the kinds read
+    (weights of sum/nsga2, the PLL variant, typicality's model); ``rep_penalty`` subtracts
     a repetition share from any of them. `normalise` and `length_bonus`
     turn each model score into a value the same way (per token, or total plus a prior)."""
 
-    objective: Objective = field(
-        default="pll",
-        metadata={
-            "help": "What is maximised: pll (MLM pseudo-log-likelihood, Salazar et al. 2020), "
-            "causal (log p(continuation | prompt)), sum (weighted), nsga2 (Pareto over pll, "
-            "causal and diversity) or typical (local typicality, Meister et al. 2022, under "
-            "`typical_model`; docs/degeneration.md)."
-        },
-    )
+    objective: Objective = field(default="pll", metadata={"help": help_text()})
     variant: PLLVariant = field(
         default="original",
         metadata={
@@ -241,23 +236,35 @@ class FitnessConfig:
     )
 
     @property
+    def kind(self) -> FitnessKind:
+        """The fitness kind `objective` names."""
+        found = KINDS.get(self.objective)
+        if found is None:
+            _choice("fitness objective", self.objective, OBJECTIVES)
+        assert found is not None
+        return found
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The score roles the fitness combines (`evolve.ga.fitness.kind`)."""
+        return self.kind.reads(self)
+
+    @property
     def uses_typical(self) -> bool:
         """Whether a typicality value is part of the fitness."""
-        return self.objective == "typical" or (
-            self.objective in ("sum", "nsga2") and self.typical_weight > 0
-        )
+        return TYPICAL in self.reads
 
     @property
     def uses_pll(self) -> bool:
-        return self.objective in ("pll", "sum", "nsga2") or (
-            self.uses_typical and self.typical_model == "mlm"
-        )
+        """Whether the fitness needs the MLM's PLL pass (typicality under the MLM reads its
+        entropies)."""
+        return PLL in self.reads or (self.uses_typical and self.typical_model == "mlm")
 
     @property
     def uses_causal(self) -> bool:
-        return self.objective in ("causal", "sum", "nsga2") or (
-            self.uses_typical and self.typical_model == "causal"
-        )
+        """Whether the fitness needs the causal LM's log p (typicality under the causal LM
+        is recorded beside it)."""
+        return CAUSAL in self.reads or (self.uses_typical and self.typical_model == "causal")
 
 
 @dataclass(frozen=True)
@@ -514,11 +521,8 @@ class RunConfig:
         for name in ("pll_weight", "causal_weight", "typical_weight"):
             value = getattr(f, name)
             _require(math.isfinite(value) and value >= 0, f"{name} must be >= 0 (got {value})")
-        if f.objective == "sum":
-            _require(
-                f.pll_weight + f.causal_weight + f.typical_weight > 0,
-                "fitness sum needs a positive pll_weight or causal_weight (or typical_weight)",
-            )
+        problem = f.kind.problem(f)
+        _require(problem is None, str(problem))
         _choice("proposer", self.proposer, PROPOSERS)
         _choice("init", self.init, INITS)
         for text in self.seed_texts:
@@ -567,12 +571,13 @@ class RunConfig:
                 "proposer gives (use --proposer mlm or drop --mh)",
             )
             _require(
-                f.objective != "nsga2", "Metropolis-Hastings needs a single fitness, not nsga2"
+                not f.kind.pareto,
+                f"Metropolis-Hastings needs a single fitness, not {f.objective}",
             )
-        if f.objective == "nsga2":
+        if f.kind.pareto:
             _require(
                 self.algorithm == "simple",
-                "nsga2 chooses survivors from parents + offspring itself; "
+                f"{f.objective} chooses survivors from parents + offspring itself; "
                 "drop --algorithm mu_plus_lambda",
             )
         if self.seed_texts:
