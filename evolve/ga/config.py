@@ -532,6 +532,15 @@ class RunConfig:
         if here:
             check_device(self.device)
             self._check_memory()
+            object.__setattr__(self, "_checked_here", True)  # not a field: eq and to_dict skip it
+        return self
+
+    def validated(self) -> RunConfig:
+        """Self, validated unless this very object already was (with `here`): a config
+        passes through the CLI, the API and the engine, and is checked once on its way.
+        `dataclasses.replace` makes a new object, which is checked again."""
+        if not self.__dict__.get("_checked_here", False):
+            self.validate()
         return self
 
     def memory_estimate(self) -> int:

@@ -111,7 +111,7 @@ class Engine:
         start_texts: StartTexts | None = None,
         pool: WorkerPool | None = None,
     ) -> None:
-        cfg.validate()
+        cfg.validated()
         self.cfg = cfg
         self.models = models
         self.start_texts = start_texts
@@ -162,7 +162,7 @@ class Engine:
         """Load the models the config asks for and wire the engine. With a worker pool the
         workers hold the models that do the work; this process loads its copy on the CPU
         (tokenizers, and generation 0 from the causal LM's decoding)."""
-        cfg.validate()
+        cfg.validated()
         models = Models.load(cfg, device="cpu" if pool is not None else None)
         return cls(cfg, models, start_texts=start_texts, pool=pool)
 
