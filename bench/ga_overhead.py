@@ -10,7 +10,9 @@ weights), recorded into an in-memory store. For generations 1..G it sums the wal
 each generation (variation with its span fills, PLL of the new texts, selection, and the
 recorder's SQLite write) and the time spent inside the PLL scorer, and prints their ratio.
 1.00 would mean the GA costs nothing beside the fitness it must compute; everything above is
-fills, operators, selection, caches and the write.
+fills, operators, selection, caches and the write. It also prints the fills' share (time,
+and model rows: one per filled position in l2r order, as PLL runs one per scored token) and
+the rest's share.
 
 Both sides run in this process with one torch thread, side by side in the same generations,
 so the ratio holds on a busy machine better than either time alone.
@@ -23,7 +25,7 @@ import cProfile
 import os
 import pstats
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -82,28 +84,33 @@ def config(population: int, generations: int, length: int) -> RunConfig:
 
 
 class Timed:
-    """Seconds spent inside a scorer's `score_ids` (the PLL of the new texts)."""
+    """Seconds spent inside ``obj.method`` (the PLL of the new texts, or the span fills), and
+    the model rows it asked for (`count` of its first argument)."""
 
-    def __init__(self, scorer: PLLScorer) -> None:
+    def __init__(self, obj: Any, method: str, count: Callable[[Any], int]) -> None:
         self.seconds = 0.0
-        inner = scorer.score_ids
+        self.rows = 0
+        inner = getattr(obj, method)
 
-        def score_ids(*args: Any, **kwargs: Any) -> Any:
+        def timed(first: Any, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
-                return inner(*args, **kwargs)
+                return inner(first, *args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - started
+                self.rows += count(first)
 
-        scorer.score_ids = score_ids  # type: ignore[method-assign]
+        setattr(obj, method, timed)
 
 
-def measure(cfg: RunConfig, lm: LoadedModel, profile: cProfile.Profile | None) -> list[float]:
-    """Per generation 1..G: (generation seconds incl. the SQLite write, PLL seconds)."""
+def measure(cfg: RunConfig, lm: LoadedModel, profile: cProfile.Profile | None) -> dict[str, float]:
+    """Sums over generations 1..G: generation seconds (with the SQLite write), seconds and
+    model rows in the PLL scorer and in the proposer's fills."""
     engine = Engine(cfg, Models(mlm=lm, causal=None))
     pll = next(ch.scorer for ch in engine.evaluator.channels.values())
     assert isinstance(pll, PLLScorer)
-    timed = Timed(pll)
+    scoring = Timed(pll, "score_ids", lambda conts: sum(len(c) for c in conts))
+    fills = Timed(engine.proposer, "fill", lambda reqs: sum(len(r.positions) for r in reqs))
     store = LogStore(":memory:")
     recorder = Recorder.create(store, cfg, engine.fitness_label)
     write = [0.0]
@@ -114,20 +121,24 @@ def measure(cfg: RunConfig, lm: LoadedModel, profile: cProfile.Profile | None) -
         write[0] = time.perf_counter() - started
         return ids
 
-    totals = [0.0, 0.0]
+    total = 0.0
     with rng_scope(cfg.seed):
         gens = engine.run(record)
         next(gens)  # generation 0: the initial fills are not a generation's overhead
-        pll_before = timed.seconds
+        before = (scoring.seconds, scoring.rows, fills.seconds, fills.rows)
         if profile is not None:
             profile.enable()
         for gen in gens:
-            totals[0] += gen.seconds + write[0]
-            totals[1] += timed.seconds - pll_before
-            pll_before = timed.seconds
+            total += gen.seconds + write[0]
         if profile is not None:
             profile.disable()
-    return totals
+    return {
+        "generation": total,
+        "pll": scoring.seconds - before[0],
+        "pll_rows": scoring.rows - before[1],
+        "fill": fills.seconds - before[2],
+        "fill_rows": fills.rows - before[3],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -141,14 +152,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     lm = random_bert()
     cfg = config(args.population, args.generations, args.length)
     profile = cProfile.Profile() if args.profile else None
-    generation, pll = measure(cfg, lm, profile)
+    got = measure(cfg, lm, profile)
     print(
         f"torch {torch.__version__}, 1 thread, load {os.getloadavg()[0]:.1f}; "
         f"{LAYERS}-layer BERT hidden {HIDDEN}, population {args.population}, "
         f"{args.length}-token continuations, generations 1-{args.generations}: "
-        f"generation {generation:.2f} s, PLL {pll:.2f} s"
+        f"generation {got['generation']:.2f} s, PLL {got['pll']:.2f} s, "
+        f"fills {got['fill']:.2f} s"
     )
-    print(f"generation/PLL {generation / pll:.2f}")
+    # The fills' share is bounded below by their rows: an l2r fill runs the model once per
+    # filled position, as PLL runs it once per scored token.
+    print(
+        f"fills/PLL {got['fill'] / got['pll']:.2f} (rows {got['fill_rows']:.0f}/"
+        f"{got['pll_rows']:.0f} = {got['fill_rows'] / got['pll_rows']:.2f}), "
+        f"rest/PLL {(got['generation'] - got['fill'] - got['pll']) / got['pll']:.2f}"
+    )
+    print(f"generation/PLL {got['generation'] / got['pll']:.2f}")
     if profile is not None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
 

@@ -39,7 +39,7 @@ from evolve.experiments.baselines import BaselineText
 from evolve.experiments.stunting import Amplified, StuntConfig
 from evolve.ga.engine import Engine, Generation
 from evolve.ga.evaluate import EvalStats, Evaluator, NewScore
-from evolve.ga.proposers import CausalProposer
+from evolve.ga.proposers import CausalProposer, FillRequest
 from evolve.ga.workers import WorkerPool
 from evolve.store import LogStore
 from evolve.store.recorder import Recorder
@@ -101,8 +101,9 @@ USES: dict[str, list[tuple[type, list[str]]]] = {
         (StuntConfig, ["variant", "amplifier_spec"]),
     ],
     "ga_overhead": [
-        (Engine, ["evaluator", "fitness_label", "run"]),
+        (Engine, ["evaluator", "fitness_label", "proposer", "run"]),
         (Evaluator, ["channels"]),
+        (FillRequest, ["positions"]),
         (Generation, ["seconds"]),
         (PLLScorer, ["score_ids"]),
         (Recorder, ["__call__"]),
