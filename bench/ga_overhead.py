@@ -6,9 +6,10 @@
 A run of the default loop (`simple`, PLL fitness, MLM proposer; population 32, continuations
 of 16 tokens) on a random 6-layer BERT built from a config (hidden 256, 4 heads, the
 packaged tiny-bert's tokenizer and vocabulary; speed depends on the shapes, not the
-weights), recorded into an in-memory store. For generations 1..G it sums the wall time of
-each generation (variation with its span fills, PLL of the new texts, selection, and the
-recorder's SQLite write) and the time spent inside the PLL scorer, and prints their ratio.
+weights), recorded into a database file in a temporary folder, as a CLI run writes. For
+generations 1..G it sums the wall time of each generation (variation with its span fills,
+PLL of the new texts, selection, and the recorder's SQLite write) and the time spent inside
+the PLL scorer, and prints their ratio.
 1.00 would mean the GA costs nothing beside the fitness it must compute; everything above is
 fills, operators, selection, caches and the write. It also prints the fills' share (time,
 and model rows: one per filled position in l2r order, as PLL runs one per scored token) and
@@ -24,8 +25,10 @@ import argparse
 import cProfile
 import os
 import pstats
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,7 +114,7 @@ def measure(cfg: RunConfig, lm: LoadedModel, profile: cProfile.Profile | None) -
     assert isinstance(pll, PLLScorer)
     scoring = Timed(pll, "score_ids", lambda conts: sum(len(c) for c in conts))
     fills = Timed(engine.proposer, "fill", lambda reqs: sum(len(r.positions) for r in reqs))
-    store = LogStore(":memory:")
+    store = LogStore(Path(tempfile.mkdtemp()) / "runs.db")  # a file, as a CLI run writes
     recorder = Recorder.create(store, cfg, engine.fitness_label)
     write = [0.0]
 
