@@ -232,7 +232,7 @@ def start_run(
 ) -> RunSummary:
     """Create a run in the store (with its name, tags and note) and evolve it to the end
     (or until early stopping)."""
-    cfg.validate()
+    cfg.validated()
     if not cfg.uses_causal:  # recorded as the run's judge: refuse a wrong kind now, not later
         check_kind(cfg.causal, "causal")
     with open_workers(cfg) as pool:

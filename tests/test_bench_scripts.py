@@ -38,8 +38,8 @@ from evolve.experiments.amplify import BeamSet, Lookahead
 from evolve.experiments.baselines import BaselineText
 from evolve.experiments.stunting import Amplified, StuntConfig
 from evolve.ga.engine import Engine, Generation
-from evolve.ga.evaluate import EvalStats, NewScore
-from evolve.ga.proposers import CausalProposer
+from evolve.ga.evaluate import EvalStats, Evaluator, NewScore
+from evolve.ga.proposers import CausalProposer, FillRequest
 from evolve.ga.workers import WorkerPool
 from evolve.store import LogStore
 from evolve.store.recorder import Recorder
@@ -99,6 +99,15 @@ USES: dict[str, list[tuple[type, list[str]]]] = {
         (LoadedModel, ["model"]),
         (Amplified, ["first"]),
         (StuntConfig, ["variant", "amplifier_spec"]),
+    ],
+    "ga_overhead": [
+        (Engine, ["evaluator", "fitness_label", "proposer", "run"]),
+        (Evaluator, ["channels"]),
+        (FillRequest, ["positions"]),
+        (Generation, ["seconds"]),
+        (PLLScorer, ["score_ids"]),
+        (Recorder, ["__call__"]),
+        (LoadedModel, ["tokenizer"]),
     ],
     "causal_speed": [
         (Generation, ["texts", "new_scores"]),

@@ -3,8 +3,9 @@ generation and takes hooks; it does no I/O of its own.
 
 What a run is made of is plugged in from the config (`Engine.build`): the proposer that
 refills spans (the MLM, or the causal LM's best of K samples), whose tokens individuals are
-written in (`evolve.ga.representation`), the objective (`evolve.ga.objectives`) and the
-evaluator with its caches (`evolve.ga.evaluate`). Each model is loaded only if the run uses
+written in (`evolve.ga.representation`), the scorers and the objective that the fitness kind
+declares (`evolve.ga.fitness`: the engine sees only the score record and whether the kind is
+Pareto) and the evaluator with its caches (`evolve.ga.evaluate`). Each model is loaded only if the run uses
 it. Generation 0 comes from seed texts, the proposer's own fills, or texts made outside the
 GA by an injected `StartTexts` callable (`evolve.ga.population`).
 
@@ -33,22 +34,19 @@ from dataclasses import dataclass, field
 
 from evolve.ga.config import BASELINE_INITS, RunConfig
 from evolve.ga.evaluate import EvalStats, Evaluator, NewScore
+from evolve.ga.fitness import build_objective
 from evolve.ga.individual import Individual
 from evolve.ga.islands import Migration, island_of, migrate, split
-from evolve.ga.objectives import build_objective
 from evolve.ga.operators import OperatorContext
 from evolve.ga.pareto import ParetoIndividual, pareto_ranks, set_diversity
 from evolve.ga.population import StartTexts, from_proposer, from_seed_texts, from_texts
 from evolve.ga.representation import Representation
 from evolve.ga.seeding import get_rng_state, set_rng_state
 from evolve.ga.steps import Parts, step_for
-from evolve.ga.wiring import Models, make_proposer, make_scorers
+from evolve.ga.wiring import Models, make_proposer, scorers_by_role
 from evolve.ga.workers import DrivenProposer, ShardedScorer, WorkerPool
-from scoring.causal import CausalScorer
 from scoring.errors import UserError
-from scoring.pll import PLLScorer
 from scoring.results import TokenScores
-from scoring.typical import TypicalCausalScorer, TypicalScorer
 
 __all__ = ["Engine", "Generation", "Hook", "Models", "Record"]
 
@@ -113,7 +111,7 @@ class Engine:
         start_texts: StartTexts | None = None,
         pool: WorkerPool | None = None,
     ) -> None:
-        cfg.validate()
+        cfg.validated()
         self.cfg = cfg
         self.models = models
         self.start_texts = start_texts
@@ -140,16 +138,12 @@ class Engine:
             no_repeat_ngram=m.no_repeat_ngram,
         )
         f = cfg.fitness
-        local = make_scorers(cfg, models)
-        pll_name = next((x.name for x in local if type(x) is PLLScorer), None)
-        causal_name = next((x.name for x in local if type(x) is CausalScorer), None)
-        typical_name = next(
-            (x.name for x in local if isinstance(x, TypicalScorer | TypicalCausalScorer)), None
-        )
+        by_role = scorers_by_role(cfg, models)
+        local = list(by_role.values())
         scorers = local if pool is None else [ShardedScorer(x, pool) for x in local]
-        self.objective = build_objective(f, pll_name, causal_name, typical_name)
+        self.objective = build_objective(f, {role: x.name for role, x in by_role.items()})
         self.evaluator = Evaluator(self.objective, self.rep, scorers)
-        self.multi = f.objective == "nsga2"
+        self.multi = f.kind.pareto
         self.islands = cfg.island.islands
         self.parts = Parts(cfg.for_island(), self.ctx, self.evaluator, self.make)
         self.step = step_for(cfg)
@@ -168,7 +162,7 @@ class Engine:
         """Load the models the config asks for and wire the engine. With a worker pool the
         workers hold the models that do the work; this process loads its copy on the CPU
         (tokenizers, and generation 0 from the causal LM's decoding)."""
-        cfg.validate()
+        cfg.validated()
         models = Models.load(cfg, device="cpu" if pool is not None else None)
         return cls(cfg, models, start_texts=start_texts, pool=pool)
 

@@ -8,8 +8,9 @@ An individual's scores are `scoring.TokenScores` keyed by scorer name (e.g.
 - ``energy``: the Metropolis-Hastings energy, minus the (weighted) total log-likelihood.
 
 Each model score becomes a value the same way (`Normalise`): per token (``mean``), or the
-total plus ``length_bonus`` nats per token (``total``). A new fitness kind is one new class
-here plus one line in `build_objective`.
+total plus ``length_bonus`` nats per token (``total``). Which objective a run uses, over
+which scorers, is its fitness kind's choice (`evolve.ga.fitness`); a kind that combines
+scores in a new way adds its class here.
 
 Against degeneration (docs/degeneration.md): `Typicality` is the locally typical objective
 (Meister et al. 2022; `scoring.typical`), alone or as one more weighted term of `WeightedSum`
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from evolve.ga.config import FitnessConfig
 from scoring.metrics import rep_n
 from scoring.results import TokenScores
+
+if TYPE_CHECKING:  # the config imports the fitness kinds, which import this module
+    from evolve.ga.config import FitnessConfig
 
 OBJECTIVE_FLOOR = -1e9  # Pareto values: an empty text's -inf per token as a finite number
 
@@ -204,31 +207,9 @@ def build_objective(
     cfg: FitnessConfig, pll: str | None, causal: str | None, typical: str | None = None
 ) -> Objective:
     """The objective a FitnessConfig asks for, given the scorer names of the run's models
-    (``typical``: the typicality scorer's, when the fitness uses one)."""
-    inner = _plain_objective(cfg, pll, causal, typical)
-    if cfg.rep_penalty > 0:
-        return RepetitionPenalty(inner, cfg.rep_penalty, cfg.rep_n)
-    return inner
+    by position (``typical``: the typicality scorer's, when the fitness uses one); the
+    engine passes them by role to `evolve.ga.fitness.build_objective`, which this calls."""
+    from evolve.ga import fitness  # the kinds import this module
 
-
-def _plain_objective(
-    cfg: FitnessConfig, pll: str | None, causal: str | None, typical: str | None
-) -> Objective:
-    norm = Normalise(cfg.normalise, cfg.length_bonus)
-    if cfg.objective == "pll":
-        assert pll is not None
-        return LogLikelihood(pll, norm)
-    if cfg.objective == "causal":
-        assert causal is not None
-        return LogLikelihood(causal, norm)
-    if cfg.objective == "typical":
-        assert typical is not None
-        return Typicality(typical, norm)
-    assert pll is not None and causal is not None
-    terms: tuple[tuple[float, str], ...] = ((cfg.pll_weight, pll), (cfg.causal_weight, causal))
-    if cfg.typical_weight > 0:
-        assert typical is not None
-        terms = (*terms, (cfg.typical_weight, typical))
-    if cfg.objective == "sum":
-        return WeightedSum(terms, norm)
-    return Pareto(terms, norm)
+    roles = {fitness.PLL: pll, fitness.CAUSAL: causal, fitness.TYPICAL: typical}
+    return fitness.build_objective(cfg, {k: v for k, v in roles.items() if v is not None})

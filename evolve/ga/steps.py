@@ -149,6 +149,6 @@ def step_nsga2(p: Parts, pop: list[Individual]) -> StepResult:
 
 def step_for(cfg: RunConfig) -> Step:
     """The step function a config asks for."""
-    if cfg.fitness.objective == "nsga2":
+    if cfg.fitness.kind.pareto:
         return step_nsga2
     return step_simple if cfg.algorithm == "simple" else step_mu_plus_lambda

@@ -1,5 +1,10 @@
 """What a run's config asks for, built from loaded models: the proposer and the scorers.
 
+Scorers are built by role (`evolve.ga.fitness.kind`): the run's fitness kind declares the
+roles it reads, and `scorers_by_role` builds one scorer per role (and what a role's scorer
+stands on: typicality under the MLM reads the PLL pass). The engine hands the roles' scorer
+names to the kind's objective; nothing downstream asks which class a scorer is.
+
 The engine (`evolve.ga.engine`) and every Ray worker (`evolve.ga.workers`) build them with
 these same functions, so a worker's proposer and scorers are the driver's, on their own copy
 of the models.
@@ -10,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from evolve.ga.config import RunConfig
+from evolve.ga.fitness import CAUSAL, PLL, TYPICAL
 from evolve.ga.proposers import CausalProposer, MLMProposer, Proposer
 from evolve.ga.proposers.sampling import ban_token_ids
 from scoring.base import Scorer
@@ -87,12 +93,14 @@ def pll_tokens_per_batch(lm: LoadedModel) -> int:
     return max(CPU_TOKENS_PER_BATCH, min(GPU_MAX_TOKENS_PER_BATCH, fit))
 
 
-def make_scorers(cfg: RunConfig, models: Models) -> list[Scorer]:
-    """The scorers the fitness uses: PLL under the MLM and/or log p under the causal LM, and
-    the typicality scorer when the fitness has a typicality term (under the MLM it reads the
-    entropies of the same PLL pass: no extra forward)."""
+def scorers_by_role(cfg: RunConfig, models: Models) -> dict[str, Scorer]:
+    """The scorers the fitness uses, by role: PLL under the MLM and/or log p under the causal
+    LM, and the typicality scorer when the fitness has a typicality term (under the MLM it
+    reads the entropies of the same PLL pass: no extra forward; under the causal LM the
+    causal log p is scored beside it). In this order, which is the order scores are computed
+    and recorded in."""
     f = cfg.fitness
-    scorers: list[Scorer] = []
+    scorers: dict[str, Scorer] = {}
     typical_mlm = f.uses_typical and f.typical_model == "mlm"
     if f.uses_pll:
         assert models.mlm is not None
@@ -103,15 +111,20 @@ def make_scorers(cfg: RunConfig, models: Models) -> list[Scorer]:
             tokens_per_batch=pll_tokens_per_batch(models.mlm),
             entropy=typical_mlm,
         )
-        scorers.append(pll)
+        scorers[PLL] = pll
         if typical_mlm:
-            scorers.append(TypicalScorer(pll))
+            scorers[TYPICAL] = TypicalScorer(pll)
     if f.uses_causal:
         assert models.causal is not None
         # the causal proposer edits the texts it scores from their kept keys/values (fp32:
         # a bf16 proposer runs its own copy of the model, which these would not fit)
         share = cfg.proposer == "causal" and cfg.mutation.proposer_dtype == "fp32"
-        scorers.append(CausalScorer(models.causal, share_contexts=share))
+        scorers[CAUSAL] = CausalScorer(models.causal, share_contexts=share)
         if f.uses_typical and not typical_mlm:
-            scorers.append(TypicalCausalScorer(models.causal))
+            scorers[TYPICAL] = TypicalCausalScorer(models.causal)
     return scorers
+
+
+def make_scorers(cfg: RunConfig, models: Models) -> list[Scorer]:
+    """The scorers of `scorers_by_role`, in its order (what a worker holds)."""
+    return list(scorers_by_role(cfg, models).values())
