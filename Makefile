@@ -15,8 +15,9 @@ $(BIN)/.installed: pyproject.toml requirements-models.txt
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/evolve run --prompt "Mozzarella is white\nSo you can see it at night\nCheddar is" \
-		--population 16 --generations 10 --seed 0
+	$(BIN)/evolve run --mlm smollm2-mlm-prefix --no-repeat-ngram 2 \
+		--prompt "Mozzarella is white\nSo you can see it at night\nCheddar is" \
+		--population 8 --generations 5 --seed 0
 
 test: setup
 	$(BIN)/ruff check .
