@@ -36,7 +36,7 @@ from cli.tables import echo_json as _echo_json
 from cli.tables import escape as _escape
 from cli.tables import format_table, visible
 from evolve.ga.config import RunConfig
-from evolve.store import run_process_state
+from evolve.store import config_items, shown_status
 from scoring.errors import UserError
 
 PROMPT_WIDTH = 40  # runs table: enough of the prompt to recognise it
@@ -60,24 +60,6 @@ def config_problem(config: Any) -> str | None:
     except (UserError, TypeError, ValueError) as exc:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return None
-
-
-def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested config dicts as dotted keys, e.g. ('mutation.top_k', 20)."""
-    if not isinstance(config, dict):
-        return [(prefix.rstrip(".") or "(not a mapping)", config)]
-    items: list[tuple[str, Any]] = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            items.extend(_flatten(value, f"{prefix}{key}."))
-        else:
-            items.append((f"{prefix}{key}", value))
-    return items
-
-
-def _status(run: dict[str, Any]) -> str:
-    """The stored status, except that a 'running' run whose process is gone reads 'dead'."""
-    return "dead" if run_process_state(run) == "dead" else run["status"]
 
 
 def _dead_note(run: dict[str, Any]) -> str:
@@ -131,7 +113,7 @@ def run_record(run: dict[str, Any]) -> dict[str, Any]:
         "name": run.get("name"),
         "tags": list(run.get("tags") or []),
         "note": run.get("note"),
-        "status": _status(run),
+        "status": shown_status(run),
         "created_at": run["created_at"],
         "finished_at": run["finished_at"],
         "prompt": run["prompt"],
@@ -176,7 +158,7 @@ def runs(
         filters: dict[str, Any] = {"tags": tags, "name": name, "statuses": stored}
         rows = store.runs(**{k: v for k, v in filters.items() if v})
         if statuses:
-            rows = [r for r in rows if _status(r) in statuses]
+            rows = [r for r in rows if shown_status(r) in statuses]
         if limit is not None:
             rows = rows[:limit]
         if as_json:
@@ -206,7 +188,7 @@ def runs(
                         r["id"],
                         r.get("name") or "",
                         ",".join(r.get("tags") or []),
-                        _status(r) + (UNUSABLE if r["id"] in problems else ""),
+                        shown_status(r) + (UNUSABLE if r["id"] in problems else ""),
                         _proposer(r),
                         " ".join(filter(None, [_fitness_kind(r), _unit_short(r["config"])])),
                         r["best_fitness"],
@@ -219,7 +201,7 @@ def runs(
                 widths={"prompt": PROMPT_WIDTH, "name": NAME_WIDTH, "tags": NAME_WIDTH},
             )
         )
-        dead = [r["id"] for r in rows if _status(r) == "dead"]
+        dead = [r["id"] for r in rows if shown_status(r) == "dead"]
         if dead:
             ids = ", ".join(str(i) for i in dead)
             click.echo(
@@ -315,7 +297,7 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
             )
             return
         click.echo(
-            f"Run {run['id']}: {_escape(_status(run))}, created {_when(run['created_at'])}"
+            f"Run {run['id']}: {_escape(shown_status(run))}, created {_when(run['created_at'])}"
             + (f", ended {_when(run['finished_at'])}" if run["finished_at"] else "")
         )
         if run.get("name"):
@@ -324,7 +306,7 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
             click.echo(f"tags:     {_escape(', '.join(run['tags']))}")
         if run.get("note"):
             click.echo(f"note:     {_escape(run['note'])}")
-        if _status(run) == "dead":
+        if shown_status(run) == "dead":
             click.echo(f"note:     {_dead_note(run)}")
         click.echo(f"prompt:   {_escape(run['prompt'])}")
         unit = fitness_unit(run["config"])
@@ -346,7 +328,7 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
             )
         if run["config"]:
             click.echo("config:")
-            for key, value in _flatten(run["config"]):
+            for key, value in config_items(run["config"]):
                 click.echo(f"  {_escape(key)} = {_escape(json.dumps(value, ensure_ascii=False))}")
         if best:
             click.echo("\nBest texts")

@@ -9,7 +9,14 @@ scores, `ScoreBook`), `experiments` (baselines, experiments), `sql` (read-only q
 
 from evolve.store.core import DatabaseError, StoreError, text_id
 from evolve.store.db import LogStore, check_database
-from evolve.store.process import ProcessState, process_state, process_token, run_process_state
+from evolve.store.process import (
+    ProcessState,
+    config_items,
+    process_state,
+    process_token,
+    run_process_state,
+    shown_status,
+)
 from evolve.store.schema import MIGRATIONS, SCHEMA_VERSION
 from evolve.store.scores import ScoreBook, ScorerFactory, TextScorer
 
@@ -24,8 +31,10 @@ __all__ = [
     "StoreError",
     "TextScorer",
     "check_database",
+    "config_items",
     "process_state",
     "process_token",
     "run_process_state",
+    "shown_status",
     "text_id",
 ]

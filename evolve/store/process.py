@@ -88,6 +88,26 @@ def run_process_state(run: Mapping[str, Any]) -> ProcessState | None:
     return process_state(run.get("pid"), run.get("host"), run.get("process"))
 
 
+def shown_status(run: Mapping[str, Any]) -> str:
+    """The stored status, except that a 'running' run whose process is gone reads 'dead'."""
+    return "dead" if run_process_state(run) == "dead" else str(run["status"])
+
+
+def config_items(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A stored config as (dotted key, value) pairs in the stored order, e.g.
+    ('mutation.top_k', 20); a config that is not a mapping (a hand-edited database) is one
+    pair."""
+    if not isinstance(config, Mapping):
+        return [(prefix.rstrip(".") or "(not a mapping)", config)]
+    items: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            items.extend(config_items(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
 def this_process() -> tuple[int, str, str | None]:
     """(pid, host, token) of the calling process, as a run records it."""
     return os.getpid(), socket.gethostname(), process_token()

@@ -17,7 +17,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from evolve.store import run_process_state
+from evolve.store import config_items, shown_status
 from evolve.store.web_queries import AncestryRead, RunRead
 from evolve.web.highlight import edit_pieces, to_html
 
@@ -58,22 +58,6 @@ def label(run: Mapping[str, Any]) -> str:
     return f"run {run['id']} · {model}" if model else f"run {run['id']}"
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested config as (dotted key, value) pairs, in the stored order."""
-    out: list[tuple[str, Any]] = []
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.extend(flatten(value, f"{prefix}{key}."))
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
-
-
-def status_of(run: Mapping[str, Any]) -> str:
-    """The run's status, with 'running' told apart from a run whose process has died."""
-    return "dead" if run_process_state(run) == "dead" else str(run["status"])
-
-
 # -- home --------------------------------------------------------------------------------------
 
 
@@ -82,7 +66,7 @@ def runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (its own, or "run N · model"), tags, note, prompt, status, progress and best text so far."""
     out = []
     for row in rows:
-        row["status"] = status_of(row)
+        row["status"] = shown_status(row)
         for key in ("pid", "host", "process"):
             row.pop(key)
         row["name"] = label(row)
@@ -100,11 +84,13 @@ def run(read: RunRead | None) -> dict[str, Any] | None:
     if read is None:
         return None
     row = read.run
-    row["status"] = status_of(row)
+    row["status"] = shown_status(row)
     row["label"] = label(row)
     row["tags"] = tags_of(row.get("tags"))
     config = _json(row["config"], {})
-    row["config_items"] = flatten(config if isinstance(config, Mapping) else {"config": config})
+    row["config_items"] = config_items(
+        config if isinstance(config, Mapping) else {"config": config}
+    )
     row["generations"] = read.generations
     # Best distinct texts: an elite copied for 20 generations is one text, not 20 rows.
     row["best"] = read.best
