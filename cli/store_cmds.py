@@ -340,10 +340,17 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
             )
         if front:
             click.echo(f"\nPareto front (generation {front[0]['generation']}, nsga2)")
+            # (pll, causal, diversity), or with --typical-weight > 0 typicality before diversity
+            width = max(len(f["objectives"]) for f in front)
+            names = (["pll", "causal", "typical"][: max(0, width - 1)] + ["diversity"])[:width]
             click.echo(
                 format_table(
-                    ["id", "pll", "causal", "diversity", "continuation"],
-                    [[f["id"], *f["objectives"][:3], f["text"]] for f in front],
+                    ["id", *names, "continuation"],
+                    [
+                        [f["id"], *f["objectives"], *[None] * (width - len(f["objectives"]))]
+                        + [f["text"]]
+                        for f in front
+                    ],
                 )
             )
         if stats:

@@ -156,3 +156,35 @@ def test_nsga2_resume_equals_uninterrupted(tmp_path, tiny_bert_dir, tiny_gpt2_di
         ]
 
     assert last(store, info.value.run_id) == last(whole, ref)
+
+
+def test_nsga2_with_typicality_keeps_four_objectives(tmp_path, tiny_bert_dir, tiny_gpt2_dir):
+    """--typical-weight > 0 makes typicality a third model objective before diversity; a
+    three-weight fitness had silently dropped it (DEAP zips values with weights)."""
+    ind = ParetoIndividual([1], objectives=4)
+    ind.fitness.values = (1.0, 2.0, 3.0, 0.0)
+    set_diversity([ind])
+    assert ind.fitness.values == (1.0, 2.0, 3.0, 0.0) and len(ind.fitness.wvalues) == 4
+
+    db = tmp_path / "typ.db"
+    store = LogStore(db)
+    fitness = FitnessConfig(objective="nsga2", typical_weight=0.5)
+    run_id = start_run(nsga_config(tiny_bert_dir, tiny_gpt2_dir, fitness=fitness), store).run_id
+    for gen in range(3):
+        rows = store.population(run_id, gen)
+        for r in rows:
+            pll, causal, typical, div = r["objectives"]
+            assert typical == pytest.approx(
+                r["scores"][f"typical/pll/original/{tiny_bert_dir}"]["mean"]
+            )
+            assert 0.0 <= div <= 1.0
+        objectives = [r["objectives"] for r in rows]
+        front = {
+            k
+            for k, o in enumerate(objectives)
+            if not any(dominates(other, o) for other in objectives)
+        }
+        assert {k for k, r in enumerate(rows) if r["pareto_rank"] == 0} == front
+    out = CliRunner().invoke(cli, ["show", str(run_id), "--db", str(db)])
+    assert out.exit_code == 0, out.output
+    assert "typical" in out.output.split("Pareto front")[1].splitlines()[1]

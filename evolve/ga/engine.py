@@ -173,7 +173,9 @@ class Engine:
 
     def make(self, ids: Sequence[int] = ()) -> Individual:
         """A new individual of this run's kind (Pareto fitness under nsga2)."""
-        return ParetoIndividual(ids) if self.multi else Individual(ids)
+        if self.multi:
+            return ParetoIndividual(ids, self.objective.n_values)
+        return Individual(ids)
 
     def text_of(self, ids: Sequence[int]) -> str:
         """The continuation as text, with the spacing it has after the prompt."""

@@ -1,10 +1,12 @@
 """Multi-objective selection (``--fitness nsga2``): DEAP's NSGA-II over PLL, causal and diversity.
 
-Three objectives, all maximised (fitness weights (1, 1, 1)):
+Three objectives, all maximised (fitness weights (1, 1, 1)), four with ``--typical-weight``
+above 0 (typicality before diversity, weights (1, 1, 1, 1)):
 
 1. the PLL value of the continuation under the masked LM;
 2. its causal-LM value, log p(continuation | prompt);
-3. its diversity: the mean token-level Jaccard distance to the rest of the population (the
+3. (with ``--typical-weight`` > 0) its local typicality;
+4. its diversity, always the last value: the mean token-level Jaccard distance to the rest of the population (the
    other members it is selected among), ``1 - |A & B| / |A | B|`` over the sets of token ids.
    A clone scores 0 against its twin, so copies of one good text stop crowding the front.
 
@@ -19,8 +21,10 @@ offspring. Ranks and crowding of the current population are recomputed from its 
 values each generation (`rank_and_crowding`), so a resumed run, whose population comes back
 from the store with the same values, selects the same parents.
 
-The individuals get `ParetoFitness` (three weights), defined here rather than with the
-single-objective `Fitness` in `evolve.ga.individual` (no `deap.creator` globals either way).
+The individuals get `ParetoFitness` (three weights) or `ParetoTypicalFitness` (four), defined
+here rather than with the single-objective `Fitness` in `evolve.ga.individual` (no
+`deap.creator` globals either way). DEAP weighs ``values`` by zipping them with the class's
+``weights``, so a fitness class with fewer weights than values would drop the rest silently.
 """
 
 from __future__ import annotations
@@ -41,12 +45,22 @@ class ParetoFitness(base.Fitness):
     weights = (1.0, 1.0, 1.0)
 
 
-class ParetoIndividual(Individual):
-    """An `Individual` whose fitness has the three NSGA-II objectives."""
+class ParetoTypicalFitness(base.Fitness):
+    """(PLL value, causal value, typicality, diversity), each maximised."""
 
-    def __init__(self, ids: object = ()) -> None:
+    weights = (1.0, 1.0, 1.0, 1.0)
+
+
+# by the objective's value count
+FITNESS_OF: dict[int, type[base.Fitness]] = {3: ParetoFitness, 4: ParetoTypicalFitness}
+
+
+class ParetoIndividual(Individual):
+    """An `Individual` whose fitness has the NSGA-II objectives (``objectives`` of them)."""
+
+    def __init__(self, ids: object = (), objectives: int = 3) -> None:
         super().__init__(ids)
-        self.fitness = ParetoFitness()
+        self.fitness = FITNESS_OF[objectives]()
 
 
 def jaccard_distance(a: Sequence[int], b: Sequence[int]) -> float:
@@ -73,10 +87,9 @@ def diversity(pop: Sequence[Sequence[int]]) -> list[float]:
 
 
 def set_diversity(pop: Sequence[Individual]) -> None:
-    """Replace the third objective of every (evaluated) member by its diversity in ``pop``."""
+    """Replace the last objective of every (evaluated) member by its diversity in ``pop``."""
     for ind, d in zip(pop, diversity(pop), strict=True):
-        values = ind.fitness.values
-        ind.fitness.values = (values[0], values[1], d)
+        ind.fitness.values = (*ind.fitness.values[:-1], d)
 
 
 def pareto_ranks(pop: Sequence[Individual]) -> list[int]:
