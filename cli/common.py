@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cli.process import interrupted_exit, interruption, sigterm_as_interrupt, terminated
+from evolve.ga.config import INT64_MAX
 from evolve.store import DatabaseError, LogStore, StoreError
 from scoring.errors import UserError
 from scoring.models import PRESETS
@@ -21,7 +22,6 @@ INTERRUPTED_MESSAGE = (
     "everything written before {what} is kept "
     "(`evolve runs` lists runs; `evolve resume ID` continues one)."
 )
-INT64_MAX = 2**63 - 1
 # Ids and counts are SQLite INTEGERs (signed 64-bit): a larger number is no id and used to end
 # in an OverflowError traceback where it met SQLite. Click refuses it with one line, exit 2.
 ID = click.IntRange(0, INT64_MAX)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from scoring.errors import UserError
+from scoring.rng import SEED_MAX
 
-INT64_MAX = 2**63 - 1  # SQLite INTEGER and torch seeds are signed 64-bit: larger ints overflow
+# SQLite INTEGER and torch seeds are signed 64-bit: larger ints overflow
+INT64_MAX = SEED_MAX
 
 
 class ConfigError(UserError):
