@@ -19,7 +19,7 @@ def combine(cfg: FitnessConfig, names: Names) -> Objective:
 
 KIND = FitnessKind(
     name="nsga2",
-    summary="Pareto over pll, causal and diversity",
+    summary="Pareto over pll, causal, diversity and, with --typical-weight, typicality",
     reads=weighted_reads,
     combine=combine,
     pareto=True,
