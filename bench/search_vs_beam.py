@@ -3,6 +3,7 @@
     .venv/bin/python bench/search_vs_beam.py                  # 3 prompts, defaults below
     .venv/bin/python bench/search_vs_beam.py --threads 1      # on a machine shared with others
     .venv/bin/python bench/search_vs_beam.py --init beam --init sample --generations 20
+    .venv/bin/python bench/search_vs_beam.py --mlm smollm2-mlm --init beam --init mlm
 
 For each prompt, SmolLM2-135M (the packaged causal LM) decodes ``--tokens`` new tokens with
 beam search of each width in ``--widths`` (``evolve.experiments.baselines``, exactly that many tokens, no
@@ -14,13 +15,20 @@ beam per member (all returned), ``--init sample`` from nucleus samples (p=0.9), 
 shows what the search finds on its own. The GA loop is mu+lambda (the best of parents and
 offspring survive), which never loses its best text.
 
+``--mlm NAME`` asks the project's own question instead: the GA proposes with that masked LM
+and maximises the text's total PLL under it (``--init mlm`` starts from the masked LM's own
+fills), and every row is also scored by that PLL (``PLLScorer.score([text], prefix=prompt)``),
+so beam search and the GA meet on the GA's objective too. With ``smollm2-mlm`` the lengths
+are exact: it shares SmolLM2's tokenizer, so ``--tokens`` counts the same tokens for both.
+
 Every row's text is rescored the same way, ``CausalScorer.score([text], prompt)`` (text
 tokenised after the prompt, as `evolve compare` does); for the GA the fitness of its own ids
 is printed beside it (they differ only where a proposer produced a non-canonical split). rep-2
 and rep-3 are the share of repeated word bigrams/trigrams in the text (`scoring.metrics`).
 
-Cost: ``calls`` counts forward calls of the model (a forward pre-hook; one per decoding step
-for beam search), ``positions`` the rows x tokens they ran (keys/values reused from a cache
+Cost: ``calls`` counts forward calls of the causal model (a forward pre-hook; one per decoding
+step for beam search; with ``--mlm`` the GA's masked-LM passes are not among them, so there
+only seconds compare), ``positions`` the rows x tokens they ran (keys/values reused from a cache
 are not counted again), ``s`` the wall-clock seconds. Every measured method starts with the
 model's shared prompt cache (`scoring.causal.prefix_cache_of`) empty, so each pays for its own
 prompt pass, as it would alone (without this, the first beam width paid for the prompt and the
@@ -37,6 +45,7 @@ printed).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -54,7 +63,8 @@ from evolve.ga.config import FitnessConfig, MutationConfig, RunConfig
 from evolve.store import LogStore
 from scoring.causal import CausalScorer, prefix_cache_of
 from scoring.metrics import rep_n
-from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal
+from scoring.models import DEFAULT_CAUSAL, LoadedModel, load_causal, load_mlm
+from scoring.pll import PLLScorer
 
 PROMPTS = [
     "Mozzarella is white\nSo you can see it at night\nCheddar is",
@@ -105,6 +115,7 @@ class Row:
     tokens: int
     own: float | None  # GA: fitness of its own ids
     cost: Cost
+    pll: float | None = None  # with --mlm: total PLL of the text after the prompt
 
 
 def main() -> None:
@@ -113,7 +124,10 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_CAUSAL)
     ap.add_argument("--tokens", type=int, default=12, help="continuation length (causal tokens)")
     ap.add_argument("--widths", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--init", action="append", choices=["beam", "sample"], help="GA starts")
+    ap.add_argument("--init", action="append", choices=["beam", "sample", "mlm"], help="GA starts")
+    ap.add_argument(
+        "--mlm", default="", help="GA: this masked LM proposes, fitness = its total PLL"
+    )
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--offspring", type=int, default=8)
     ap.add_argument("--generations", type=int, default=12)
@@ -128,18 +142,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     prompts = [p.replace("\\n", "\n") for p in args.prompt] if args.prompt else PROMPTS
     inits = args.init or ["beam"]
+    if "mlm" in inits and not args.mlm:
+        ap.error("--init mlm needs --mlm")
     print(
         f"model {args.model}; {args.tokens} new tokens; beam widths {args.widths}; GA from "
         f"{'/'.join(inits)}: population {args.population}, offspring {args.offspring}, "
         f"{args.generations} generations, {args.candidates} candidates per span, "
         f"temperature {args.temperature}, top-k {args.top_k}, max span {args.max_span}, "
-        f"seed {args.seed}; torch threads {torch.get_num_threads()}; "
+        f"seed {args.seed}; GA proposer {args.mlm or 'causal'}; "
+        f"torch threads {torch.get_num_threads()}; "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     lm = load_causal(args.model)
     counter = Counter(lm)
     judge = CausalScorer(lm)
+    pll = PLLScorer(load_mlm(args.mlm)) if args.mlm else None
+
+    def plls(text: str, prompt: str) -> float | None:
+        return pll.score([text], prefix=prompt)[0].total if pll is not None else None
+
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         store = LogStore(Path(tmp) / "bench.db")
@@ -155,7 +177,18 @@ def main() -> None:
                 with counter.measure() as cost:
                     text = generate_baselines(bcfg, store, lm=lm)[0].text
                 res = judge.score([text], prompt)[0]
-                rows.append(Row(k, f"beam {width}", text, res.total, res.n_tokens, None, cost))
+                rows.append(
+                    Row(
+                        k,
+                        f"beam {width}",
+                        text,
+                        res.total,
+                        res.n_tokens,
+                        None,
+                        cost,
+                        plls(text, prompt),
+                    )
+                )
                 print(_line(rows[-1]), flush=True)
             for init in inits:
                 cfg = RunConfig(
@@ -170,7 +203,8 @@ def main() -> None:
                     min_len=args.tokens,
                     max_len=args.tokens,
                     causal=args.model,
-                    proposer="causal",
+                    mlm=args.mlm or RunConfig.mlm,
+                    proposer="mlm" if args.mlm else "causal",
                     init=init,
                     seed=args.seed,
                     mutation=MutationConfig(
@@ -180,7 +214,9 @@ def main() -> None:
                         top_k=args.top_k,
                         candidates=args.candidates,
                     ),
-                    fitness=FitnessConfig(objective="causal", normalise="total"),
+                    fitness=FitnessConfig(
+                        objective="pll" if args.mlm else "causal", normalise="total"
+                    ),
                 )
                 with counter.measure() as cost:
                     summary = start_run(cfg, store)
@@ -195,6 +231,7 @@ def main() -> None:
                         best["n_tokens"],
                         best["fitness"],
                         cost,
+                        plls(best["text"], prompt),
                     )
                 )
                 print(_line(rows[-1]), flush=True)
@@ -209,34 +246,53 @@ def main() -> None:
         beams = [r for r in mine if r.method.startswith("beam")]
         top = max(beams, key=lambda r: r.logp)
         for r in mine:
-            if r.method.startswith("GA"):
+            if not r.method.startswith("GA"):
+                continue
+            # calls and positions count the causal LM only: with --mlm the GA's own passes
+            # are the masked LM's, so only seconds compare
+            cost = (
+                f"at {r.cost.seconds / max(1e-9, top.cost.seconds):.0f}x its seconds"
+                if r.pll is not None
+                else f"at {r.cost.calls / max(1, top.cost.calls):.0f}x its forward calls, "
+                f"{r.cost.positions / max(1, top.cost.positions):.0f}x its token positions "
+                f"and {r.cost.seconds / max(1e-9, top.cost.seconds):.0f}x its seconds"
+            )
+            print(
+                f"prompt {k}: {r.method} {r.logp - top.logp:+.3f} nats vs the best beam "
+                f"({top.method}), {cost}"
+            )
+            if r.pll is not None:
+                top_pll = max(beams, key=lambda b: b.pll or -math.inf)
                 print(
-                    f"prompt {k}: {r.method} {r.logp - top.logp:+.3f} nats vs the best beam "
-                    f"({top.method}), at {r.cost.calls / max(1, top.cost.calls):.0f}x its "
-                    f"forward calls, {r.cost.positions / max(1, top.cost.positions):.0f}x its "
-                    f"token positions and {r.cost.seconds / max(1e-9, top.cost.seconds):.0f}x "
-                    "its seconds"
+                    f"prompt {k}: {r.method} {r.pll - (top_pll.pll or 0.0):+.3f} nats of "
+                    f"PLL vs the beam the masked LM likes best ({top_pll.method})"
                 )
 
 
 def _line(r: Row) -> str:
+    pll = f"  PLL {r.pll:8.3f}" if r.pll is not None else ""
     return (
-        f"  prompt {r.prompt} {r.method:<14} log p {r.logp:8.3f}  {r.cost.calls} calls "
+        f"  prompt {r.prompt} {r.method:<14} log p {r.logp:8.3f}{pll}  {r.cost.calls} calls "
         f"{r.cost.seconds:.1f} s  {r.text!r}"
     )
 
 
 def _table(rows: list[Row]) -> str:
+    with_pll = any(r.pll is not None for r in rows)
     head = (
-        "| prompt | method | log p (SmolLM2) | GA fitness (own ids) | tokens | rep-2 | rep-3 "
-        "| seconds | model calls | token positions | continuation |"
+        "| prompt | method | log p (SmolLM2) | "
+        + ("PLL (masked LM) | " if with_pll else "")
+        + "GA fitness (own ids) | tokens | rep-2 | rep-3 | seconds | "
+        + ("causal LM calls | causal LM positions" if with_pll else "model calls | token positions")
+        + " | continuation |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * (12 if with_pll else 11)]
     for r in rows:
         own = f"{r.own:.3f}" if r.own is not None else ""
+        pll = (f"{r.pll:.3f} | " if r.pll is not None else " | ") if with_pll else ""
         text = r.text.replace("\n", "\\n").replace("|", "\\|")
         lines.append(
-            f"| {r.prompt} | {r.method} | {r.logp:.3f} | {own} | {r.tokens} "
+            f"| {r.prompt} | {r.method} | {r.logp:.3f} | {pll}{own} | {r.tokens} "
             f"| {rep_n(r.text, 2):.2f} | {rep_n(r.text, 3):.2f} | {r.cost.seconds:.1f} "
             f"| {r.cost.calls} | {r.cost.positions} | `{text}` |"
         )

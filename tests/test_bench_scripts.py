@@ -87,6 +87,7 @@ USES: dict[str, list[tuple[type, list[str]]]] = {
         (RunSummary, ["best"]),
         (BaselineText, ["text"]),
         (CausalScorer, ["score"]),
+        (PLLScorer, ["score"]),
         (TokenScores, ["total", "n_tokens"]),
         (LoadedModel, ["model"]),
     ],
