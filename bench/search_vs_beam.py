@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=50)
     ap.add_argument("--max-span", type=int, default=3)
+    ap.add_argument("--no-repeat-ngram", type=int, default=0, help="GA: the n-gram guard (0: off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args()
@@ -149,6 +150,7 @@ def main() -> None:
         f"{'/'.join(inits)}: population {args.population}, offspring {args.offspring}, "
         f"{args.generations} generations, {args.candidates} candidates per span, "
         f"temperature {args.temperature}, top-k {args.top_k}, max span {args.max_span}, "
+        f"no-repeat-ngram {args.no_repeat_ngram}, "
         f"seed {args.seed}; GA proposer {args.mlm or 'causal'}; "
         f"torch threads {torch.get_num_threads()}; "
         f"load average {os.getloadavg()[0]:.1f}",
@@ -213,6 +215,7 @@ def main() -> None:
                         temperature=args.temperature,
                         top_k=args.top_k,
                         candidates=args.candidates,
+                        no_repeat_ngram=args.no_repeat_ngram,
                     ),
                     fitness=FitnessConfig(
                         objective="pll" if args.mlm else "causal", normalise="total"
