@@ -59,7 +59,8 @@ next(o for o in STUNT_OPTIONS.options if o.path == "variant").attrs["metavar"] =
 class _Bar:
     """A tqdm bar (steps, with ETA and the latest numbers) on stderr, made on the first report."""
 
-    def __init__(self) -> None:
+    def __init__(self, desc: str | None = None) -> None:
+        self.desc = desc
         self.bar: Any = None
 
     def __call__(self, done: int, total: int, latest: dict[str, Any]) -> None:
@@ -67,7 +68,7 @@ class _Bar:
             from tqdm import tqdm
 
             # disable=None: no bar when stderr is not a terminal (pipes, tests, logs).
-            self.bar = tqdm(total=total, unit="step", file=sys.stderr, disable=None)
+            self.bar = tqdm(total=total, unit="step", desc=self.desc, file=sys.stderr, disable=None)
         shown = {k: f"{v:.3f}" for k, v in latest.items() if v is not None}
         self.bar.set_postfix(shown, refresh=False)
         self.bar.update(done - self.bar.n)
@@ -75,6 +76,7 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _parse_ids(text: str | None) -> list[int] | None:
@@ -339,33 +341,21 @@ STUDY_OPTIONS = ConfigOptions(
 
 
 class _StudyBar:
-    """One tqdm bar per run of a study (steps), on stderr."""
+    """One `_Bar` per run of a study, named by its variant and seed."""
 
     def __init__(self) -> None:
-        self.bar: Any = None
+        self.bar = _Bar()
         self.run: tuple[str, int] | None = None
 
     def __call__(self, variant: str, seed: int, done: int, total: int, latest: dict) -> None:
-        from tqdm import tqdm
-
         if self.run != (variant, seed):
             self.close()
             self.run = (variant, seed)
-            self.bar = tqdm(
-                total=total,
-                unit="step",
-                desc=f"{variant} seed {seed}",
-                file=sys.stderr,
-                disable=None,
-            )
-        shown = {k: f"{v:.3f}" for k, v in latest.items() if v is not None}
-        self.bar.set_postfix(shown, refresh=False)
-        self.bar.update(done - self.bar.n)
+            self.bar = _Bar(desc=f"{variant} seed {seed}")
+        self.bar(done, total, latest)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.bar.close()
 
 
 @click.command("stunt-study")
