@@ -36,6 +36,7 @@ from cli.tables import echo_json as _echo_json
 from cli.tables import escape as _escape
 from cli.tables import format_table, visible
 from evolve.ga.config import RunConfig
+from evolve.ga.pareto import OBJECTIVES
 from evolve.store import config_items, shown_status
 from scoring.errors import UserError
 
@@ -340,9 +341,8 @@ def show(run_id: int, n_best: int, as_json: bool, db_path: Path | None) -> None:
             )
         if front:
             click.echo(f"\nPareto front (generation {front[0]['generation']}, nsga2)")
-            # (pll, causal, diversity), or with --typical-weight > 0 typicality before diversity
             width = max(len(f["objectives"]) for f in front)
-            names = (["pll", "causal", "typical"][: max(0, width - 1)] + ["diversity"])[:width]
+            names = OBJECTIVES.get(width) or [f"objective {k + 1}" for k in range(width)]
             click.echo(
                 format_table(
                     ["id", *names, "continuation"],

@@ -36,7 +36,11 @@ from deap import base, tools
 
 from evolve.ga.individual import Individual
 
-OBJECTIVES = ("pll", "causal", "diversity")
+# The objectives' names by their count: diversity is always the last (`set_diversity`).
+OBJECTIVES: dict[int, tuple[str, ...]] = {
+    3: ("pll", "causal", "diversity"),
+    4: ("pll", "causal", "typical", "diversity"),
+}
 
 
 class ParetoFitness(base.Fitness):
